@@ -1,0 +1,1 @@
+"""Find why a PyTorch training step is slow, from its torch.profiler traces."""

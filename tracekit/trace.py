@@ -1,0 +1,91 @@
+"""The in-memory form of a loaded trace: one `Trace` per rank, grouped in a `Run`.
+
+Every frame is a pandas DataFrame with a RangeIndex; times are float64 microseconds on the
+trace's own clock (Kineto `ts`), `end = ts + dur`. Columns marked (link) are added by
+`tracekit.link.link_trace`; everything else is filled by `tracekit.load`. A frame whose events
+are absent from the trace is empty but keeps its columns, so detectors never test for columns.
+
+kernels     one row per GPU kernel (cat kernel/Kernel)
+    name, ts, dur, end, device, stream, correlation, external_id,
+    grid_x, grid_y, grid_z, block_x, block_y, block_z, blocks_per_sm, warps_per_sm,
+    registers, shared_mem, occupancy,
+    is_nccl (bool), collective (str|None, "Collective name"), in_nelems, out_nelems,
+    group_size, dtype, pg_name,
+    category (gemm | attention | nccl | triton | elementwise | reduction | memory | other),
+    (link) launch_idx (row in `launches` or -1), op_idx (innermost enclosing row in `ops` or -1),
+    (link) step (GPU-side ProfilerStep number or -1), is_comm_stream (bool)
+gpu_mem     memcpy/memset rows: name, kind (memcpy|memset), ts, dur, end, device, stream,
+            correlation, external_id, bytes
+ops         CPU ops (cat cpu_op/Operator): name, pid, tid, ts, dur, end, depth (0 = outermost on
+            its thread), parent (row in `ops` or -1), external_id, seq (Sequence number or -1),
+            fwd_tid, input_dims, input_strides, input_types (str, JSON text as recorded, or ""),
+            kernel_file, kernel_name (Inductor provenance, or ""),
+            (link) step (CPU ProfilerStep number or -1), fwd_op_idx (forward op of a backward op,
+            or -1), src_file, src_line, src_function (innermost user-code frame, or ""/-1),
+            src_line_exact (bool)
+launches    cuda_runtime/cuda_driver (and HIP) calls: name, pid, tid, ts, dur, end, correlation,
+            external_id, is_kernel_launch (bool)
+python      python_function frames: name, pid, tid, ts, dur, end, depth, parent (row or -1),
+            file, line, function (parsed from "file(N): function"), is_user (bool)
+flows       fwdbwd flows: id, src_tid, src_ts, dst_tid, dst_ts
+annotations user_annotation (side "cpu", tid) and gpu_user_annotation (side "gpu", stream):
+            name, side, pid, tid, stream, ts, dur, end, external_id
+steps       one row per ProfilerStep#N: step, cpu_ts, cpu_end, gpu_ts, gpu_end (gpu_* NaN when
+            the trace has no GPU-side step annotation and no kernels of that step)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class Trace:
+    """One rank's trace."""
+
+    path: Path
+    rank: int
+    world_size: int
+    kernels: pd.DataFrame
+    gpu_mem: pd.DataFrame
+    ops: pd.DataFrame
+    launches: pd.DataFrame
+    python: pd.DataFrame
+    flows: pd.DataFrame
+    annotations: pd.DataFrame
+    steps: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Top-level trace keys other than traceEvents (deviceProperties, distributedInfo, ...)."""
+    num_sms: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What the trace lacks and which analyses that disables, one sentence each."""
+    linked: bool = False
+
+    @property
+    def has_gpu(self) -> bool:
+        return len(self.kernels) > 0 or len(self.gpu_mem) > 0
+
+
+@dataclass
+class Run:
+    """A set of rank traces recorded together, plus the trainer's run files when present."""
+
+    path: Path
+    traces: list[Trace]
+    manifest: dict[str, Any] | None = None
+    steps_log: pd.DataFrame | None = None
+    """steps.jsonl as a frame (step, wall_ms, tokens_per_s, loss, profiled), when present."""
+
+    @property
+    def ranks(self) -> list[int]:
+        return [t.rank for t in self.traces]
+
+    def rank(self, rank: int) -> Trace:
+        for trace in self.traces:
+            if trace.rank == rank:
+                return trace
+        raise KeyError(rank)

@@ -1,0 +1,9 @@
+"""`cli.py train`, `profile` and `data`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
