@@ -1,9 +1,92 @@
-"""`cli.py analyze`."""
+"""`cli.py analyze`: load a run or trace file, run the detectors, print the findings."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from tracekit.errors import UserError
+from tracekit.finding import SEVERITY_ORDER, Finding
+
+
+def split_kinds(kinds: list[str] | None) -> list[str] | None:
+    """`--kinds a,b --kinds c` -> [a, b, c]; None when not given."""
+    if not kinds:
+        return None
+    names = [k.strip() for item in kinds for k in item.split(",") if k.strip()]
+    return names or None
+
+
+def fails(findings: list[Finding], fail_on: str | None) -> bool:
+    """True when a finding is at least as severe as `fail_on`."""
+    if fail_on is None:
+        return False
+    if fail_on not in SEVERITY_ORDER:
+        raise UserError(f"--fail-on must be one of high, medium, low (got {fail_on!r})")
+    return any(SEVERITY_ORDER[f.severity] <= SEVERITY_ORDER[fail_on] for f in findings)
+
+
+def check_markdown_target(path: Path) -> None:
+    """Refuse to write the report over a directory or something that looks like a trace."""
+    if path.is_dir():
+        raise UserError(f"--markdown {path}: is a directory")
+    if path.name.endswith((".json", ".json.gz", ".gz")):
+        raise UserError(f"--markdown {path}: refusing to write a report over a .json/.gz file")
+
+
+def print_breakdown(path: Path, to_stderr: bool) -> None:
+    """HTA's temporal/kernel breakdown (optional dependency, imported only when asked)."""
+    try:
+        from tracekit.hta import breakdown
+    except ImportError as exc:
+        raise UserError(f"--breakdown needs HolisticTraceAnalysis ({exc})") from None
+    from rich.console import Console
+
+    result: Any = breakdown(path)
+    console = Console(stderr=to_stderr)
+    if result is not None:
+        console.print(result)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("analyze")
+    def analyze(
+        path: Path = typer.Argument(..., help="A run directory or one .json/.json.gz trace."),
+        json_out: bool = typer.Option(False, "--json",
+                                      help="Print only the findings as a JSON list."),
+        kinds: list[str] = typer.Option(None, "--kinds",
+                                        help="Detectors to run (comma list or repeated)."),
+        rank: int = typer.Option(None, "--rank", help="Only findings of this rank."),
+        min_cost_us: float = typer.Option(0.0, "--min-cost-us",
+                                          help="Drop findings costing less than this."),
+        fail_on: str = typer.Option(None, "--fail-on",
+                                    help="Exit 1 if a finding is this severe or worse "
+                                         "(high|medium|low)."),
+        breakdown: bool = typer.Option(False, "--breakdown",
+                                       help="Also print HTA's time breakdown."),
+        markdown: Path = typer.Option(None, "--markdown",
+                                      help="Also write the report as Markdown to this file."),
+    ) -> None:
+        """Find why steps are slow: select_backward, sm_contention, comm_gap, slow_step."""
+        from tracekit.analysis import analyze_run
+        from tracekit.report import print_report, render_json, render_markdown
+
+        if fail_on is not None:
+            fails([], fail_on)  # validate before the (long) load
+        if markdown is not None:
+            check_markdown_target(markdown)
+        run, findings = analyze_run(path, kinds=split_kinds(kinds), rank=rank,
+                                    min_cost_us=min_cost_us, progress=not json_out)
+        if json_out:
+            sys.stdout.write(render_json(findings) + "\n")
+        else:
+            print_report(run, findings)
+        if breakdown:
+            print_breakdown(path, to_stderr=json_out)
+        if markdown is not None:
+            markdown.write_text(render_markdown(run, findings))
+        if fails(findings, fail_on):
+            raise typer.Exit(code=1)

@@ -1,0 +1,402 @@
+"""Scale benchmark: tracekit `analyze` vs HTA's TraceAnalysis load vs raw gunzip+JSON parse.
+
+Builds large, realistic multi-rank runs by replicating the recorded steps of a real trace (by
+default tests/data/gpu/select_backward_index: eager forward/backward, NCCL, Python stacks, fwdbwd
+and ac2g flows), then times each contender in its own subprocess on the same files:
+
+    raw json     gzip.decompress + json.loads of every rank file, one after another
+    raw orjson   the same with orjson.loads (the fastest pure parse available)
+    tracekit     tracekit.analysis.analyze_run(run_dir) with the parsed-frame cache off (cold)
+    tracekit warm  the same with the cache on, after one run that filled it (skipped with
+                 --no-warm); what a second `analyze`/`diff` of the same run costs
+    hta          hta.trace_analysis.TraceAnalysis(trace_dir=run_dir) (loading only)
+
+Reported per contender: wall seconds of the work itself (imports excluded, measured inside the
+subprocess), peak RSS of the biggest single process (ru_maxrss of the worker and of its own
+children), peak RSS of the whole process tree (psutil, sampled every 20 ms: parallel per-rank
+parsers add up), and events per second.
+
+    python scripts/bench_scale.py                          # 100 MB x 2 ranks (quick)
+    python scripts/bench_scale.py --sizes 100,500 --ranks 2
+    python scripts/bench_scale.py --sizes 1000 --ranks 8 --skip hta --out results.json
+
+Generated runs are kept in --workdir (default /tmp/tracekit_bench) and reused when their
+parameters match, since writing a gigabyte of gzip takes longer than analysing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = REPO / "tests" / "data" / "gpu" / "select_backward_index"
+STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
+# Integer ids that must stay unique per copy; each gets its own stride so links stay consistent.
+ID_ARGS = ("External id", "correlation", "Python id", "Python parent id", "Ev Idx",
+           "Sequence number")
+GAP_US = 500.0
+"""Idle time between replicas, so copies never overlap on any thread or stream."""
+
+
+# ---- building large traces ----------------------------------------------------------------
+
+
+@dataclass
+class Template:
+    """One source rank file split into replicable events and everything else."""
+
+    meta: dict[str, Any]
+    fixed: list[dict[str, Any]]
+    """Metadata (ph M), instants and the whole-trace span: written once."""
+    events: list[dict[str, Any]]
+    strides: dict[str, int]
+    flow_stride: int
+    period_us: float
+    steps_per_copy: int
+    first_step: int
+    bytes_per_copy: int
+
+
+def load_template(path: Path) -> Template:
+    doc = orjson.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz"
+                       else path.read_bytes())
+    events = doc.pop("traceEvents")
+    fixed = [e for e in events if e.get("ph") in ("M", "i") or e.get("cat") == "Trace"]
+    body = [e for e in events if not (e.get("ph") in ("M", "i") or e.get("cat") == "Trace")]
+    strides = {}
+    for key in ID_ARGS:
+        values = [e["args"][key] for e in body
+                  if isinstance(e.get("args"), dict) and isinstance(e["args"].get(key), int)]
+        strides[key] = (max(values) + 1) if values else 0
+    # ac2g flow ids are correlation ids; fwdbwd flows have their own id space.
+    flow_ids = [e["id"] for e in body if e.get("cat") == "fwdbwd" and isinstance(e.get("id"), int)]
+    flow_stride = max(flow_ids) + 1 if flow_ids else 0
+    starts = [e["ts"] for e in body]
+    ends = [e["ts"] + e.get("dur", 0.0) for e in body]
+    steps = [int(m.group(1)) for e in body if (m := STEP_NAME.match(str(e.get("name", ""))))]
+    first_step = min(steps) if steps else 0
+    steps_per_copy = (max(steps) - first_step + 1) if steps else 0
+    return Template(meta=doc, fixed=fixed, events=body, strides=strides, flow_stride=flow_stride,
+                    period_us=max(ends) - min(starts) + GAP_US, steps_per_copy=steps_per_copy,
+                    first_step=first_step, bytes_per_copy=len(orjson.dumps(body)))
+
+
+def replica(template: Template, copy: int) -> list[dict[str, Any]]:
+    """The template's events shifted by `copy` periods, with ids and step numbers made unique."""
+    shift = copy * template.period_us
+    out = []
+    for event in template.events:
+        new = dict(event)
+        new["ts"] = event["ts"] + shift
+        args = event.get("args")
+        if isinstance(args, dict):
+            args = dict(args)
+            for key, stride in template.strides.items():
+                value = args.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    args[key] = value + copy * stride
+            new["args"] = args
+        if "id" in event and isinstance(event["id"], int):
+            stride = (template.strides["correlation"] if event.get("cat") == "ac2g"
+                      else template.flow_stride)
+            new["id"] = event["id"] + copy * stride
+        match = STEP_NAME.match(str(event.get("name", "")))
+        if match:
+            new["name"] = f"ProfilerStep#{int(match.group(1)) + copy * template.steps_per_copy}"
+        out.append(new)
+    return out
+
+
+def write_rank(template: Template, rank: int, world_size: int, copies: int,
+               path: Path) -> tuple[int, int]:
+    """Write one rank file (gzip level 1, like a quick export); returns (events, JSON bytes)."""
+    meta = dict(template.meta)
+    dist = dict(meta.get("distributedInfo") or {})
+    dist.update(rank=rank, world_size=world_size)
+    meta["distributedInfo"] = dist
+    head = orjson.dumps(meta)[:-1] + b',"traceEvents":['
+    events = len(template.fixed)
+    written = 0
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wb", compresslevel=1) as fh:
+        chunk = head + orjson.dumps(template.fixed)[1:-1]
+        for copy in range(copies):
+            body = replica(template, copy)
+            events += len(body)
+            chunk += b"," + orjson.dumps(body)[1:-1]
+            fh.write(chunk)
+            written += len(chunk)
+            chunk = b""
+        tail = b"]}"
+        fh.write(tail)
+        written += len(tail)
+    os.replace(tmp, path)
+    return events, written
+
+
+def build_run(source: Path, size_mb: int, ranks: int, workdir: Path) -> dict[str, Any]:
+    """Write (or reuse) a run of `ranks` files of ~size_mb MB uncompressed JSON each."""
+    run_dir = workdir / f"{source.name}_{size_mb}MB_x{ranks}"
+    # Kept beside the run, not in it: loaders treat every *.json in a run directory as a trace.
+    info_path = workdir / f"{run_dir.name}.info.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted(source.glob("rank*.json*")) or [source]
+    templates = [load_template(p) for p in sources]
+    info: dict[str, Any] = {"run_dir": str(run_dir), "size_mb": size_mb, "ranks": ranks,
+                            "source": str(source), "files": []}
+    for rank in range(ranks):
+        template = templates[rank % len(templates)]
+        copies = max(1, math.ceil(size_mb * 1e6 / template.bytes_per_copy))
+        path = run_dir / f"rank{rank}.pt.trace.json.gz"
+        t0 = time.perf_counter()
+        events, nbytes = write_rank(template, rank, ranks, copies, path)
+        print(f"  wrote {path.name}: {nbytes / 1e6:.0f} MB JSON, {events:,} events, "
+              f"{copies} copies of {template.steps_per_copy} steps "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        info["files"].append({"path": str(path), "events": events, "json_bytes": nbytes,
+                              "gz_bytes": path.stat().st_size})
+    info_path.write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+WORKERS = {
+    "raw json": """
+import gzip, json
+for f in FILES:
+    with open(f, "rb") as fh:
+        doc = json.loads(gzip.decompress(fh.read()))
+    del doc
+""",
+    "raw orjson": """
+import gzip, orjson
+for f in FILES:
+    with open(f, "rb") as fh:
+        doc = orjson.loads(gzip.decompress(fh.read()))
+    del doc
+""",
+    "tracekit": """
+from tracekit.analysis import analyze_run
+run, findings = analyze_run(RUN_DIR, progress=False)
+""",
+    "hta": """
+import logging
+logging.disable(logging.CRITICAL)
+from hta.trace_analysis import TraceAnalysis
+analysis = TraceAnalysis(trace_dir=RUN_DIR)
+""",
+}
+IMPORTS = {
+    "tracekit": "import tracekit.analysis, tracekit.load, tracekit.detectors\n"
+                "tracekit.detectors.load_detectors()\n",
+    "hta": "import hta.trace_analysis\n",
+}
+HARNESS = """
+import json, resource, sys, time
+FILES = {files!r}
+RUN_DIR = {run_dir!r}
+{imports}
+t0 = time.perf_counter()
+{work}
+wall = time.perf_counter() - t0
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print("BENCH_RESULT " + json.dumps({{"wall_s": wall, "self_kb": own, "children_kb": kids}}))
+"""
+
+
+@dataclass
+class Measurement:
+    contender: str
+    size_mb: int
+    ranks: int
+    events: int
+    wall_s: float | None
+    max_process_rss_mb: float | None
+    tree_rss_mb: float | None
+    events_per_s: float | None
+    error: str = ""
+
+
+def _sample_tree_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
+    """Peak summed RSS of a process and all its descendants, sampled every 20 ms."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += proc.memory_info().rss
+        peak[0] = max(peak[0], total)
+        stop.wait(0.02)
+
+
+def measure(contender: str, info: dict[str, Any], timeout_s: int,
+            env_extra: dict[str, str]) -> Measurement:
+    files = [f["path"] for f in info["files"]]
+    events = sum(f["events"] for f in info["files"])
+    work = WORKERS[contender.replace(" warm", "")]
+    code = HARNESS.format(files=files, run_dir=info["run_dir"],
+                          imports=IMPORTS.get(contender.replace(" warm", ""), ""), work=work)
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
+                         None)
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        stop, peak = threading.Event(), [0.0]
+        sampler = threading.Thread(target=_sample_tree_rss, args=(proc.pid, stop, peak))
+        sampler.start()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            result.error = f"timed out after {timeout_s} s"
+        stop.set()
+        sampler.join()
+        out.seek(0)
+        text = out.read()
+    found = [line for line in text.splitlines() if line.startswith("BENCH_RESULT ")]
+    if not found:
+        result.error = result.error or (text.strip().splitlines() or ["no output"])[-1][:200]
+        return result
+    data = json.loads(found[-1].split(" ", 1)[1])
+    result.wall_s = data["wall_s"]
+    result.max_process_rss_mb = max(data["self_kb"], data["children_kb"]) / 1024
+    result.tree_rss_mb = peak[0] / 2**20
+    result.events_per_s = events / data["wall_s"] if data["wall_s"] > 0 else None
+    return result
+
+
+def clear_caches(info: dict[str, Any]) -> None:
+    """Remove tracekit's parsed-frame caches of the benchmark's own generated files."""
+    try:
+        from tracekit.cache import clear_cache
+    except ImportError:
+        return
+    for f in info["files"]:
+        clear_cache(Path(f["path"]))
+
+
+def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int) -> list[
+        Measurement]:
+    results = []
+    for contender in contenders:
+        if contender == "tracekit warm":
+            clear_caches(info)
+            measure("tracekit", info, timeout_s, {"TRACEKIT_CACHE": "1"})  # fills the cache
+            env = {"TRACEKIT_CACHE": "1"}
+        else:
+            env = {"TRACEKIT_CACHE": "0"}
+        print(f"  {contender} ...", end="", flush=True)
+        m = measure(contender, info, timeout_s, env)
+        print(f" {m.wall_s:.1f} s" if m.wall_s is not None else f" failed: {m.error}",
+              flush=True)
+        results.append(m)
+    if "tracekit warm" in contenders:
+        clear_caches(info)
+    return results
+
+
+def print_table(results: list[Measurement], infos: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    json_mb = {(i["size_mb"], i["ranks"]): (sum(f["json_bytes"] for f in i["files"]) / 1e6,
+                                            max(f["json_bytes"] for f in i["files"]) / 1e6)
+               for i in infos}
+    table = Table(title=f"tracekit scale benchmark ({os.cpu_count()} CPUs)")
+    for col in ("run", "contender", "wall s", "events/s", "max proc RSS MB", "tree RSS MB",
+                "vs raw parse", "vs hta", "RSS / largest file"):
+        table.add_column(col, justify="right" if col not in ("run", "contender") else "left")
+    by_run: dict[tuple[int, int], dict[str, Measurement]] = {}
+    for m in results:
+        by_run.setdefault((m.size_mb, m.ranks), {})[m.contender] = m
+    for (size, ranks), group in by_run.items():
+        total_mb, largest_mb = json_mb[(size, ranks)]
+        raws = [group[c] for c in ("raw json", "raw orjson") if c in group and group[c].wall_s]
+        raw = min(raws, key=lambda m: m.wall_s) if raws else None
+        hta = group.get("hta")
+        for m in group.values():
+            if m.wall_s is None:
+                table.add_row(f"{size} MB x{ranks}", m.contender, m.error, "", "", "", "", "", "")
+                continue
+            vs_raw = f"{m.wall_s / raw.wall_s:.2f}x" if raw and raw.wall_s else ""
+            vs_hta = f"{hta.wall_s / m.wall_s:.1f}x faster" if hta and hta.wall_s else ""
+            table.add_row(f"{size} MB x{ranks} ({total_mb:.0f} MB)", m.contender,
+                          f"{m.wall_s:.2f}", f"{m.events_per_s:,.0f}",
+                          f"{m.max_process_rss_mb:,.0f}", f"{m.tree_rss_mb:,.0f}", vs_raw, vs_hta,
+                          f"{m.tree_rss_mb / largest_mb:.1f}x / "
+                          f"{m.max_process_rss_mb / largest_mb:.1f}x")
+    Console(width=200).print(table)
+    print("vs raw parse: wall time / the faster of raw json and raw orjson. RSS / largest file: "
+          "tree peak / single-process peak, over the largest rank file's JSON size.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100", help="MB of JSON per rank, comma separated")
+    parser.add_argument("--ranks", default="2", help="rank counts, comma separated")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
+                        help="run directory (rank*.json[.gz]) or trace file to replicate")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tracekit_bench"))
+    parser.add_argument("--skip", default="", help="contenders to skip: raw json,hta,...")
+    parser.add_argument("--no-warm", action="store_true", help="skip the cached second analyze")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--build-only", action="store_true", help="only write the traces")
+    args = parser.parse_args()
+
+    contenders = ["raw json", "raw orjson", "tracekit", "tracekit warm", "hta"]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.no_warm:
+        skip.add("tracekit warm")
+    contenders = [c for c in contenders if c not in skip]
+    infos, results = [], []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for ranks in [int(r) for r in args.ranks.split(",")]:
+            print(f"{size} MB x {ranks} ranks:", flush=True)
+            info = build_run(args.source, size, ranks, args.workdir)
+            infos.append(info)
+            if args.build_only:
+                continue
+            results.extend(run_contenders(info, contenders, args.timeout))
+    if args.build_only:
+        return
+    print_table(results, infos)
+    if args.out:
+        args.out.write_text(json.dumps({"cpus": os.cpu_count(),
+                                        "results": [asdict(r) for r in results],
+                                        "runs": infos}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

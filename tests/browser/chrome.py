@@ -1,0 +1,86 @@
+"""Drive Debian's headless chromium through selenium, for tests of the HTML timeline.
+
+Only the system browser is used (`/usr/bin/chromium` + `chromedriver`): selenium's own browser
+download needs the network, which CI does not have. A fresh --user-data-dir per session keeps
+runs independent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+DRIVER_NAMES = ("chromedriver",)
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--hide-scrollbars",
+    # WebGL without a GPU: SwiftShader, which --disable-gpu alone would leave off.
+    "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
+)
+
+
+def find_browser() -> tuple[str, str] | None:
+    """Paths of chromium and chromedriver, or None when either is missing."""
+    browser = next((p for n in CHROMIUM_NAMES if (p := shutil.which(n))), None)
+    driver = next((p for n in DRIVER_NAMES if (p := shutil.which(n))), None)
+    if browser is None and Path("/usr/bin/chromium").exists():
+        browser = "/usr/bin/chromium"
+    return (browser, driver) if browser and driver else None
+
+
+@contextmanager
+def chromium(profile_dir: Path, width: int = 1600, height: int = 1000) -> Iterator[Any]:
+    """A headless chromium WebDriver with browser console logs captured."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    found = find_browser()
+    if found is None:
+        raise RuntimeError("chromium/chromedriver not installed")
+    browser, driver_path = found
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=driver_path, log_output=os.devnull)
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(120)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_timeline(driver: Any, page: Path, timeout_s: float = 90.0) -> float:
+    """Open a timeline page and wait until Plotly has drawn it; returns seconds it took.
+
+    "Drawn" means the plot div has its `_fullLayout` and its y-axis tick labels exist in the
+    DOM, i.e. plotly.js parsed the embedded data and rendered, not merely that HTML arrived.
+    """
+    start = time.perf_counter()
+    driver.get(page.resolve().as_uri())
+    deadline = start + timeout_s
+    while time.perf_counter() < deadline:
+        ready = driver.execute_script(
+            "var gd = document.querySelector('.plotly-graph-div');"
+            "return !!(gd && gd._fullLayout && document.querySelector('.ytick text'));")
+        if ready:
+            return time.perf_counter() - start
+        time.sleep(0.05)
+    raise TimeoutError(f"{page} did not render within {timeout_s} s")
+
+
+def severe_logs(driver: Any) -> list[str]:
+    """Console messages at level SEVERE (uncaught errors, failed loads)."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry.get("level") == "SEVERE"]

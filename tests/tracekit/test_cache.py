@@ -1,0 +1,146 @@
+"""The parsed-frame cache: hits give identical frames faster; any change to the trace misses."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tracekit import cache
+from tracekit.cache import cache_dir_for, load_cached, save_cache
+from tracekit.trace import Trace
+
+pytest.importorskip("pyarrow")
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "gpu"
+# The largest committed trace (~6 MB of JSON, mostly Python frames): parsing it is measurable.
+BIG_TRACE = DATA / "comm_gap_late" / "rank0.pt.trace.json.gz"
+
+
+def _parse(path: Path) -> Trace:
+    from tracekit.load import load
+
+    return load(path, link=False, progress=False).traces[0]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def trace_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of a real trace, so caches never land in tests/data."""
+    monkeypatch.setenv(cache.CACHE_ENV, "1")
+    target = tmp_path / "run" / BIG_TRACE.name
+    target.parent.mkdir()
+    shutil.copy2(BIG_TRACE, target)
+    return target
+
+
+def _assert_same(a: Trace, b: Trace) -> None:
+    for name in cache.FRAME_NAMES:
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True,
+                                      obj=name)
+    assert (a.rank, a.world_size, a.num_sms, a.linked) == (b.rank, b.world_size, b.num_sms,
+                                                            b.linked)
+    assert a.meta == b.meta
+    assert a.warnings == b.warnings
+
+
+def test_second_load_hits_cache_with_equal_frames_and_is_faster(trace_copy: Path) -> None:
+    assert load_cached(trace_copy) is None
+    before = _digest(trace_copy)
+    t0 = time.perf_counter()
+    parsed = _parse(trace_copy)
+    parse_s = time.perf_counter() - t0
+    save_cache(parsed)
+    assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()
+    t0 = time.perf_counter()
+    cached = load_cached(trace_copy)
+    cached_s = time.perf_counter() - t0
+    assert cached is not None
+    _assert_same(parsed, cached)
+    assert cached.path == trace_copy
+    assert cached_s < parse_s, (cached_s, parse_s)
+    # The trace itself is untouched, and the cache does not look like a trace to a loader.
+    assert _digest(trace_copy) == before
+    assert sorted(p.name for p in trace_copy.parent.iterdir() if p.is_file()) == [
+        trace_copy.name]
+
+
+def test_linked_trace_round_trips(trace_copy: Path) -> None:
+    pytest.importorskip("tracekit.link")
+    from tracekit.load import load
+
+    linked = load(trace_copy, link=True, progress=False).traces[0]
+    save_cache(linked)
+    cached = load_cached(trace_copy)
+    assert cached is not None and cached.linked
+    _assert_same(linked, cached)
+
+
+def test_touch_invalidates(trace_copy: Path) -> None:
+    save_cache(_parse(trace_copy))
+    assert load_cached(trace_copy) is not None
+    stat = trace_copy.stat()
+    os.utime(trace_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert load_cached(trace_copy) is None
+
+
+def test_same_size_same_mtime_rewrite_invalidates(trace_copy: Path) -> None:
+    """A rewrite that keeps size and mtime (cp -p of another trace) is caught by the hash."""
+    save_cache(_parse(trace_copy))
+    stat = trace_copy.stat()
+    data = bytearray(trace_copy.read_bytes())
+    data[-100] ^= 0xFF  # the gzip tail: in the hashed last MiB
+    trace_copy.write_bytes(bytes(data))
+    os.utime(trace_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert trace_copy.stat().st_size == stat.st_size
+    assert load_cached(trace_copy) is None
+
+
+def test_format_version_change_invalidates(trace_copy: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    save_cache(_parse(trace_copy))
+    monkeypatch.setattr(cache, "CACHE_FORMAT_VERSION", cache.CACHE_FORMAT_VERSION + 1)
+    assert load_cached(trace_copy) is None
+
+
+def test_resave_replaces_stale_cache(trace_copy: Path) -> None:
+    trace = _parse(trace_copy)
+    save_cache(trace)
+    stat = trace_copy.stat()
+    os.utime(trace_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert load_cached(trace_copy) is None
+    save_cache(trace)
+    assert load_cached(trace_copy) is not None
+    leftovers = [p for p in cache_dir_for(trace_copy).parent.iterdir()
+                 if p.name != trace_copy.name]
+    assert leftovers == []
+
+
+def test_unwritable_location_is_skipped_silently(trace_copy: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("x")
+    monkeypatch.setattr(cache, "cache_dir_for", lambda path: blocker / "sub" / "cache")
+    save_cache(_parse(trace_copy))  # must not raise
+    assert load_cached(trace_copy) is None
+
+
+def test_disabled_by_environment(trace_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cache.CACHE_ENV, "0")
+    save_cache(_parse(trace_copy))
+    assert not cache_dir_for(trace_copy).exists()
+    assert load_cached(trace_copy) is None
+
+
+def test_corrupt_cache_is_a_miss(trace_copy: Path) -> None:
+    save_cache(_parse(trace_copy))
+    (cache_dir_for(trace_copy) / "kernels.parquet").write_bytes(b"not parquet")
+    assert load_cached(trace_copy) is None

@@ -1,0 +1,163 @@
+"""`cli.py analyze`: the --json contract, --fail-on exit codes, renderers, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracekit.analysis import analyze_run, analyze_run_and_print
+from tracekit.report import render_json, render_markdown
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from synth import SynthTrace, write_run  # noqa: E402
+
+import cli as cli_module  # noqa: E402
+
+EXTERNAL = Path("/work/shared/traces-external")
+FINDING_KEYS = {"kind", "severity", "rank", "step", "start_us", "dur_us", "cost_us", "count",
+                "title", "culprit", "cause", "evidence", "suggestion"}
+CULPRIT_KEYS = {"kernel", "stream", "grid", "blocks_per_sm"}
+CAUSE_KEYS = {"op", "op_stack", "source", "ordering"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a fresh process (what a user runs)."""
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), "analyze", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def cli_here(args: list[str], capsys: pytest.CaptureFixture[str],
+             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """cli.main() in this process (fast): exit code, stdout, stderr."""
+    if not cli_module.app.registered_commands:
+        cli_module._register_commands()
+    monkeypatch.setattr(sys, "argv", ["cli.py", "analyze", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def slow_run(tmp_path: Path, slow: bool = True) -> Path:
+    """Five 2 ms steps; step 3 waits 50 ms on data when `slow`."""
+    t = SynthTrace()
+    cpu = 0.0
+    for step in range(1, 6):
+        extra = 50_000.0 if slow and step == 3 else 0.0
+        t.step(step, cpu, 2000 + extra, cpu + 300 + extra, 1700)
+        if extra:
+            t.annotation("data:wait_shard", cpu + 100, extra)
+        op = t.cpu_op("aten::mm", cpu + 200 + extra, 100)
+        t.launch_kernel("sm90_xmma_gemm_f32f32", cpu + 210 + extra, cpu + 300 + extra, 1600,
+                        external_id=op, grid=(132, 1, 1))
+        cpu += 2000 + extra
+    return write_run(tmp_path / ("slow" if slow else "even"), [t])
+
+
+def test_json_contract_and_fail_on(tmp_path: Path) -> None:
+    run_dir = slow_run(tmp_path)
+    result = cli(str(run_dir), "--json", "--fail-on", "high")
+    assert result.returncode == 1, result.stderr
+    findings = json.loads(result.stdout)  # stdout is only the JSON list
+    assert isinstance(findings, list) and findings
+    for f in findings:
+        assert set(f) == FINDING_KEYS
+        assert set(f["culprit"]) == CULPRIT_KEYS and set(f["cause"]) == CAUSE_KEYS
+        assert f["severity"] in ("high", "medium", "low")
+        assert isinstance(f["start_us"], float) and isinstance(f["cost_us"], float)
+        if f["cause"]["source"] is not None:
+            assert {"file", "line", "function"} <= set(f["cause"]["source"])
+    slow = [f for f in findings if f["kind"] == "slow_step"]
+    assert [f["step"] for f in slow] == [3]
+    assert cli(str(run_dir), "--json", "--kinds", "slow_step", "--min-cost-us",
+               "1e9").stdout.strip() == "[]"
+
+
+def test_fail_on_quiet_run_and_terminal_report(tmp_path: Path, capsys, monkeypatch) -> None:
+    run_dir = slow_run(tmp_path, slow=False)
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step,select_backward",
+                               "--fail-on", "low", "--markdown", str(tmp_path / "report.md")],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert "No findings" in out
+    assert (tmp_path / "report.md").read_text().startswith("# tracekit findings")
+
+
+def test_terminal_report_and_markdown_name_the_cause(tmp_path: Path, capsys,
+                                                     monkeypatch) -> None:
+    run_dir = slow_run(tmp_path)
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step", "--kinds",
+                               "select_backward", "--markdown", str(tmp_path / "r.md")],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert "slow_step" in out and "data:wait_shard" in out
+    markdown = (tmp_path / "r.md").read_text()
+    assert "## slow_step" in markdown and "| high | 0 | 3 |" in markdown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kinds", "nope"], "unknown detector"),
+    (["--rank", "7"], "rank 7"),
+    (["--fail-on", "severe"], "--fail-on"),
+])
+def test_bad_options(tmp_path: Path, args: list[str], message: str, capsys, monkeypatch) -> None:
+    code, out, err = cli_here([str(slow_run(tmp_path)), *args], capsys, monkeypatch)
+    assert code != 0
+    assert err.startswith("error:") and message in err
+    assert "Traceback" not in err + out
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = gzip.compress(json.dumps(SynthTrace().to_dict()).encode())
+    files = {
+        "empty.json": b"",
+        "truncated.json.gz": good[: len(good) // 2],
+        "invalid.json": b'{"traceEvents": [',
+        "not_a_trace.json": b'{"hello": [1, 2, 3]}',
+    }
+    paths = {"missing": tmp_path / "does-not-exist"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths[name] = tmp_path / name
+    (tmp_path / "no_traces").mkdir()
+    (tmp_path / "no_traces" / "notes.txt").write_text("nothing here")
+    paths["no_traces"] = tmp_path / "no_traces"
+    return paths
+
+
+def test_bad_input_is_one_error_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    for name, path in bad_inputs(tmp_path).items():
+        code, out, err = cli_here([str(path), "--json"], capsys, monkeypatch)
+        assert code != 0, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+        assert out == "", name
+    # and once through a real process, where a traceback would show on stderr
+    result = cli(str(tmp_path / "empty.json"))
+    assert result.returncode == 2 and result.stderr.startswith("error:")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXTERNAL.glob("*.json.gz")))
+def test_external_traces_analyse(name: str) -> None:
+    run, findings = analyze_run(EXTERNAL / name, progress=False)
+    assert run.traces
+    assert isinstance(json.loads(render_json(findings)), list)
+    assert render_markdown(run, findings).startswith("# tracekit findings")
+
+
+def test_analyze_run_and_print_writes_findings(tmp_path: Path, capsys) -> None:
+    run_dir = slow_run(tmp_path)
+    analyze_run_and_print(run_dir)
+    saved = json.loads((run_dir / "findings.json").read_text())
+    assert any(f["kind"] == "slow_step" and f["step"] == 3 for f in saved)
+    assert "slow_step" in capsys.readouterr().out
+    (run_dir / "findings.json").write_text('{"not": "ours"}')
+    analyze_run_and_print(run_dir)  # a findings.json that is not a list is left alone
+    assert json.loads((run_dir / "findings.json").read_text()) == {"not": "ours"}

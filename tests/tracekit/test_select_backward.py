@@ -1,0 +1,165 @@
+"""select_backward: found on the planted GPU traces at the bank-indexing line, silent on unbind,
+and on synthetic eager / CPU-only traces."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracekit.detectors.select_backward import detect
+from tracekit.load import load
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from synth import SynthTrace, write_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_DATA = REPO / "tests" / "data" / "gpu"
+SCRIPT = REPO / "scripts" / "record_planted_traces.py"
+FILL = re.compile(r"FillFunctor")
+
+
+def planted_line(marker: str) -> int:
+    """Line number of `# planted: <marker>` in the recording script."""
+    for number, text in enumerate(SCRIPT.read_text().splitlines(), start=1):
+        if f"# planted: {marker}" in text:
+            return number
+    raise AssertionError(f"no planted marker {marker!r} in {SCRIPT}")
+
+
+def needs(scenario: str) -> Path:
+    path = GPU_DATA / scenario
+    if not path.is_dir():
+        pytest.skip(f"{path} not recorded yet")
+    return path
+
+
+def test_planted_index_found_at_the_indexing_line() -> None:
+    run = load(needs("select_backward_index"), link=True, progress=False)
+    findings = detect(run)
+    assert {f.rank for f in findings} == {0, 1}
+    line = planted_line("select_backward")
+    for rank in (0, 1):
+        mine = [f for f in findings if f.rank == rank]
+        assert len(mine) == 1, [f.title for f in mine]
+        f = mine[0]
+        assert f.kind == "select_backward"
+        assert f.count == 4 * 5  # 4 bank slices per step, steps 6..10
+        assert f.step is None  # the same line runs every step: spread, not one step
+        assert sorted(f.evidence["per_step"]) == ["10", "6", "7", "8", "9"]
+        assert FILL.search(f.culprit.kernel or "")
+        assert f.culprit.grid == [4096, 1, 1]
+        assert f.culprit.blocks_per_sm and f.culprit.blocks_per_sm > 30
+        assert f.cause.op == "aten::select_backward"
+        assert "aten::select_backward" in f.cause.op_stack
+        assert f.cause.source is not None
+        assert f.cause.source.file.endswith("record_planted_traces.py")
+        assert f.cause.source.line == line
+        assert f.evidence["bank_bytes"] == 4 * 1024 * 1024 * 4
+        assert f.evidence["bytes_zero_filled"] == 20 * 4 * 1024 * 1024 * 4
+        assert f.cost_us > 0 and f.dur_us > 0
+
+
+def test_planted_unbind_is_silent() -> None:
+    run = load(needs("select_backward_unbind"), link=True, progress=False)
+    assert detect(run) == []
+
+
+def test_planted_compiled_names_the_inductor_kernel() -> None:
+    run = load(needs("select_backward_compiled"), link=True, progress=False)
+    findings = detect(run)
+    assert {f.rank for f in findings} == {0, 1}
+    for f in findings:
+        assert "select_backward" in (f.culprit.kernel or "")
+        assert f.evidence["compiled"] is True
+        assert f.count >= 5  # at least once per profiled step
+
+
+MODEL_SRC = '''\
+import torch
+
+
+def forward(bank, x):
+    for i in range(bank.size(0)):
+        w = bank[i]
+        x = x @ w
+    return x
+'''
+
+
+def bank_trace(tmp_path: Path, index: bool, gpu: bool = True, steps: int = 4) -> SynthTrace:
+    """A rank whose forward indexes (or not) a [4, 256, 256] fp32 bank, backward per slice."""
+    model = tmp_path / "model.py"
+    model.write_text(MODEL_SRC)
+    t = SynthTrace()
+    for s in range(steps):
+        t0, g0 = s * 1000.0, 100_000 + s * 1000.0
+        t.step(s + 1, t0, 990, g0 if gpu else None, 990)
+        frame = t.python_frame(str(model), 4, "forward", t0 + 1, 400)
+        for layer in range(4):
+            fwd_ts = t0 + 10 + layer * 50
+            if index:
+                t.cpu_op("aten::select", fwd_ts, 5, input_dims=[[4, 256, 256], [], []],
+                         input_types=["float", "Scalar", "Scalar"], seq=layer)
+            t.cpu_op("aten::mm", fwd_ts + 10, 20, input_dims=[[8, 256], [256, 256]])
+            if not index:
+                continue
+            bwd = t0 + 500 + layer * 100
+            t.fwdbwd(fwd_ts, bwd)
+            t.cpu_op("autograd::engine::evaluate_function: SelectBackward0", bwd, 90)
+            t.cpu_op("SelectBackward0", bwd + 1, 88)
+            t.cpu_op("aten::select_backward", bwd + 2, 80, input_dims=[[256, 256], [], [], []],
+                     input_types=["float", "ScalarList", "Scalar", "Scalar"])
+            fill = t.cpu_op("aten::fill_", bwd + 5, 30)
+            copy = t.cpu_op("aten::copy_", bwd + 40, 30)
+            if gpu:
+                g = g0 + 500 + layer * 100
+                t.launch_kernel("void at::native::vectorized_elementwise_kernel<4, "
+                                "at::native::FillFunctor<float> >()", bwd + 6, g, 7.0,
+                                external_id=fill, grid=(1024, 1, 1))
+                t.launch_mem("memcpy", bwd + 41, g + 10, 3.0, nbytes=256 * 256 * 4,
+                             external_id=copy)
+        del frame
+    return t
+
+
+def test_synthetic_eager_groups_by_forward_line(tmp_path: Path) -> None:
+    run = load(write_run(tmp_path / "run", [bank_trace(tmp_path, index=True)]), link=True,
+               progress=False)
+    findings = detect(run)
+    assert len(findings) == 1
+    f = findings[0]
+    assert f.count == 16 and f.rank == 0 and f.step is None
+    assert f.cost_us == pytest.approx(16 * (7.0 + 3.0))
+    assert FILL.search(f.culprit.kernel or "")
+    assert f.culprit.grid == [1024, 1, 1]
+    assert f.evidence["bytes_zero_filled"] == 16 * 4 * 256 * 256 * 4
+    assert f.cause.source is not None and f.cause.source.file.endswith("model.py")
+    # the statement `w = bank[i]` (line 6) when narrowed, else the def line (4)
+    assert f.cause.source.line == (6 if f.cause.source.line_exact else 4)
+
+
+def test_synthetic_unbind_is_silent(tmp_path: Path) -> None:
+    run = load(write_run(tmp_path / "run", [bank_trace(tmp_path, index=False)]), link=True,
+               progress=False)
+    assert detect(run) == []
+
+
+def test_synthetic_cpu_only_reports_cpu_time(tmp_path: Path) -> None:
+    run = load(write_run(tmp_path / "run", [bank_trace(tmp_path, index=True, gpu=False)]),
+               link=True, progress=False)
+    findings = detect(run)
+    assert len(findings) == 1
+    f = findings[0]
+    assert f.count == 16
+    assert f.cost_us == pytest.approx(16 * 80.0)
+    assert "cpu_time_us" in f.evidence and f.culprit.kernel is None
+
+
+def test_one_step_only_gets_that_step(tmp_path: Path) -> None:
+    run = load(write_run(tmp_path / "run", [bank_trace(tmp_path, index=True, steps=1)]),
+               link=True, progress=False)
+    (f,) = detect(run)
+    assert f.step == 1

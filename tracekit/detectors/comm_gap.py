@@ -1,0 +1,534 @@
+"""comm_gap: the communication stream sits idle between two collectives of one step.
+
+The pathology, in plain words: a communication-bound step is only as fast as its comm stream is
+busy. When the next collective does not follow the previous one immediately, the network idles
+and the step's critical path grows by that gap. Three causes account for nearly every gap, and
+each needs a different fix, so every gap is classified:
+
+- late launch: the CPU issued the next collective only after the previous one had finished (its
+  launch call, cuLaunchKernelEx/cudaLaunchKernel, returned after the previous collective ended).
+  The GPU had nothing queued; the thread was busy with something else (optimizer math, a
+  `.item()`, Python overhead, a sleep). The finding names what that thread did during the gap:
+  the most specific CPU op, record_function label or Python frame covering at least half of it,
+  with its user source line. Fix: issue communication earlier / move the CPU work.
+- waiting on compute: the collective was launched in time but started only when a kernel on
+  another stream, launched before it, ended (the NCCL stream waits on an event recorded after
+  that kernel: the collective's input was produced by it). The finding names the longest
+  kernel on that stream during the wait (what the GPU did instead) and the kernel that ended
+  right before the collective started. Fix: produce the communicated tensors first, launch the
+  unrelated compute after the collective is issued.
+- SM starvation: launched in time, no dependency, but an SM-filling non-GEMM kernel on another
+  stream ran during the wait (see sm_contention: NCCL's blocks could not be scheduled).
+- compute saturation: the same, but the kernel holding every SM was a GEMM or attention kernel
+  (overlap one usually wants, so sm_contention does not blame it; the gap is still real: a
+  persistent cuBLAS kernel with one block per SM keeps NCCL's blocks off the GPU).
+- unexplained: none of the above is visible in the trace (a peer rank's delay surfaces as a long
+  collective, not as a gap; a gap with no cause is still reported, with what is known).
+
+A gap is the time between the end of one NCCL kernel and the start of the next on the same
+stream, within one GPU-side step, minus any other work that ran on that stream meanwhile. It is
+reported when it reaches `min_gap_us` (50 us: a collective issued back to back starts 2-20 us
+after its predecessor on an H200, so 50 us is unmistakably idle) and `min_gap_step_frac` of the
+rank's median step (0.5%: below that a gap cannot matter to the step time; above it a few of
+them already show up as low-severity findings).
+
+Findings are merged per (rank, classification, cause line or name) with the count and total cost
+(the summed idle time); start/dur/step point at the largest gap; `cause.ordering` says what came
+before the next collective, e.g. "all_reduce(bucket1) issued 2.37 ms after all_reduce(bucket0)
+finished; CPU in cpu:busy (scripts/train.py:167)".
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracekit.detectors import register
+from tracekit.detectors.sm_contention import (
+    INTERNAL_LABEL,
+    culprit_of,
+    dependency_rows,
+    kernel_source,
+    kernel_steps,
+    launch_columns,
+    num_sms_of,
+    short_kernel_name,
+    sm_filling,
+    source_of_op,
+    source_key,
+    step_time_us,
+    suspect_mask,
+    user_label,
+    window_pairs,
+)
+from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.overlap import Coverage
+from tracekit.trace import Run, Trace
+
+LATE_LAUNCH = "late_launch"
+WAITING_ON_COMPUTE = "waiting_on_compute"
+SM_STARVATION = "sm_starvation"
+COMPUTE_SATURATION = "compute_saturation"
+UNEXPLAINED = "unexplained"
+
+SUGGESTIONS = {
+    LATE_LAUNCH: "Issue the collective before the CPU work that delays it (or move that work "
+                 "off the launching thread), so the comm stream always has the next collective "
+                 "queued.",
+    WAITING_ON_COMPUTE: "Produce the tensors this collective sends first, and launch unrelated "
+                        "compute after the collective is issued, so communication overlaps it.",
+    SM_STARVATION: "Bound the grid of the SM-filling kernel (a persistent kernel on a few SMs) "
+                   "or move it away from the collective; see the sm_contention finding.",
+    COMPUTE_SATURATION: "A GEMM/attention kernel held every SM while the collective waited; "
+                        "if communication is on the critical path, leave SMs to NCCL (an SM "
+                        "carve-out for the GEMM) or issue the collective before that kernel.",
+    UNEXPLAINED: "Inspect the gap on the timeline; the trace shows no CPU delay, dependency or "
+                 "SM-filling kernel behind it.",
+}
+
+
+@dataclass
+class GapParams:
+    """Thresholds of the detector; see the module docstring for why each default."""
+
+    min_gap_us: float = 50.0
+    min_gap_step_frac: float = 0.005
+    dependency_tol_us: float = 15.0
+    min_waves: float = 1.0
+    dominant_frac: float = 0.5
+    """A CPU activity explains a late launch when it covers this share of the gap."""
+
+
+# ---- gaps ------------------------------------------------------------------------------------
+
+def comm_gaps(trace: Trace, params: GapParams) -> pd.DataFrame:
+    """Idle gaps between consecutive NCCL kernels of one step on each comm stream."""
+    k = trace.kernels
+    cols = ["prev_row", "row", "stream", "step", "prev_end", "ts", "gap", "idle"]
+    nccl_rows = np.flatnonzero(k["is_nccl"].to_numpy(dtype=bool))
+    if len(nccl_rows) < 2:
+        return pd.DataFrame(columns=cols)
+    steps = kernel_steps(trace)
+    n = pd.DataFrame({"row": nccl_rows, "stream": k["stream"].to_numpy()[nccl_rows],
+                      "ts": k["ts"].to_numpy(dtype=np.float64)[nccl_rows],
+                      "end": k["end"].to_numpy(dtype=np.float64)[nccl_rows],
+                      "step": steps[nccl_rows]}).sort_values(["stream", "ts"], kind="stable")
+    by_stream = n.groupby("stream", sort=False)
+    n["prev_row"] = by_stream["row"].shift(1)
+    n["prev_end"] = by_stream["end"].cummax().groupby(n["stream"], sort=False).shift(1)
+    n["prev_step"] = by_stream["step"].shift(1)
+    gaps = n[n["prev_row"].notna() & (n["prev_step"] == n["step"])].copy()
+    gaps["prev_row"] = gaps["prev_row"].astype(np.int64)
+    gaps["gap"] = gaps["ts"] - gaps["prev_end"]
+    gaps = gaps[gaps["gap"] > 0]
+    # Other work on the same stream inside the gap (a stream shared with compute) is not idle.
+    gaps["idle"] = gaps["gap"] - other_work_on_stream(trace, gaps)
+    return gaps[cols].reset_index(drop=True)
+
+
+def other_work_on_stream(trace: Trace, gaps: pd.DataFrame) -> np.ndarray:
+    """Time covered by non-NCCL kernels and memcpy/memset on the gap's own stream."""
+    out = np.zeros(len(gaps))
+    k, mem = trace.kernels, trace.gpu_mem
+    for stream in gaps["stream"].unique():
+        rows = (gaps["stream"] == stream).to_numpy()
+        kk = k[(k["stream"] == stream) & ~k["is_nccl"].astype(bool)]
+        mm = mem[mem["stream"] == stream] if len(mem) else mem
+        cov = Coverage.of(np.concatenate([kk["ts"].to_numpy(float), mm["ts"].to_numpy(float)]),
+                          np.concatenate([kk["end"].to_numpy(float), mm["end"].to_numpy(float)]))
+        out[rows] = cov.overlap(gaps["prev_end"].to_numpy()[rows], gaps["ts"].to_numpy()[rows])
+    return out
+
+
+def classify_gaps(trace: Trace, gaps: pd.DataFrame, params: GapParams) -> pd.DataFrame:
+    """Add launch times, classification and culprit kernel rows (vectorised over gaps)."""
+    k = trace.kernels
+    launch = launch_columns(trace)
+    rows = gaps["row"].to_numpy()
+    g = gaps.assign(launch_ts=launch["launch_ts"].to_numpy()[rows],
+                    launch_end=launch["launch_end"].to_numpy()[rows],
+                    launch_tid=launch["launch_tid"].to_numpy()[rows])
+    launched_after = np.clip(g["launch_end"] - g["prev_end"], 0.0, g["gap"]).fillna(0.0)
+    g["late_part"] = launched_after
+    is_late = (g["late_part"] >= g["gap"] - g["late_part"]) & g["launch_ts"].notna()
+    g["ready"] = np.fmax(g["prev_end"].to_numpy(), g["launch_end"].to_numpy())
+    g["ready"] = np.minimum(g["ready"].fillna(g["prev_end"]), g["ts"])
+    g["dependency_row"] = dependency_rows(trace, g, params.dependency_tol_us)
+    # The longest overlap with the wait by a kernel on the dependency's stream (what the GPU did
+    # instead), and by an SM-filling non-GEMM kernel on another stream (starvation).
+    g["compute_row"], _ = top_overlap(trace, g, lambda s: k["stream"].to_numpy() == s,
+                                      g["dependency_row"].to_numpy())
+    suspects = suspect_mask(k, num_sms_of(trace), params.min_waves)
+    fillers = sm_filling(k, num_sms_of(trace), params.min_waves) & ~k["is_nccl"].to_numpy(bool)
+    g["suspect_row"], suspect_ov = top_overlap(
+        trace, g, lambda s: suspects & (k["stream"].to_numpy() != s), None)
+    g["filler_row"], filler_ov = top_overlap(
+        trace, g, lambda s: fillers & (k["stream"].to_numpy() != s), None)
+    # A kernel explains a delayed start only if it ran through most of the wait.
+    wait = (g["ts"] - g["ready"]).to_numpy()
+    starved = (g["suspect_row"] >= 0) & (suspect_ov >= params.dominant_frac * wait)
+    saturated = (g["filler_row"] >= 0) & (filler_ov >= params.dominant_frac * wait)
+    kind = np.select([is_late, g["dependency_row"] >= 0, starved, saturated],
+                     [LATE_LAUNCH, WAITING_ON_COMPUTE, SM_STARVATION, COMPUTE_SATURATION],
+                     UNEXPLAINED)
+    return g.assign(kind=kind)
+
+
+def top_overlap(trace: Trace, g: pd.DataFrame, mask_for_stream: Any,
+                dependency: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per gap, the kernel overlapping [ready, start) the most (row, overlap), among a mask
+    chosen per stream.
+
+    With `dependency`, the mask is built from the dependency kernel's stream (and gaps without a
+    dependency get -1); otherwise from the gap's own comm stream.
+    """
+    k = trace.kernels
+    out = np.full(len(g), -1, dtype=np.int64)
+    out_ov = np.zeros(len(g))
+    streams = (k["stream"].to_numpy()[np.clip(dependency, 0, None)] if dependency is not None
+               else g["stream"].to_numpy())
+    valid = dependency >= 0 if dependency is not None else np.ones(len(g), dtype=bool)
+    ts, end = k["ts"].to_numpy(dtype=np.float64), k["end"].to_numpy(dtype=np.float64)
+    for stream in np.unique(streams[valid]):
+        sel = np.flatnonzero(valid & (streams == stream))
+        rows = np.flatnonzero(mask_for_stream(stream))
+        lo, hi = g["ready"].to_numpy()[sel], g["ts"].to_numpy()[sel]
+        wi, kj, ov = window_pairs(lo, hi, ts[rows], end[rows])
+        if not len(wi):
+            continue
+        best = pd.DataFrame({"w": wi, "row": rows[kj], "ov": ov}).sort_values("ov")
+        best = best.groupby("w").last()
+        out[sel[best.index.to_numpy()]] = best["row"].to_numpy()
+        out_ov[sel[best.index.to_numpy()]] = best["ov"].to_numpy()
+    return out, out_ov
+
+
+# ---- what the CPU did during a late launch ----------------------------------------------------
+
+@dataclass
+class CpuActivity:
+    """The CPU activity that covers most of a late launch's gap on the launching thread."""
+
+    name: str
+    kind: str
+    """op | annotation | python"""
+    ts: float
+    end: float
+    source: SourceLine | None
+    issuing: bool
+    """The activity contains the next collective's own launch: the CPU was busy issuing it."""
+
+
+def display_name(name: str) -> str:
+    """Readable names: `<built-in method allreduce of ... at 0x7f..>` -> `allreduce (built-in)`,
+    `record_planted_traces.py(144): busy_cpu` -> `busy_cpu()`."""
+    text = str(name)
+    if text.startswith("<built-in"):
+        return f"{builtin_name(text)} (built-in)"
+    if "): " in text and text.split("): ", 1)[0].rsplit("(", 1)[-1].isdigit():
+        return text.split("): ", 1)[1] + "()"
+    return text
+
+
+def cpu_activity(trace: Trace, tid: int, lo: float, hi: float, launch_ts: float,
+                 params: GapParams, roots: list[Path]) -> CpuActivity | None:
+    """The most specific op/label/frame on thread `tid` covering >= dominant_frac of [lo, hi).
+
+    Most specific = the shortest such span (a loop inside `step()` rather than `step()`); a
+    record_function label about as short (within 10%) wins, being the user's own name for it.
+    Without one, the span overlapping the window most. The source line comes from the op's
+    linked source, else from the innermost Python frames (see `python_source`).
+    """
+    width = max(hi - lo, 1e-9)
+    candidates = []
+    for kind, frame in (("op", trace.ops), ("annotation", trace.annotations),
+                        ("python", trace.python)):
+        if not len(frame):
+            continue
+        sel = frame[(frame["tid"] == tid) & (frame["ts"] < hi) & (frame["end"] > lo)]
+        if kind == "annotation":
+            sel = sel[sel["side"] == "cpu"]
+        sel = sel[~sel["name"].astype(str).str.match(INTERNAL_LABEL)]
+        if len(sel):
+            ov = np.minimum(sel["end"], hi) - np.maximum(sel["ts"], lo)
+            candidates.append(pd.DataFrame({"kind": kind, "row": sel.index, "name": sel["name"],
+                                            "ts": sel["ts"], "end": sel["end"],
+                                            "dur": sel["end"] - sel["ts"], "ov": ov}))
+    if not candidates:
+        return None
+    cand = pd.concat(candidates, ignore_index=True)
+    dominant = cand[cand["ov"] >= params.dominant_frac * width].sort_values("dur")
+    if len(dominant):
+        pick = dominant.iloc[0]
+        labels = dominant[(dominant["kind"] == "annotation")
+                          & (dominant["dur"] <= 1.1 * pick["dur"])]
+        if len(labels):
+            pick = labels.iloc[0]
+    else:
+        pick = cand.sort_values(["ov", "dur"], ascending=[False, True]).iloc[0]
+    source = source_of_op(trace.ops, int(pick["row"])) if pick["kind"] == "op" else None
+    if source is None:
+        source = python_source(trace, tid, lo, hi, params.dominant_frac, roots)
+    issuing = bool(pick["ts"] <= launch_ts <= pick["end"])
+    return CpuActivity(name=str(pick["name"]), kind=str(pick["kind"]), ts=float(pick["ts"]),
+                       end=float(pick["end"]), source=source, issuing=issuing)
+
+
+def python_source(trace: Trace, tid: int, lo: float, hi: float, dominant_frac: float,
+                  roots: list[Path]) -> SourceLine | None:
+    """The user's line the thread spent the window in, from with_stack Python frames.
+
+    Take the innermost frame covering >= dominant_frac of the window and the nearest user frame
+    at or above it. If that is the innermost frame itself (the user's own function took the
+    time), the line is its call site in the calling user function when there is one. Otherwise
+    it is the call, in the user frame, of the first frame below it (dist.all_reduce ->
+    c10d's wrapper -> ...: the frames' function names are tried in turn). Call sites are found
+    by parsing the user function (the profiler gives def lines only); when the file cannot be
+    read or has changed since recording, the def line is given (line_exact false).
+    """
+    py = trace.python
+    if not len(py):
+        return None
+    width = max(hi - lo, 1e-9)
+    sel = py[(py["tid"] == tid) & (py["ts"] < hi) & (py["end"] > lo)]
+    ov = np.minimum(sel["end"], hi) - np.maximum(sel["ts"], lo)
+    sel = sel[ov >= dominant_frac * width]
+    if sel.empty:
+        return None
+    parents = py["parent"].to_numpy()
+    is_user = py["is_user"].to_numpy(dtype=bool)
+    chain = [int(sel.sort_values(["depth", "dur"], ascending=[False, True]).index[0])]
+    while parents[chain[-1]] >= 0 and len(chain) < 256:
+        chain.append(int(parents[chain[-1]]))
+    user_pos = [i for i, row in enumerate(chain) if is_user[row]]
+    if not user_pos:
+        return None
+    pos = user_pos[0]
+    if pos == 0 and len(user_pos) > 1 and user_pos[1] == 1:
+        pos = 1  # the user's function itself is the hot frame: give its call site
+    if pos == 0:
+        row = chain[0]
+        return SourceLine(file=str(py.at[row, "file"]), line=int(py.at[row, "line"]),
+                          function=str(py.at[row, "function"]), line_exact=False)
+    caller = chain[pos]
+    file, def_line = str(py.at[caller, "file"]), int(py.at[caller, "line"])
+    function = str(py.at[caller, "function"])
+    callees = [builtin_name(str(py.at[row, "function"])) for row in reversed(chain[:pos])]
+    path = resolve_file(file, tuple(roots))
+    line = next((found for callee in callees
+                 if (found := call_line(path, def_line, function, callee)) is not None), None)
+    return SourceLine(file=file, line=line or def_line, function=function,
+                      line_exact=line is not None)
+
+
+def builtin_name(function: str) -> str:
+    """`<built-in function sleep>` -> `sleep`; `<built-in method item of ...>` -> `item`."""
+    text = function.strip()
+    if text.startswith("<built-in"):
+        parts = text.strip("<>").split()
+        return parts[2] if len(parts) > 2 else text
+    return text
+
+
+def resolve_file(file: str, roots: tuple[Path, ...]) -> Path | None:
+    """The source file on disk: absolute, or relative to a root or to a root's subdirectory.
+
+    The profiler strips the sys.path entry from frame files; for `python scripts/x.py` that
+    entry is scripts/, so the frame says `x.py`: one level of subdirectories is also searched,
+    and the file is used only when exactly one match exists.
+    """
+    path = Path(file)
+    if path.is_absolute():
+        return path if path.is_file() else None
+    for root in roots:
+        if (root / path).is_file():
+            return root / path
+    for root in roots:
+        try:
+            matches = [p for p in root.glob(f"*/{file}") if p.is_file()]
+        except (OSError, ValueError):
+            continue
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+@lru_cache(maxsize=256)
+def _parsed(path: Path) -> ast.Module | None:
+    try:
+        return ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def call_line(path: Path | None, def_line: int, function: str, callee: str) -> int | None:
+    """Line of the (first) call to `callee` in the function defined at `def_line`.
+
+    None when the file is unreadable or no function `function` is defined at that line (the file
+    changed since the trace was recorded), or the function calls `callee` nowhere.
+    """
+    tree = _parsed(path) if path else None
+    if tree is None:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function \
+                and node.lineno == def_line:
+            lines = sorted(call.lineno for call in ast.walk(node) if isinstance(call, ast.Call)
+                           and _called_name(call.func) == callee)
+            return lines[0] if lines else None
+    return None
+
+
+def _called_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+# ---- findings --------------------------------------------------------------------------------
+
+def collective_label(trace: Trace, row: int, launch: pd.DataFrame) -> str:
+    """`allreduce(comm:all_reduce:bucket1)`: collective name and the user's label at issue."""
+    k = trace.kernels
+    coll = k.at[row, "collective"]
+    coll = str(coll) if isinstance(coll, str) and coll else short_kernel_name(k.at[row, "name"])
+    label = user_label(trace, int(launch.at[row, "launch_tid"]),
+                       float(launch.at[row, "launch_ts"]))
+    return f"{coll}({label})" if label else coll
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+
+
+def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, params: GapParams,
+                 roots: list[Path]) -> dict[str, Any]:
+    """Culprit, cause and wording for one gap (called only for the reported few)."""
+    k = trace.kernels
+    nxt = collective_label(trace, int(gap["row"]), launch)
+    prev = collective_label(trace, int(gap["prev_row"]), launch)
+    kind = gap["kind"]
+    culprit, op, stack, source, what = Culprit(), None, [], None, ""
+    extra: dict[str, Any] = {}
+    if kind == LATE_LAUNCH:
+        activity = cpu_activity(trace, int(gap["launch_tid"]), float(gap["prev_end"]),
+                                float(gap["launch_ts"]), float(gap["launch_ts"]), params, roots)
+        after = float(gap["launch_ts"]) - float(gap["prev_end"])
+        if activity:
+            where = f" ({activity.source.file}:{activity.source.line})" if activity.source else ""
+            name = display_name(activity.name)
+            what = (f"CPU still issuing it, in {name} for {_ms(activity.end - activity.ts)}"
+                    f"{where}" if activity.issuing else f"CPU in {name}{where}")
+            op, source = activity.name, activity.source
+            extra["cpu_activity"] = {"name": activity.name, "kind": activity.kind,
+                                     "dur_us": round(activity.end - activity.ts, 3),
+                                     "issuing_the_collective": activity.issuing}
+        else:
+            what = "no CPU activity recorded on the launching thread"
+        ordering = f"{nxt} issued {_ms(after)} after {prev} finished; {what}"
+        key = (source_key(source) or (activity.name if activity else "")) + \
+            ("|issuing" if activity and activity.issuing else "")
+    else:
+        row = int({WAITING_ON_COMPUTE: gap["compute_row"], SM_STARVATION: gap["suspect_row"],
+                   COMPUTE_SATURATION: gap["filler_row"]}.get(kind, -1))
+        if row >= 0:
+            culprit = culprit_of(trace, row)
+            op, stack, source = kernel_source(trace, row)
+            label = user_label(trace, int(launch.at[row, "launch_tid"]),
+                               float(launch.at[row, "launch_ts"]))
+            what = short_kernel_name(k.at[row, "name"]) + (f" ({label})" if label else "")
+            extra["culprit_label"] = label
+        waited = float(gap["ts"]) - float(gap["ready"])
+        if kind == WAITING_ON_COMPUTE:
+            dep = int(gap["dependency_row"])
+            extra["waited_for_kernel"] = str(k.at[dep, "name"])
+            ordering = (f"{nxt} was ready but waited {_ms(waited)} for the compute stream "
+                        f"(stream {int(k.at[dep, 'stream'])}: {what}, then "
+                        f"{short_kernel_name(k.at[dep, 'name'])}) after {prev} finished")
+        elif kind in (SM_STARVATION, COMPUTE_SATURATION):
+            ordering = (f"{nxt} was ready but started {_ms(waited)} late while {what} "
+                        f"held every SM, after {prev} finished")
+        else:
+            ordering = f"{nxt} started {_ms(float(gap['gap']))} after {prev} finished"
+        key = source_key(source) or (culprit.kernel or "")
+    return {"culprit": culprit, "cause": Cause(op=op, op_stack=stack, source=source,
+                                               ordering=ordering),
+            "key": key, "next": nxt, "prev": prev, "what": what, "extra": extra}
+
+
+TITLES = {
+    LATE_LAUNCH: "issued late by the CPU",
+    WAITING_ON_COMPUTE: "waiting on compute",
+    SM_STARVATION: "starved of SMs",
+    COMPUTE_SATURATION: "behind a GEMM holding every SM",
+    UNEXPLAINED: "unexplained",
+}
+
+
+def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding]:
+    step_us = step_time_us(trace)
+    gaps = comm_gaps(trace, params)
+    threshold = max(params.min_gap_us, params.min_gap_step_frac * (step_us or 0.0))
+    gaps = gaps[gaps["idle"] >= threshold]
+    if gaps.empty:
+        return []
+    gaps = classify_gaps(trace, gaps.reset_index(drop=True), params)
+    launch = launch_columns(trace)
+    roots = _roots(run, trace)
+    described = [describe_gap(trace, gap, launch, params, roots) for _, gap in gaps.iterrows()]
+    gaps = gaps.assign(key=[d["key"] for d in described], described=range(len(described)))
+    findings = []
+    for (kind, _), group in gaps.groupby(["kind", "key"], sort=False):
+        worst = group.sort_values("idle").iloc[-1]
+        d = described[int(worst["described"])]
+        total = float(group["idle"].sum())
+        steps = sorted({int(s) for s in group["step"] if s >= 0})
+        per_step = total / max(1, len(steps))
+        what = f": {d['what']}" if d["what"] else ""
+        title = (f"comm gap {TITLES[kind]} before {d['next']}{what}"
+                 f"{f' x{len(group)}' if len(group) > 1 else ''}")
+        evidence = {"classification": kind, "gap_us": round(float(worst["gap"]), 3),
+                    "idle_us": round(float(worst["idle"]), 3),
+                    "launch_after_prev_end_us": None if pd.isna(worst["launch_ts"]) else
+                    round(float(worst["launch_ts"] - worst["prev_end"]), 3),
+                    "wait_after_ready_us": round(float(worst["ts"] - worst["ready"]), 3),
+                    "threshold_us": round(threshold, 3), "steps": steps,
+                    "cost_per_step_us": round(per_step, 3),
+                    "previous_collective": d["prev"], "next_collective": d["next"],
+                    "comm_stream": int(worst["stream"]), **d["extra"]}
+        findings.append(Finding(
+            kind="comm_gap", severity=severity_from_cost(per_step, step_us), rank=trace.rank,
+            step=int(worst["step"]) if worst["step"] >= 0 else None,
+            start_us=float(worst["prev_end"]), dur_us=float(worst["gap"]),
+            cost_us=round(total, 3), count=len(group), title=title, culprit=d["culprit"],
+            cause=d["cause"], evidence=evidence, suggestion=SUGGESTIONS[kind]))
+    return findings
+
+
+def _roots(run: Run, trace: Trace) -> list[Path]:
+    """Where relative source paths are looked for (as the loader does for the linker)."""
+    try:
+        from tracekit.load.run import source_roots
+    except ImportError:  # pragma: no cover
+        return [Path.cwd()]
+    base = run.path if run.path.is_dir() else trace.path.parent
+    return list(source_roots(base, run.manifest))
+
+
+@register("comm_gap")
+def detect(run: Run, **params: Any) -> list[Finding]:
+    """Idle gaps on comm streams between collectives of one step, classified by cause."""
+    p = GapParams(**params)
+    findings: list[Finding] = []
+    for trace in run.traces:
+        if len(trace.kernels):
+            findings.extend(findings_for_rank(trace, run, p))
+    return findings

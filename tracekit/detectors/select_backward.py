@@ -1,0 +1,314 @@
+"""select_backward: indexing a parameter bank `bank[i]` zero-fills the whole bank in backward.
+
+The pathology, in plain words: when a model keeps several layers' weights in one tensor (a
+"bank", shape [L, ...]) and each layer takes its weight with `bank[i]`, autograd records an
+`aten::select` per layer. Its backward, `aten::select_backward`, allocates a zero tensor the size
+of the WHOLE bank, fills it (a FillFunctor kernel over L x the slice; on an H200 a 4x1024x1024
+fp32 bank gives grid 4096x128, 31 blocks per SM, every SM busy) and copies the one slice's
+gradient in; autograd then adds these full-size tensors together. Per layer, per step, that is
+L times more memory traffic than the slice needs, and the fills occupy every SM (so they also
+slow any NCCL kernel beside them). `bank.unbind(0)` (or views made once per step) gives per-slice
+gradients that autograd accumulates without the zero-fill. Under torch.compile the same work is
+fused into Inductor kernels whose names contain `select_backward`
+(`triton_poi_fused_add_select_backward_2`).
+
+What is reported: one finding per rank and per cause. For eager code the cause is the FORWARD
+line that indexes the bank (the select_backward op's forward op, linked through the fwdbwd flow,
+and that op's user source line). For Inductor kernels, whose forward op the trace does not link,
+the cause is the kernel name. There is no threshold: every select_backward costs at least the
+zero-fill, which is pure waste, so every occurrence is reported; severity (from the cost per
+step relative to the median step) says whether it matters.
+
+- cost_us: the GPU time of every kernel and memset/memcpy launched under the select_backward ops
+  (all of it is avoidable: with unbind the slice gradient needs no extra kernel at all). On a
+  trace without GPU activity, the select_backward ops' CPU time instead, so CPU runs show it too.
+- step: the step holding a strict majority of the occurrences, else null (the usual case: the
+  same lines run every step, so a per-line finding spans all profiled steps; the per-step counts
+  are in evidence.per_step).
+- start_us/dur_us: the first occurrence (first kernel start to last kernel end of its first
+  select_backward op, on the GPU clock; the op's CPU span on CPU-only traces).
+- evidence.bytes_zero_filled: the bank's bytes (forward select input dims x dtype size) x count,
+  when record_shapes gave the shapes; null otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracekit.detectors import register
+from tracekit.detectors.slow_step import median_step_us
+from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.trace import Run, Trace
+
+SELECT_BACKWARD_OP = "aten::select_backward"
+SUGGESTION = (
+    "index the bank through bank.unbind(0) / views created once per step, so autograd "
+    "accumulates per-slice without zero-filling the whole bank"
+)
+DTYPE_BYTES: dict[str, int] = {
+    "double": 8, "float": 4, "c10::half": 2, "c10::bfloat16": 2, "half": 2, "bfloat16": 2,
+    "long int": 8, "int": 4, "c10::float8_e4m3fn": 1, "c10::float8_e5m2": 1,
+}
+# An Inductor-generated kernel (or its cpu_op) that fuses a select_backward.
+COMPILED_PATTERN = re.compile(r"select_backward", re.IGNORECASE)
+
+
+def ancestor_matching(ops: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
+    """Row of each op's nearest ancestor-or-self where `mask` holds, else -1.
+
+    Walks all ops up one level per iteration (vectorised), so the cost is depth x rows.
+    """
+    parent = ops["parent"].to_numpy(dtype=np.int64)
+    found = np.where(mask, np.arange(len(ops)), -1)
+    current = parent.copy()
+    pending = np.nonzero((found < 0) & (current >= 0))[0]
+    while len(pending):
+        cur = current[pending]
+        hit = mask[cur]
+        found[pending[hit]] = cur[hit]
+        current[pending] = np.where(hit, -1, parent[cur])
+        pending = pending[(~hit) & (current[pending] >= 0)]
+    return found
+
+
+def op_stack(ops: pd.DataFrame, row: int) -> list[str]:
+    """Names from the outermost op down to `row` (one op: a short Python walk is fine)."""
+    names: list[str] = []
+    parents = ops["parent"].to_numpy()
+    while row >= 0 and len(names) < 64:
+        names.append(str(ops.at[row, "name"]))
+        row = int(parents[row])
+    return names[::-1]
+
+
+def gpu_work_by_op(trace: Trace) -> pd.DataFrame:
+    """Kernels and memsets/memcpys with the row in `ops` that launched them.
+
+    Uses the linker's op_idx for kernels; memcpy/memset rows (and kernels the linker did not
+    place) join on External id, which Kineto copies from the launching cpu_op.
+    """
+    cols = ["name", "ts", "dur", "end", "stream", "grid_x", "grid_y", "grid_z",
+            "blocks_per_sm", "step", "op_idx", "kind"]
+    ext_to_op = pd.Series(np.arange(len(trace.ops)), index=trace.ops["external_id"])
+    ext_to_op = ext_to_op[(ext_to_op.index >= 0) & ~ext_to_op.index.duplicated(keep="last")]
+    kernels = trace.kernels.assign(kind="kernel")
+    if "op_idx" not in kernels:
+        kernels["op_idx"] = -1
+    mem = trace.gpu_mem.assign(op_idx=-1, grid_x=np.nan, grid_y=np.nan, grid_z=np.nan,
+                               blocks_per_sm=np.nan, kind="memory")
+    # memcpy/memset rows carry no step from the linker: place them by the GPU step spans.
+    mem["step"] = gpu_step_of(trace, mem["ts"].to_numpy(dtype=float))
+    if "step" not in kernels:
+        kernels["step"] = gpu_step_of(trace, kernels["ts"].to_numpy(dtype=float))
+    work = pd.concat([frame.reindex(columns=cols + ["external_id"]) for frame in (kernels, mem)
+                      if len(frame)], ignore_index=True) if len(kernels) + len(mem) else \
+        pd.DataFrame(columns=cols + ["external_id"])
+    by_ext = work["external_id"].map(ext_to_op).fillna(-1).astype(np.int64)
+    op_idx = work["op_idx"].fillna(-1).astype(np.int64)
+    work["op_idx"] = np.where(op_idx >= 0, op_idx, by_ext).astype(np.int64)
+    work["step"] = work["step"].fillna(-1).astype(np.int64)
+    return work
+
+
+def gpu_step_of(trace: Trace, ts: np.ndarray) -> np.ndarray:
+    """GPU-side step number containing each timestamp, or -1."""
+    steps = trace.steps.dropna(subset=["gpu_ts"]).sort_values("gpu_ts")
+    if steps.empty:
+        return np.full(len(ts), -1)
+    pos = np.searchsorted(steps["gpu_ts"].to_numpy(), ts, side="right") - 1
+    inside = (pos >= 0) & (ts <= steps["gpu_end"].to_numpy()[np.clip(pos, 0, None)])
+    return np.where(inside, steps["step"].to_numpy()[np.clip(pos, 0, None)], -1)
+
+
+def bank_bytes(ops: pd.DataFrame, fwd_row: int, bwd_row: int) -> int | None:
+    """Bytes of the whole bank: the forward select's input 0 dims x the gradient's dtype size."""
+    dims = parse_json_field(ops.at[fwd_row, "input_dims"]) if fwd_row >= 0 else None
+    types = parse_json_field(ops.at[bwd_row, "input_types"])
+    if not dims or not isinstance(dims[0], list) or not dims[0]:
+        return None
+    dtype = str(types[0]).lower() if types else "float"
+    return int(np.prod(dims[0])) * DTYPE_BYTES.get(dtype, 4)
+
+
+def parse_json_field(text: Any) -> list[Any] | None:
+    """input_dims/input_types are stored as the JSON text recorded by the profiler."""
+    if isinstance(text, list):
+        return text
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def source_of(ops: pd.DataFrame, row: int) -> SourceLine | None:
+    """The linker's user-code line of an op, when it found one."""
+    if row < 0 or "src_file" not in ops:
+        return None
+    file, line = ops.at[row, "src_file"], ops.at[row, "src_line"]
+    if not isinstance(file, str) or not file or pd.isna(line) or int(line) < 0:
+        return None
+    function = ops.at[row, "src_function"] if "src_function" in ops else ""
+    exact = bool(ops.at[row, "src_line_exact"]) if "src_line_exact" in ops else False
+    return SourceLine(file=file, line=int(line), function=str(function or ""), line_exact=exact)
+
+
+@dataclass
+class Occurrences:
+    """The select_backward ops (and their GPU work) behind one cause, on one rank."""
+
+    key: str
+    op_rows: np.ndarray
+    work: pd.DataFrame
+    """GPU rows launched under them; column `occurrence` says which select_backward each is."""
+    forward_row: int
+    compiled: bool
+
+
+def step_choice(steps: pd.Series) -> int | None:
+    """The step holding a strict majority of occurrences, else None (spread over steps)."""
+    steps = steps[steps >= 0]
+    if steps.empty:
+        return None
+    counts = steps.value_counts()
+    return int(counts.index[0]) if counts.iloc[0] * 2 > len(steps) else None
+
+
+def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
+    """select_backward ops grouped by the forward line that indexed the bank."""
+    ops = trace.ops
+    is_sb = (ops["name"] == SELECT_BACKWARD_OP).to_numpy()
+    if not is_sb.any():
+        return []
+    sb_rows = np.nonzero(is_sb)[0]
+    # The fwdbwd flow lands on the autograd wrapper op (evaluate_function: SelectBackward0);
+    # take the nearest op at or above the select_backward that knows its forward op.
+    fwd_idx = ops["fwd_op_idx"].to_numpy(dtype=np.int64) if "fwd_op_idx" in ops else \
+        np.full(len(ops), -1)
+    with_fwd = ancestor_matching(ops, fwd_idx >= 0)
+    forward_rows = np.where(with_fwd[sb_rows] >= 0, fwd_idx[np.maximum(with_fwd[sb_rows], 0)], -1)
+    keys = []
+    for fwd_row, sb_row in zip(forward_rows, sb_rows, strict=True):
+        src = source_of(ops, int(fwd_row)) or source_of(ops, int(sb_row))
+        keys.append(f"{src.file}:{src.line}" if src else "unknown")
+    sb_anc = ancestor_matching(ops, is_sb)
+    work_sb = work.assign(occurrence=np.where(work["op_idx"] >= 0,
+                                              sb_anc[np.maximum(work["op_idx"], 0)], -1))
+    groups = pd.DataFrame({"sb_row": sb_rows, "fwd_row": forward_rows, "key": keys})
+    out = []
+    for key, group in groups.groupby("key", sort=False):
+        rows = group["sb_row"].to_numpy()
+        fwd = group["fwd_row"].to_numpy()
+        out.append(Occurrences(key=str(key), op_rows=rows,
+                               work=work_sb[work_sb["occurrence"].isin(rows)],
+                               forward_row=int(fwd[fwd >= 0][0]) if (fwd >= 0).any() else -1,
+                               compiled=False))
+    return out
+
+
+def compiled_occurrences(trace: Trace, work: pd.DataFrame,
+                         eager_work_index: pd.Index) -> list[Occurrences]:
+    """Inductor kernels (or CPU kernels of compiled code) whose name says select_backward."""
+    out = []
+    gpu = work[(work["kind"] == "kernel") & work["name"].str.contains(COMPILED_PATTERN)]
+    gpu = gpu.drop(index=gpu.index.intersection(eager_work_index))
+    for name, group in gpu.groupby("name", sort=False):
+        rows = group["op_idx"].to_numpy()
+        out.append(Occurrences(key=str(name), op_rows=rows[rows >= 0],
+                               work=group.assign(occurrence=group.index),
+                               forward_row=-1, compiled=True))
+    if not trace.has_gpu:
+        ops = trace.ops
+        label = ops["kernel_name"].where(ops["kernel_name"].astype(bool), ops["name"]) \
+            if "kernel_name" in ops else ops["name"]
+        hit = label.str.contains(COMPILED_PATTERN) & (ops["name"] != SELECT_BACKWARD_OP)
+        for name, group in ops[hit].groupby(label[hit], sort=False):
+            out.append(Occurrences(key=str(name), op_rows=group.index.to_numpy(),
+                                   work=work.iloc[0:0], forward_row=-1, compiled=True))
+    return out
+
+
+def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Finding:
+    """One finding from a cause's occurrences: GPU cost when there is GPU work, else CPU."""
+    ops = trace.ops
+    sb_ops = ops.iloc[occ.op_rows] if len(occ.op_rows) else ops.iloc[0:0]
+    work = occ.work.sort_values("ts")
+    on_gpu = not work.empty
+    if on_gpu:
+        cost = float(work["dur"].sum())
+        first = work[work["occurrence"] == work["occurrence"].iloc[0]]
+        start, end = float(first["ts"].min()), float(first["end"].max())
+        step = step_choice(work.drop_duplicates("occurrence")["step"])
+        per_step = work.groupby("step")["dur"].sum()
+        by_name = work.groupby("name")["dur"].sum().sort_values(ascending=False)
+        worst = work[work["name"] == by_name.index[0]].sort_values("dur").iloc[-1]
+        culprit = Culprit(
+            kernel=str(worst["name"]), stream=int(worst["stream"]),
+            grid=None if pd.isna(worst["grid_x"]) else
+            [int(worst["grid_x"]), int(worst["grid_y"]), int(worst["grid_z"])],
+            blocks_per_sm=None if pd.isna(worst["blocks_per_sm"]) else
+            round(float(worst["blocks_per_sm"]), 2))
+        count = len(sb_ops) if not occ.compiled else len(work)
+    else:
+        cost = float(sb_ops["dur"].sum())
+        first_row = sb_ops["ts"].idxmin()
+        start, end = float(sb_ops.at[first_row, "ts"]), float(sb_ops.at[first_row, "end"])
+        op_steps = sb_ops["step"] if "step" in sb_ops else pd.Series(-1, index=sb_ops.index)
+        step = step_choice(op_steps)
+        per_step = sb_ops.assign(step=op_steps).groupby("step")["dur"].sum()
+        culprit = Culprit()
+        count = len(sb_ops)
+    n_steps = max(1, int((per_step.index >= 0).sum()))
+    cost_per_step = cost / n_steps
+    bytes_each = bank_bytes(ops, occ.forward_row, int(occ.op_rows[0])) \
+        if len(occ.op_rows) and not occ.compiled else None
+    source = source_of(ops, occ.forward_row) if occ.forward_row >= 0 else None
+    if source is None and len(occ.op_rows):
+        source = source_of(ops, int(occ.op_rows[0]))
+    stack = op_stack(ops, int(occ.op_rows[0])) if len(occ.op_rows) else []
+    where = f"{source.file}:{source.line}" if source else occ.key
+    what = "Inductor kernel " + occ.key if occ.compiled else f"bank indexing at {where}"
+    unit = "GPU" if on_gpu else "CPU"
+    title = (f"select_backward: {what} zero-fills the whole bank {count}x "
+             f"({cost / 1000:.2f} ms {unit})")
+    evidence: dict[str, Any] = {
+        "gpu_time_us" if on_gpu else "cpu_time_us": round(cost, 3),
+        "cost_per_step_us": round(cost_per_step, 3),
+        "per_step": {str(int(k)): round(float(v), 3) for k, v in per_step.items() if k >= 0},
+        "bank_bytes": bytes_each,
+        "bytes_zero_filled": bytes_each * count if bytes_each else None,
+        "compiled": occ.compiled,
+        "median_step_us": round(step_us, 3) if step_us else None,
+    }
+    if occ.compiled and "kernel_file" in ops and len(occ.op_rows):
+        evidence["kernel_file"] = str(ops.at[int(occ.op_rows[0]), "kernel_file"] or "") or None
+    return Finding(
+        kind="select_backward", severity=severity_from_cost(cost_per_step, step_us),
+        rank=trace.rank, step=step, start_us=start, dur_us=max(0.0, end - start),
+        cost_us=round(cost, 3), count=int(count), title=title, culprit=culprit,
+        cause=Cause(op=SELECT_BACKWARD_OP, op_stack=stack, source=source,
+                    ordering=None),
+        evidence=evidence, suggestion=SUGGESTION)
+
+
+@register("select_backward")
+def detect(run: Run) -> list[Finding]:
+    """One finding per rank and per forward indexing line (or Inductor kernel)."""
+    findings: list[Finding] = []
+    for trace in run.traces:
+        work = gpu_work_by_op(trace)
+        eager = eager_occurrences(trace, work)
+        eager_index = pd.Index([]) if not eager else \
+            pd.Index(np.concatenate([o.work.index.to_numpy() for o in eager]))
+        step_us = median_step_us(trace)
+        for occ in eager + compiled_occurrences(trace, work, eager_index):
+            findings.append(finding_for(trace, occ, step_us))
+    return findings

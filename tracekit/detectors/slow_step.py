@@ -1,0 +1,463 @@
+"""slow_step: a training step much longer than the typical one, and what held the extra time.
+
+The pathology, in plain words: most steps of a training loop do the same work and take the same
+time, so a step that takes far longer than the median spent its extra time on something the
+others did not: waiting for data (modded-nanogpt's step-6 stall while the first full shard
+loads), recompiling, a host synchronisation (a peer rank that is late makes every collective
+wait), or a GPU left idle because the CPU launched late. The detector measures each step, flags
+the outliers, and compares the slow step with the median step label by label to name what holds
+the excess: a record_function annotation ("data:" ones are data waits), an op's self time, a
+CUDA runtime call (cudaDeviceSynchronize...), a kernel, or GPU idle time.
+
+How a step is measured (per rank, on the profiled ProfilerStep spans):
+- CPU: the ProfilerStep#N span (the CPU spans are back to back, so this is the loop's wall time);
+- GPU: from the end of the previous step's GPU span to the end of this one, so idle time before
+  the step's first kernel counts (a data stall shows there: the GPU span itself stays short).
+A step is slow when either measure exceeds `factor` x that measure's median AND the excess is at
+least `min_excess_us`; cost = step time - median on the measure with the larger excess.
+The trainer's steps.jsonl (`run.steps_log`), when present, adds every step of the run, profiled
+or not: unprofiled slow steps are reported with what is known (their wall time), so one knows
+which steps to profile next.
+
+Thresholds:
+- factor = 2.0: on the planted two-rank H200 traces (tests/data/gpu), ordinary profiled steps
+  vary up to 1.51x the median (the first active step pays the profiler's start-up), while the
+  planted 150 ms data wait makes a 2 ms step 72-75x longer. 2x clears the jitter with margin.
+- min_excess_us = 1000: an absolute floor, so microsecond-scale toy steps (CPU tests, tiny
+  models) do not report scheduler noise as slow steps; 1 ms is below any stall worth fixing.
+- min_steps = 3: a median of fewer than 3 steps does not say what "typical" is (with 2 steps
+  either could be the odd one), so nothing is said.
+- skip_first_logged = 2: the first steps of steps.jsonl include compilation and allocator
+  warm-up by design, so they are left out of the steps.jsonl analysis (profiled steps are
+  normally chosen after warm-up and are all used).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracekit.detectors import register
+from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.trace import Run, Trace
+
+COMPILE_PATTERN = re.compile(r"torch-compiled region|compiledfunction|dynamo|inductor|compile",
+                             re.IGNORECASE)
+SYNC_PATTERN = re.compile(r"synchronize|wait|barrier|_local_scalar_dense|aten::item\b",
+                          re.IGNORECASE)
+# Among candidates whose excess is near the largest, the most specific explanation wins: a named
+# phase first, then an op/runtime call (self time), then an annotation (inclusive, so it also
+# holds its children's excess), a kernel, and GPU idle last (a symptom of the others).
+PRIORITY = {"data wait": 0, "compilation": 1, "synchronisation": 2, "cpu op": 3,
+            "annotation": 4, "gpu kernel": 5, "gpu idle": 6}
+NEAR_MAX = 0.8
+SUGGESTIONS = {
+    "data wait": "prefetch the next shard/batch in a background thread (pinned memory, "
+                 "non_blocking copies) so no step waits on data",
+    "compilation": "avoid recompiles in the loop (stable shapes and guards, mark dynamic "
+                   "dims); warm compilation up before the timed steps",
+    "synchronisation": "remove host syncs (.item(), .cpu(), torch.cuda.synchronize) from the "
+                       "step; if it waits in a collective, check the other ranks: a late peer "
+                       "makes every rank wait",
+    "gpu idle": "the GPU sat idle: look at what the CPU did before this step's first kernel",
+}
+DEFAULT_SUGGESTION = "compare this step with a median one on the timeline: the named work grew"
+
+
+def step_table(trace: Trace) -> pd.DataFrame:
+    """Per ProfilerStep: step, cpu_ts, cpu_end, cpu_us, gpu_from, gpu_end, gpu_us."""
+    steps = trace.steps.sort_values("step").reset_index(drop=True)
+    table = pd.DataFrame({
+        "step": steps["step"].astype(int), "cpu_ts": steps["cpu_ts"],
+        "cpu_end": steps["cpu_end"], "cpu_us": steps["cpu_end"] - steps["cpu_ts"]})
+    gpu_end = steps["gpu_end"].astype(float)
+    # The GPU period starts where the previous step's GPU work ended (idle before counts).
+    previous_end = gpu_end.shift(1)
+    table["gpu_from"] = previous_end.where(previous_end.notna(), steps["gpu_ts"])
+    table["gpu_end"] = gpu_end
+    table["gpu_us"] = table["gpu_end"] - table["gpu_from"]
+    return table
+
+
+def median_step_us(trace: Trace) -> float | None:
+    """Median step time of a rank (the larger of CPU span and GPU period per step), or None."""
+    if trace.steps.empty:
+        return None
+    table = step_table(trace)
+    times = table[["cpu_us", "gpu_us"]].max(axis=1, skipna=True).dropna()
+    return float(times.median()) if len(times) else None
+
+
+@dataclass
+class Candidate:
+    """One label (op, annotation, runtime call, kernel, GPU idle) and its excess over median."""
+
+    label: str
+    category: str
+    excess_us: float
+    row: int = -1
+    frame: str = ""
+    """Which frame `row` is in: ops | annotations | launches | kernels."""
+
+
+def categorise(label: str, default: str) -> str:
+    if label.startswith("data:"):
+        return "data wait"
+    if COMPILE_PATTERN.search(label):
+        return "compilation"
+    if SYNC_PATTERN.search(label):
+        return "synchronisation"
+    return default
+
+
+def in_window(frame: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
+    return frame[(frame["ts"] >= start) & (frame["ts"] < end)]
+
+
+def op_self_time(trace: Trace) -> pd.Series:
+    """Each op's time not spent in child ops or in CUDA runtime calls it made.
+
+    Runtime calls carry their op's External id, so a sync inside an op is charged to the call
+    (named cudaDeviceSynchronize...) rather than to the op around it.
+    """
+    ops = trace.ops
+    child = ops.loc[ops["parent"] >= 0].groupby("parent")["dur"].sum()
+    runtime = trace.launches.groupby("external_id")["dur"].sum()
+    self_time = ops["dur"] - child.reindex(ops.index).fillna(0.0).to_numpy()
+    self_time -= ops["external_id"].map(runtime).fillna(0.0).to_numpy()
+    return self_time.clip(lower=0.0)
+
+
+def sum_by(frame: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """Time per name, with the row of the longest instance (to point at one)."""
+    if frame.empty:
+        return pd.DataFrame(columns=["total", "row"])
+    data = pd.DataFrame({"name": frame["name"].to_numpy(), "v": values.to_numpy(),
+                         "row": frame.index.to_numpy()})
+    grouped = data.groupby("name")
+    longest = data.loc[grouped["v"].idxmax(), ["name", "row"]].set_index("name")["row"]
+    return pd.DataFrame({"total": grouped["v"].sum(), "row": longest})
+
+
+def busy_us(kernels: pd.DataFrame, start: float, end: float) -> float:
+    """Union of kernel intervals inside [start, end) (overlapping streams counted once)."""
+    k = kernels[(kernels["end"] > start) & (kernels["ts"] < end)].sort_values("ts")
+    if k.empty:
+        return 0.0
+    ts = k["ts"].clip(lower=start).to_numpy()
+    ends = np.maximum.accumulate(k["end"].clip(upper=end).to_numpy())
+    gaps = np.clip(ts[1:] - ends[:-1], 0, None)
+    return float(ends[-1] - ts[0] - gaps.sum())
+
+
+def step_profile(trace: Trace, row: pd.Series, self_time: pd.Series) -> dict[str, pd.DataFrame]:
+    """Time per label inside one step: annotations, op self time, runtime calls, kernels."""
+    c0, c1 = row["cpu_ts"], row["cpu_end"]
+    annotations = trace.annotations
+    cpu_ann = annotations[(annotations["side"] == "cpu")
+                          & ~annotations["name"].str.startswith("ProfilerStep#")]
+    cpu_ann = in_window(cpu_ann, c0, c1)
+    ops = in_window(trace.ops, c0, c1)
+    launches = in_window(trace.launches, c0, c1)
+    out = {"annotations": sum_by(cpu_ann, cpu_ann["dur"]),
+           "ops": sum_by(ops, self_time.loc[ops.index]),
+           "launches": sum_by(launches, launches["dur"])}
+    if not np.isnan(row["gpu_us"]):
+        kernels = in_window(trace.kernels, row["gpu_from"], row["gpu_end"])
+        out["kernels"] = sum_by(kernels, kernels["dur"])
+        idle = row["gpu_us"] - busy_us(trace.kernels, row["gpu_from"], row["gpu_end"])
+        out["idle"] = pd.DataFrame({"total": [idle], "row": [-1]}, index=["GPU idle"])
+    return out
+
+
+def excess_candidates(slow: dict[str, pd.DataFrame],
+                      ref: dict[str, pd.DataFrame]) -> list[Candidate]:
+    """Per label, slow-step time minus reference-step time, largest first."""
+    defaults = {"annotations": "annotation", "ops": "cpu op", "launches": "cpu op",
+                "kernels": "gpu kernel", "idle": "gpu idle"}
+    out: list[Candidate] = []
+    for frame, table in slow.items():
+        base = ref.get(frame, pd.DataFrame(columns=["total", "row"]))["total"]
+        excess = table["total"] - base.reindex(table.index).fillna(0.0)
+        for label, value in excess[excess > 0].items():
+            category = "gpu idle" if frame == "idle" else categorise(str(label), defaults[frame])
+            if frame == "kernels" and category != "gpu kernel":
+                category = "gpu kernel"  # a kernel named "...wait..." is still GPU work
+            out.append(Candidate(str(label), category, float(value),
+                                 int(table.at[label, "row"]), frame))
+    return sorted(out, key=lambda c: -c.excess_us)
+
+
+def choose(candidates: list[Candidate]) -> Candidate | None:
+    """The most specific candidate among those near the largest excess (see PRIORITY)."""
+    if not candidates:
+        return None
+    top = candidates[0].excess_us
+    near = [c for c in candidates if c.excess_us >= NEAR_MAX * top]
+    return min(near, key=lambda c: (PRIORITY[c.category], -c.excess_us))
+
+
+@lru_cache(maxsize=64)
+def parse_source(path: str) -> ast.Module | None:
+    try:
+        return ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=256)
+def resolve_file(file: str) -> Path | None:
+    """The recorded file, found as recorded, under the working directory, or one level down.
+
+    The profiler names files relative to their sys.path entry, so a script run as
+    `python scripts/x.py` shows as "x.py": looking one directory below the working directory
+    finds it without walking the whole tree.
+    """
+    path = Path(file)
+    if path.is_file():
+        return path
+    if path.is_absolute():
+        path = Path(*path.parts[1:])
+    for i in range(len(path.parts)):
+        tail = Path(*path.parts[i:])
+        if tail.is_file():
+            return tail
+    matches = sorted(Path.cwd().glob(f"*/{path}"))
+    return matches[0] if len(matches) == 1 else None
+
+
+def call_name(frame_name: str) -> str:
+    """The called name of a python_function frame: "<built-in function sleep>" -> "sleep"."""
+    match = re.match(r"<built-in (?:function|method) (\w+)", frame_name)
+    if match:
+        return match.group(1)
+    match = re.match(r".*\(\d+\): (\w+)", frame_name)
+    return match.group(1) if match else ""
+
+
+def with_blocks(func: ast.AST, literal: str) -> list[ast.With]:
+    """`with` statements in `func` whose items mention the string `literal`."""
+    return [node for node in ast.walk(func) if isinstance(node, ast.With)
+            and any(isinstance(c, ast.Constant) and c.value == literal
+                    for item in node.items for c in ast.walk(item.context_expr))]
+
+
+def narrow_line(file: str, def_line: int, function: str, called: str,
+                literal: str) -> int | None:
+    """Statement line of a call to `called` inside `with ...("literal")` in the function.
+
+    The function is the one defined at def_line or, if the file changed since recording, the
+    one function of that name holding such a `with`. Falls back to the `with` line itself;
+    None when the source is unreadable or nothing matches.
+    """
+    path = resolve_file(file)
+    tree = parse_source(str(path)) if path else None
+    if tree is None:
+        return None
+    defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    funcs = [n for n in defs if n.lineno == def_line] or \
+        [n for n in defs if n.name == function and with_blocks(n, literal)]
+    if len(funcs) != 1:
+        return None
+    blocks = with_blocks(funcs[0], literal)
+    if not blocks:
+        return None
+    for inner in ast.walk(ast.Module(body=blocks[0].body, type_ignores=[])):
+        if isinstance(inner, ast.Call) and called and called in (
+                getattr(inner.func, "attr", None), getattr(inner.func, "id", None)):
+            return inner.lineno
+    return blocks[0].lineno
+
+
+def annotation_source(trace: Trace, row: int) -> SourceLine | None:
+    """Innermost user frame around an annotation, narrowed to the call holding its time."""
+    ann = trace.annotations.loc[row]
+    py = trace.python
+    on_thread = py[(py["tid"] == ann["tid"]) & (py["ts"] <= ann["ts"]) & (py["end"] >= ann["end"])]
+    user = on_thread[on_thread["is_user"]]
+    if user.empty:
+        return None
+    frame = user.sort_values("depth").iloc[-1]
+    inside = py[(py["tid"] == ann["tid"]) & (py["ts"] >= ann["ts"]) & (py["end"] <= ann["end"])]
+    inside = inside[inside["parent"] == frame.name] if "parent" in inside else inside
+    longest = inside.sort_values("dur").iloc[-1]["name"] if len(inside) else ""
+    line = narrow_line(str(frame["file"]), int(frame["line"]), str(frame["function"]),
+                       call_name(str(longest)), str(ann["name"]))
+    return SourceLine(file=str(frame["file"]), line=line or int(frame["line"]),
+                      function=str(frame["function"]), line_exact=line is not None)
+
+
+def op_source(trace: Trace, row: int) -> SourceLine | None:
+    ops = trace.ops
+    if row < 0 or "src_file" not in ops or not ops.at[row, "src_file"]:
+        return None
+    line = ops.at[row, "src_line"]
+    if pd.isna(line) or int(line) < 0:
+        return None
+    return SourceLine(file=str(ops.at[row, "src_file"]), line=int(line),
+                      function=str(ops.at[row, "src_function"]),
+                      line_exact=bool(ops.at[row, "src_line_exact"]))
+
+
+def enclosing_stack(trace: Trace, tid: Any, ts: float, end: float, name: str) -> list[str]:
+    """Annotations and ops on the thread that enclose [ts, end], outermost first."""
+    rows = [frame[(frame["tid"] == tid) & (frame["ts"] <= ts) & (frame["end"] >= end)]
+            [["name", "ts", "dur"]] for frame in (trace.annotations, trace.ops)]
+    stack = pd.concat(rows).sort_values(["ts", "dur"], ascending=[True, False])
+    names = [n for n in stack["name"].tolist()]
+    return names if names and names[-1] == name else names + [name]
+
+
+def cause_of(trace: Trace, chosen: Candidate) -> tuple[Cause, Culprit]:
+    """Op stack, source line and (for kernels) culprit of the chosen candidate."""
+    if chosen.frame == "kernels":
+        k = trace.kernels.loc[chosen.row]
+        culprit = Culprit(kernel=str(k["name"]), stream=int(k["stream"]),
+                          grid=[int(k["grid_x"]), int(k["grid_y"]), int(k["grid_z"])],
+                          blocks_per_sm=float(k["blocks_per_sm"]))
+        op_row = int(k["op_idx"]) if "op_idx" in k and k["op_idx"] >= 0 else -1
+        return Cause(op=str(trace.ops.at[op_row, "name"]) if op_row >= 0 else None,
+                     source=op_source(trace, op_row)), culprit
+    if chosen.frame in ("ops", "launches", "annotations"):
+        frame = getattr(trace, chosen.frame)
+        event = frame.loc[chosen.row]
+        stack = enclosing_stack(trace, event["tid"], event["ts"], event["end"], chosen.label)
+        if chosen.frame == "ops":
+            source = op_source(trace, chosen.row)
+        elif chosen.frame == "annotations":
+            source = annotation_source(trace, chosen.row)
+        else:
+            owner = trace.ops.index[trace.ops["external_id"] == event["external_id"]]
+            source = op_source(trace, int(owner[0])) if len(owner) else None
+        return Cause(op=chosen.label, op_stack=stack, source=source), Culprit()
+    return Cause(op=None, ordering="no kernel ran on this rank's GPU"), Culprit()
+
+
+@dataclass
+class SlowStep:
+    step: int
+    measure: str
+    time_us: float
+    median_us: float
+    reference_step: int
+    start_us: float
+
+
+def slow_steps(table: pd.DataFrame, factor: float, min_excess_us: float) -> list[SlowStep]:
+    """Outlier steps on either measure; the measure with the larger excess is kept."""
+    found: dict[int, SlowStep] = {}
+    for measure, start_col in (("cpu", "cpu_ts"), ("gpu", "gpu_from")):
+        times = table[f"{measure}_us"]
+        if times.notna().sum() < 3:
+            continue
+        median = float(times.median())
+        slow = table[(times > factor * median) & (times - median >= min_excess_us)]
+        normal = table[~table.index.isin(slow.index) & times.notna()]
+        if slow.empty or normal.empty:
+            continue
+        reference = int(normal.loc[(normal[f"{measure}_us"] - median).abs().idxmin(), "step"])
+        for _, row in slow.iterrows():
+            candidate = SlowStep(int(row["step"]), measure, float(row[f"{measure}_us"]),
+                                 median, reference, float(row[start_col]))
+            held = found.get(candidate.step)
+            if held is None or (candidate.time_us - candidate.median_us
+                                > held.time_us - held.median_us):
+                found[candidate.step] = candidate
+    return sorted(found.values(), key=lambda s: s.step)
+
+
+def trace_findings(trace: Trace, factor: float, min_excess_us: float,
+                   min_steps: int) -> list[Finding]:
+    """Slow profiled steps of one rank, each attributed against the reference step."""
+    if len(trace.steps) < min_steps:
+        return []
+    table = step_table(trace)
+    by_step = table.set_index("step")
+    self_time = op_self_time(trace)
+    findings = []
+    for slow in slow_steps(table, factor, min_excess_us):
+        candidates = excess_candidates(step_profile(trace, by_step.loc[slow.step], self_time),
+                                       step_profile(trace, by_step.loc[slow.reference_step],
+                                                    self_time))
+        chosen = choose(candidates)
+        excess = slow.time_us - slow.median_us
+        if chosen is None:
+            cause, culprit = Cause(), Culprit()
+            what, category = "no single label holds the excess", "unknown"
+        else:
+            cause, culprit = cause_of(trace, chosen)
+            category = chosen.category
+            where = f" at {cause.source.file}:{cause.source.line}" if cause.source else ""
+            what = f"{chosen.label}{where} ({category}) holds {chosen.excess_us / 1000:.1f} ms"
+        title = (f"step {slow.step} took {slow.time_us / 1000:.1f} ms, "
+                 f"{slow.time_us / slow.median_us:.1f}x the median "
+                 f"{slow.median_us / 1000:.1f} ms: {what}")
+        findings.append(Finding(
+            kind="slow_step", severity=severity_from_cost(excess, slow.median_us),
+            rank=trace.rank, step=slow.step, start_us=slow.start_us, dur_us=slow.time_us,
+            cost_us=round(excess, 3), count=1, title=title, culprit=culprit, cause=cause,
+            evidence={
+                "measure": slow.measure, "step_us": round(slow.time_us, 3),
+                "median_step_us": round(slow.median_us, 3),
+                "ratio": round(slow.time_us / slow.median_us, 2),
+                "reference_step": slow.reference_step, "category": category,
+                "excess_by": [{"label": c.label, "category": c.category,
+                               "excess_us": round(c.excess_us, 3)} for c in candidates[:5]],
+            },
+            suggestion=SUGGESTIONS.get(category, DEFAULT_SUGGESTION)))
+    return findings
+
+
+def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_us: float,
+                       min_steps: int, skip_first_logged: int) -> list[Finding]:
+    """Slow steps of steps.jsonl that no trace covers (not profiled): wall time only."""
+    log = run.steps_log
+    if log is None or log.empty or "wall_ms" not in log:
+        return []
+    log = log.sort_values("step").iloc[skip_first_logged:]
+    wall = log["wall_ms"].astype(float) * 1000.0
+    if wall.notna().sum() < min_steps:
+        return []
+    median = float(wall.median())
+    slow = log[(wall > factor * median) & (wall - median >= min_excess_us)]
+    rank = run.traces[0].rank if run.traces else 0
+    findings = []
+    for index, row in slow.iterrows():
+        step = int(row["step"])
+        if step in profiled:
+            continue
+        time_us = float(wall.loc[index])
+        findings.append(Finding(
+            kind="slow_step", severity=severity_from_cost(time_us - median, median), rank=rank,
+            step=step, start_us=0.0, dur_us=time_us, cost_us=round(time_us - median, 3),
+            count=1,
+            title=(f"step {step} took {time_us / 1000:.1f} ms, {time_us / median:.1f}x the "
+                   f"median {median / 1000:.1f} ms (not profiled: no attribution)"),
+            culprit=Culprit(), cause=Cause(),
+            evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
+                      "median_step_us": round(median, 3), "ratio": round(time_us / median, 2),
+                      "profiled": False},
+            suggestion=f"profile steps around {step} (cli.py profile --steps "
+                       f"{max(step - 1, 0)}-{step + 1}) to see what holds the time"))
+    return findings
+
+
+@register("slow_step")
+def detect(run: Run, factor: float = 2.0, min_excess_us: float = 1000.0, min_steps: int = 3,
+           skip_first_logged: int = 2) -> list[Finding]:
+    """Slow profiled steps per rank, plus unprofiled slow steps from steps.jsonl."""
+    findings: list[Finding] = []
+    profiled: set[int] = set()
+    for trace in run.traces:
+        profiled.update(int(s) for s in trace.steps["step"])
+        findings.extend(trace_findings(trace, factor, min_excess_us, min_steps))
+    findings.extend(steps_log_findings(run, profiled, factor, min_excess_us, min_steps,
+                                       skip_first_logged))
+    return findings

@@ -1,0 +1,135 @@
+"""Join a loaded trace's frames: every kernel learns its launch, CPU op, op stack, step and
+source line; every backward op learns its forward op. Adds the (link) columns of
+`tracekit.trace` in place and returns the same Trace.
+
+    from tracekit.link import link_trace, op_stack, kernel_source
+    link_trace(trace)
+    trace.kernels[["name", "launch_idx", "op_idx", "step", "src_file", "src_line"]]
+    op_stack(trace, trace.kernels.op_idx[0])  # ["ProfilerStep#8", "optimizer.step", ...]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracekit.link.backward import forward_ops
+from tracekit.link.launches import link_launches
+from tracekit.link.sources import SRC_COLUMNS, op_sources
+from tracekit.link.steps import assign_steps, comm_streams
+from tracekit.trace import Trace
+
+__all__ = ["link_trace", "op_stack", "kernel_source"]
+
+KERNEL_SRC_COLUMNS = [*SRC_COLUMNS, "src_from_fwd"]
+DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "hipModuleLaunchKernel"})
+"""How Triton launches its compiled kernels (CUDA driver / HIP module API)."""
+PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> Trace:
+    """Add the (link) columns to `trace`'s frames (in place) and return it.
+
+    `source_roots`: directories to resolve relative source paths against (for narrowing def
+    lines to statements); defaults to the trace's directory, its parents and the cwd.
+    """
+    if source_roots is None:
+        from tracekit.load.run import source_roots as default_roots
+
+        source_roots = default_roots(trace.path.parent, None)
+    link_launches(trace)
+    trace.ops["fwd_op_idx"] = forward_ops(trace.ops, trace.flows)
+    assign_steps(trace)
+    trace.kernels["is_comm_stream"] = comm_streams(trace.kernels)
+    _refine_triton(trace)
+    sources = op_sources(trace, source_roots)
+    for column in sources.columns:
+        trace.ops[column] = sources[column].to_numpy()
+    _kernel_sources(trace)
+    trace.warnings.extend(link_warnings(trace))
+    trace.linked = True
+    return trace
+
+
+def _kernel_sources(trace: Trace) -> None:
+    """Copy each kernel's (and memcpy/memset's) op source columns onto it."""
+    for gpu in (trace.kernels, trace.gpu_mem):
+        op = gpu["op_idx"].to_numpy()
+        has = op >= 0
+        for column, empty in zip(KERNEL_SRC_COLUMNS, ("", -1, "", False, False), strict=True):
+            values = trace.ops[column].to_numpy()
+            filled = np.full(len(gpu), empty, dtype=values.dtype if len(values) else object)
+            if has.any():
+                filled[has] = values[op[has]]
+            gpu[column] = filled
+
+
+def _refine_triton(trace: Trace) -> None:
+    """Kernels named like plain identifiers and launched the way Triton launches are Triton
+    kernels even without the Inductor `triton_` prefix (user @triton.jit kernels)."""
+    kernels, launches = trace.kernels, trace.launches
+    launch = kernels["launch_idx"].to_numpy()
+    if len(kernels) == 0 or not (launch >= 0).any():
+        return
+    launch_name = np.full(len(kernels), "", dtype=object)
+    launch_name[launch >= 0] = launches["name"].to_numpy(dtype=object)[launch[launch >= 0]]
+    candidate = (kernels["category"].to_numpy() == "other") & np.isin(
+        launch_name, list(DRIVER_MODULE_LAUNCHES)
+    )
+    if candidate.any():
+        names = kernels["name"].to_numpy(dtype=object)[candidate]
+        plain = np.array([PLAIN_IDENTIFIER.match(n) is not None for n in names], dtype=bool)
+        rows = np.flatnonzero(candidate)[plain]
+        kernels.loc[rows, "category"] = "triton"
+
+
+def link_warnings(trace: Trace) -> list[str]:
+    """What linking could not do, one sentence each."""
+    out: list[str] = []
+    kernels = trace.kernels
+    if len(kernels) and len(trace.launches):
+        unmatched = float((kernels["launch_idx"] < 0).mean())
+        if unmatched > 0.05:
+            out.append(
+                f"{unmatched:.0%} of kernels have no launch in the trace (matched by "
+                "correlation id): their CPU op and source line are unknown"
+            )
+    elif len(kernels):
+        out.append("no CUDA/HIP runtime events: kernels cannot be tied to their CPU ops")
+    if len(trace.python) and len(trace.ops) and (trace.ops["src_line"] < 0).all():
+        out.append("no op runs inside a user-code Python frame: source lines are unknown")
+    return out
+
+
+def op_stack(trace: Trace, op_idx: int) -> list[str]:
+    """Names of the op's enclosing ops and CPU annotations, outermost first, ending with it."""
+    if op_idx is None or op_idx < 0:
+        return []
+    ops = trace.ops
+    parent = ops["parent"].to_numpy()
+    names = ops["name"].to_numpy(dtype=object)
+    chain: list[int] = []
+    row = int(op_idx)
+    while row >= 0:
+        chain.append(row)
+        row = int(parent[row])
+    chain.reverse()
+    entries = [(float(ops["ts"].iat[r]), -float(ops["dur"].iat[r]), str(names[r])) for r in chain]
+    ann = trace.annotations
+    t = float(ops["ts"].iat[op_idx])
+    end = float(ops["end"].iat[op_idx])
+    around = ann[(ann["side"] == "cpu") & (ann["tid"] == ops["tid"].iat[op_idx])
+                 & (ann["ts"] <= t) & (ann["end"] >= end)]
+    entries += [(float(a.ts), -float(a.dur), str(a.name)) for a in around.itertuples()]
+    entries.sort()
+    return [name for _, _, name in entries]
+
+
+def kernel_source(trace: Trace) -> pd.DataFrame:
+    """Per kernel: src_file, src_line, src_function, src_line_exact, src_from_fwd (from its op,
+    or the forward op for kernels launched in backward). Index aligned with trace.kernels."""
+    return trace.kernels[KERNEL_SRC_COLUMNS].copy()

@@ -1,0 +1,82 @@
+"""Backward ops -> the forward op that recorded them.
+
+Kineto writes a `fwdbwd` flow from the forward op (ph "s", at the op's ts and thread) to the
+backward node's op (ph "f"). Without flows, the autograd `Sequence number` ties the two: the
+backward op carries the number of the forward op that created its node. Every op nested inside
+a backward op (aten::select_backward, its fill and copy kernels' ops) inherits the forward op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tracekit.load.intervals import innermost_containing, propagate_down
+
+BACKWARD_ROOT_PREFIX = "autograd::engine::evaluate_function:"
+
+
+def _op_at(ops: pd.DataFrame, tid: np.ndarray, ts: np.ndarray, prefer_deep: bool) -> np.ndarray:
+    """Op starting exactly at (tid, ts), else the innermost op containing it (-1 if none)."""
+    if len(ops) == 0 or len(ts) == 0:
+        return np.full(len(ts), -1, dtype=np.int64)
+    ranked = ops[["tid", "ts", "depth"]].assign(_row=np.arange(len(ops)))
+    ranked = ranked.sort_values(["tid", "ts", "depth"], ascending=[True, True, not prefer_deep],
+                                kind="stable").drop_duplicates(["tid", "ts"])
+    queries = pd.DataFrame({"tid": tid, "ts": ts})
+    exact = queries.merge(ranked, on=["tid", "ts"], how="left")["_row"]
+    out = exact.fillna(-1).to_numpy(dtype=np.int64)
+    missing = out < 0
+    if missing.any():
+        out[missing] = innermost_containing(
+            ops["tid"].to_numpy(), ops["ts"].to_numpy(), ops["end"].to_numpy(),
+            ops["parent"].to_numpy(), tid[missing], ts[missing],
+        )
+    return out
+
+
+def is_backward_root(ops: pd.DataFrame) -> np.ndarray:
+    """Ops run by the autograd engine for one node (they name the node, carry Fwd thread id)."""
+    names = ops["name"].astype(object)
+    return (names.str.startswith(BACKWARD_ROOT_PREFIX).to_numpy(dtype=bool)
+            | (ops["fwd_tid"].to_numpy() > 0))
+
+
+def forward_ops(ops: pd.DataFrame, flows: pd.DataFrame) -> np.ndarray:
+    """fwd_op_idx per op: its forward op for backward ops and their children, else -1."""
+    n = len(ops)
+    fwd = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return fwd
+    if len(flows):
+        src = _op_at(ops, flows["src_tid"].to_numpy(), flows["src_ts"].to_numpy(), True)
+        dst = _op_at(ops, flows["dst_tid"].to_numpy(), flows["dst_ts"].to_numpy(), False)
+        ok = (src >= 0) & (dst >= 0) & (src != dst)
+        fwd[dst[ok]] = src[ok]
+    backward = is_backward_root(ops)
+    unlinked = backward & (fwd < 0) & (ops["seq"].to_numpy() >= 0)
+    if unlinked.any():
+        fwd[unlinked] = _by_sequence_number(ops, backward, np.flatnonzero(unlinked))
+    return propagate_down(ops["parent"].to_numpy(), ops["depth"].to_numpy(), fwd)
+
+
+def _by_sequence_number(ops: pd.DataFrame, backward: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Latest forward op (started before the backward op) with the same Sequence number.
+
+    Several nested forward ops can share a number (aten::matmul around aten::mm); the latest
+    started is the innermost, the one that created the autograd node.
+    """
+    names = ops["name"].astype(object)
+    is_forward = (
+        (ops["seq"].to_numpy() >= 0) & ~backward
+        & ~names.str.contains(r"Backward\d*$", regex=True).to_numpy(dtype=bool)
+    )
+    fwd = ops.loc[is_forward, ["seq", "ts"]].assign(_row=np.flatnonzero(is_forward))
+    if fwd.empty:
+        return np.full(len(rows), -1, dtype=np.int64)
+    bwd = pd.DataFrame({"seq": ops["seq"].to_numpy()[rows], "ts": ops["ts"].to_numpy()[rows],
+                        "_q": np.arange(len(rows))})
+    matched = pd.merge_asof(
+        bwd.sort_values("ts"), fwd.sort_values("ts"), on="ts", by="seq", direction="backward"
+    ).sort_values("_q")
+    return matched["_row"].fillna(-1).to_numpy(dtype=np.int64)

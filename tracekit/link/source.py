@@ -1,0 +1,287 @@
+"""Narrow a Python frame's def line to the statement that ran an op.
+
+The profiler's Python tracer names a frame "file(N): function" with N the function's def line
+(for frames entered while profiling), so the trace alone says *which function* issued an op,
+not which line. When the source file is readable we parse the function with `ast` and look for
+the syntax that produces the op: a subscript for aten::select, `.copy_(` for aten::copy_, `@` for
+aten::mm/matmul, a call of the same name for most others, the label string for a
+record_function range. When that leaves one line (or as many candidates as the frame ran such
+ops, matched in order), the line is exact; otherwise we keep the def line and say so.
+
+Everything is cached per file, and callers ask once per distinct (frame, op, ordinal) tuple,
+never per event.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MatchFn = Callable[[ast.AST], bool]
+
+SUBSCRIPT_OPS = frozenset({"select", "index", "slice", "__getitem__", "narrow", "unbind"})
+STORE_OPS = frozenset({"copy_", "fill_", "index_put_", "masked_fill_", "__setitem__"})
+MATMUL_OPS = frozenset({"mm", "matmul", "bmm", "addmm", "baddbmm", "dot", "mv", "_scaled_mm"})
+MATMUL_CALLS = frozenset({"mm", "matmul", "bmm", "addmm", "baddbmm", "einsum", "dot", "mv"})
+BINOPS: dict[str, type[ast.operator]] = {
+    "add": ast.Add, "sub": ast.Sub, "rsub": ast.Sub, "mul": ast.Mult, "div": ast.Div,
+    "true_divide": ast.Div, "floor_divide": ast.FloorDiv, "remainder": ast.Mod, "pow": ast.Pow,
+    "bitwise_and": ast.BitAnd, "bitwise_or": ast.BitOr, "bitwise_xor": ast.BitXor,
+}
+CALL_ALIASES: dict[str, tuple[str, ...]] = {
+    "allreduce_": ("all_reduce",),
+    "_allgather_base_": ("all_gather_into_tensor", "_all_gather_base"),
+    "allgather_into_tensor_coalesced_": ("all_gather_into_tensor",),
+    "_reduce_scatter_base_": ("reduce_scatter_tensor", "_reduce_scatter_base"),
+    "reduce_scatter_tensor_coalesced_": ("reduce_scatter_tensor",),
+    "broadcast_": ("broadcast",),
+    "to": ("to", "cuda", "cpu", "float", "half", "bfloat16", "type_as"),
+    "_to_copy": ("to", "cuda", "cpu", "float", "half", "bfloat16", "type_as"),
+    "linear": ("linear",),
+    "embedding": ("embedding",),
+    "cross_entropy_loss": ("cross_entropy",),
+    "scaled_dot_product_attention": ("scaled_dot_product_attention",),
+}
+"""aten/c10d op names whose Python spelling differs from the op's name."""
+
+
+@dataclass
+class Narrowed:
+    line: int
+    exact: bool
+
+
+@dataclass
+class _ParsedFile:
+    tree: ast.Module
+    functions: dict[int, list[ast.AST]]
+    """Function/lambda nodes by every line that can name them (def line, decorator lines)."""
+
+
+@dataclass
+class SourceIndex:
+    """Resolves frame files against candidate roots and narrows lines, caching per file."""
+
+    roots: Sequence[Path] = ()
+    _paths: dict[str, Path | None] = field(default_factory=dict)
+    _parsed: dict[Path, _ParsedFile | None] = field(default_factory=dict)
+    _answers: dict[tuple[str, int, str, str, int, int], Narrowed] = field(default_factory=dict)
+
+    def resolve(self, file: str) -> Path | None:
+        """The readable file a frame's (usually sys.path-relative) file name refers to."""
+        if file in self._paths:
+            return self._paths[file]
+        found: Path | None = None
+        if file and not file.startswith("<"):
+            candidate = Path(file)
+            options = [candidate] if candidate.is_absolute() else [r / file for r in self.roots]
+            for option in options:
+                try:
+                    if option.is_file():
+                        found = option
+                        break
+                except OSError:
+                    continue
+        self._paths[file] = found
+        return found
+
+    def narrow(self, file: str, def_line: int, function: str, op_name: str, ordinal: int,
+               count: int) -> Narrowed:
+        """Statement line of the `ordinal`-th of `count` ops named `op_name` run by the frame
+        "file(def_line): function"; the def line (exact=False) when that cannot be told."""
+        key = (file, def_line, function, op_name, ordinal, count)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._narrow(file, def_line, function, op_name, ordinal, count)
+            self._answers[key] = answer
+        return answer
+
+    def _narrow(self, file: str, def_line: int, function: str, op_name: str, ordinal: int,
+                count: int) -> Narrowed:
+        fallback = Narrowed(def_line, False)
+        path = self.resolve(file)
+        if path is None or def_line < 0:
+            return fallback
+        parsed = self._parse(path)
+        if parsed is None:
+            return fallback
+        scope = _scope(parsed, def_line, function)
+        if scope is None:
+            return fallback
+        nodes = list(_walk_scope(scope))
+        for matcher in matchers_for(op_name):
+            lines = [node.lineno for node in nodes if matcher(node)]
+            if lines:
+                return choose_line(lines, def_line, ordinal, count)
+        return fallback
+
+    def _parse(self, path: Path) -> _ParsedFile | None:
+        if path in self._parsed:
+            return self._parsed[path]
+        parsed: _ParsedFile | None = None
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (OSError, SyntaxError, ValueError):
+            tree = None
+        if tree is not None:
+            functions: dict[int, list[ast.AST]] = {}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = {node.lineno, *(d.lineno for d in node.decorator_list)}
+                    for line in lines:
+                        functions.setdefault(line, []).append(node)
+            parsed = _ParsedFile(tree, functions)
+        self._parsed[path] = parsed
+        return parsed
+
+
+def choose_line(lines: list[int], def_line: int, ordinal: int, count: int) -> Narrowed:
+    """Pick among candidate lines (in source order) for the ordinal-th of count ops.
+
+    One distinct line: that line. As many candidates as ops (or the ops a whole multiple of
+    them, as in a loop over the same statements): match them in order. Otherwise ambiguous.
+    """
+    if not lines:
+        return Narrowed(def_line, False)
+    if len(set(lines)) == 1:
+        return Narrowed(lines[0], True)
+    if count > 0 and count % len(lines) == 0 and 0 <= ordinal < count:
+        return Narrowed(lines[ordinal % len(lines)], True)
+    return Narrowed(def_line, False)
+
+
+def _scope(parsed: _ParsedFile, def_line: int, function: str) -> ast.AST | None:
+    """The function (or module) whose code the frame ran."""
+    if function == "<module>":
+        return parsed.tree
+    for node in parsed.functions.get(def_line, ()):
+        if getattr(node, "name", None) == function:
+            return node
+    return None
+
+
+def _walk_scope(scope: ast.AST) -> Iterator[ast.AST]:
+    """Nodes of a function body in source order, not descending into nested functions,
+    classes or lambdas (their code runs in frames of their own)."""
+    body = scope.body if isinstance(scope, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef) \
+        else [scope]
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _called_name(node: ast.AST) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return None
+
+
+def _is_tensor_subscript(node: ast.AST) -> bool:
+    """A subscript that can be a tensor index: not `x.shape[0]`, not `d["key"]`."""
+    if not isinstance(node, ast.Subscript):
+        return False
+    if isinstance(node.value, ast.Attribute) and node.value.attr in ("shape", "stride"):
+        return False
+    index = node.slice
+    return not (isinstance(index, ast.Constant) and isinstance(index.value, str))
+
+
+def _has_slice(index: ast.AST) -> bool:
+    if isinstance(index, ast.Slice):
+        return True
+    return isinstance(index, ast.Tuple) and any(isinstance(e, ast.Slice) for e in index.elts)
+
+
+def _only_slices(index: ast.AST) -> bool:
+    """`x[1:3]`, `x[:, ::2]`, `x[...]`: slicing only (aten::slice), no integer index."""
+    if isinstance(index, ast.Slice):
+        return True
+    if isinstance(index, ast.Tuple):
+        return all(
+            isinstance(e, ast.Slice) or (isinstance(e, ast.Constant) and e.value is Ellipsis)
+            for e in index.elts
+        )
+    return False
+
+
+def matchers_for(op_name: str) -> list[MatchFn]:
+    """Predicates on AST nodes that could have produced an op with this name, the most
+    specific first (the first that matches anything decides)."""
+    if "::" not in op_name:
+        return _label_matchers(op_name)
+    return [_op_matcher(op_name)]
+
+
+def _op_matcher(op_name: str) -> MatchFn:
+    base = op_name.split("::", 1)[1].split(".", 1)[0]
+    stem = base[:-1] if base.endswith("_") and not base.endswith("__") else base
+    calls = set(CALL_ALIASES.get(base, ())) | {base}
+
+    if base in SUBSCRIPT_OPS and base not in ("narrow", "unbind"):
+        def subscript(node: ast.AST) -> bool:
+            if not _is_tensor_subscript(node) or not isinstance(node.ctx, ast.Load):
+                return False
+            index = node.slice
+            if base == "select":
+                return not _only_slices(index)
+            if base == "slice":
+                return _has_slice(index)
+            return True
+
+        return subscript
+    if base in STORE_OPS:
+        def store(node: ast.AST) -> bool:
+            if _called_name(node) in calls:
+                return True
+            return isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+
+        return store
+    if base in MATMUL_OPS:
+        def matmul(node: ast.AST) -> bool:
+            if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.MatMult):
+                return True
+            return _called_name(node) in MATMUL_CALLS | calls
+
+        return matmul
+    if stem in BINOPS:
+        operator = BINOPS[stem]
+        in_place = base.endswith("_")
+
+        def binop(node: ast.AST) -> bool:
+            if _called_name(node) in calls:
+                return True
+            if in_place:
+                return isinstance(node, ast.AugAssign) and isinstance(node.op, operator)
+            return isinstance(node, ast.BinOp) and isinstance(node.op, operator)
+
+        return binop
+
+    def call(node: ast.AST) -> bool:
+        return _called_name(node) in calls
+
+    return call
+
+
+def _label_matchers(label: str) -> list[MatchFn]:
+    """record_function labels: the label's string literal (`record_function("fwd")`), else a
+    call of the label's last word ("Optimizer.step#AdamW.step" -> `.step(`)."""
+    last = label.replace("#", ".").split(".")[-1].strip()
+
+    def literal(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value == label
+
+    def call(node: ast.AST) -> bool:
+        return bool(last) and _called_name(node) == last
+
+    return [literal, call]

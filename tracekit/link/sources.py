@@ -1,0 +1,120 @@
+"""Ops -> the user's source line that ran them.
+
+For every op: the innermost Python frame of user code (see `tracekit.load.userframes`) that
+encloses it on the same thread. The frame gives file, function and def line; `source.py` narrows
+the def line to the statement when the file is readable. Backward ops have no user frame of
+their own (the autograd engine runs them), so they take their forward op's line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracekit.link.source import SourceIndex
+from tracekit.load.intervals import innermost_containing, propagate_down
+from tracekit.trace import Trace
+
+SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]
+
+
+def user_frames(trace: Trace) -> np.ndarray:
+    """Row in `python` of each op's innermost enclosing user frame (-1 if none)."""
+    python, ops = trace.python, trace.ops
+    if len(python) == 0 or len(ops) == 0:
+        return np.full(len(ops), -1, dtype=np.int64)
+    return innermost_containing(
+        python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
+        python["parent"].to_numpy(), ops["tid"].to_numpy(), ops["ts"].to_numpy(),
+        eligible=python["is_user"].to_numpy(dtype=bool),
+    )
+
+
+def call_ops(ops: pd.DataFrame, frame: np.ndarray) -> np.ndarray:
+    """For each op, the outermost op of its chain still inside the same frame: the op the
+    frame's code called directly (aten::matmul rather than the aten::mm inside it)."""
+    parent = ops["parent"].to_numpy()
+    has_parent = parent >= 0
+    parent_frame = np.full(len(ops), -2, dtype=np.int64)
+    parent_frame[has_parent] = frame[parent[has_parent]]
+    is_call = ~has_parent | (parent_frame != frame)
+    start = np.where(is_call, np.arange(len(ops)), -1)
+    return propagate_down(parent, ops["depth"].to_numpy(), start)
+
+
+def op_sources(trace: Trace, roots: Sequence[Path]) -> pd.DataFrame:
+    """src_file, src_line, src_function, src_line_exact, src_from_fwd per op."""
+    ops, python = trace.ops, trace.python
+    n = len(ops)
+    frame = user_frames(trace)
+    out = pd.DataFrame({
+        "src_file": np.full(n, "", dtype=object),
+        "src_line": np.full(n, -1, dtype=np.int64),
+        "src_function": np.full(n, "", dtype=object),
+        "src_line_exact": np.zeros(n, dtype=bool),
+    })
+    has = frame >= 0
+    if has.any():
+        out.loc[has, "src_file"] = python["file"].to_numpy()[frame[has]]
+        out.loc[has, "src_function"] = python["function"].to_numpy()[frame[has]]
+        out.loc[has, "src_line"] = python["line"].to_numpy()[frame[has]]
+        line, exact = _narrowed_lines(ops, python, frame, roots)
+        out.loc[has, "src_line"] = line[has]
+        out.loc[has, "src_line_exact"] = exact[has]
+    # Backward ops take their forward op's line even when a user frame encloses them (on CPU
+    # the engine runs inside the user's `loss.backward()` frame): the forward line is the cause.
+    fwd = ops["fwd_op_idx"].to_numpy() if "fwd_op_idx" in ops else np.full(n, -1)
+    from_fwd = fwd >= 0
+    from_fwd[from_fwd] = out["src_line"].to_numpy()[fwd[from_fwd]] >= 0
+    if from_fwd.any():
+        source_rows = fwd[from_fwd]
+        for column in SRC_COLUMNS:
+            out.loc[from_fwd, column] = out[column].to_numpy()[source_rows]
+    out["src_from_fwd"] = from_fwd
+    out["src_line"] = out["src_line"].astype(np.int64)
+    out["src_line_exact"] = out["src_line_exact"].astype(bool)
+    return out
+
+
+def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
+                    roots: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Statement line (and whether it is exact) of each op that has a user frame.
+
+    Ops are matched to source by the name of their call op; the k-th call of the same name
+    within one frame instance is matched to the k-th candidate statement. Each distinct
+    (frame, name, k, count) is narrowed once.
+    """
+    n = len(ops)
+    line = np.full(n, -1, dtype=np.int64)
+    exact = np.zeros(n, dtype=bool)
+    call = call_ops(ops, frame)
+    names = ops["name"].to_numpy(dtype=object)
+    calls = pd.DataFrame({"frame": frame, "name": names, "ts": ops["ts"].to_numpy()})
+    is_call = (np.arange(n) == call) & (frame >= 0)
+    call_rows = calls[is_call].sort_values("ts", kind="stable")
+    grouped = call_rows.groupby(["frame", "name"], sort=False)
+    ordinal = np.full(n, 0, dtype=np.int64)
+    count = np.full(n, 0, dtype=np.int64)
+    ordinal[call_rows.index.to_numpy()] = grouped.cumcount().to_numpy()
+    count[call_rows.index.to_numpy()] = grouped["ts"].transform("size").to_numpy()
+    has = frame >= 0
+    rows = np.flatnonzero(has)
+    call_of = call[rows]
+    keys = pd.DataFrame({
+        "file": python["file"].to_numpy()[frame[rows]],
+        "line": python["line"].to_numpy()[frame[rows]],
+        "function": python["function"].to_numpy()[frame[rows]],
+        "name": names[call_of],
+        "ordinal": ordinal[call_of],
+        "count": count[call_of],
+    })
+    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+    index = SourceIndex(roots=tuple(roots))
+    answers = [index.narrow(str(f), int(dl), str(fn), str(nm), int(o), int(c))
+               for f, dl, fn, nm, o, c in uniques]
+    line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]
+    exact[rows] = np.array([a.exact for a in answers], dtype=bool)[codes]
+    return line, exact

@@ -1,0 +1,258 @@
+"""A path -> a `Run`: one trace file, or a directory of rank files read in parallel.
+
+Rank files are parsed in separate processes (one per file) because parsing is CPU-bound Python
+and each rank is independent; only the finished frames travel back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracekit.errors import UserError
+from tracekit.load.frames import build_trace, rank_info
+from tracekit.load.read import read_document
+from tracekit.trace import Run, Trace
+
+MANIFEST_NAME = "manifest.json"
+STEPS_LOG_NAME = "steps.jsonl"
+TRACE_SUFFIXES = (".json", ".json.gz")
+RANK_IN_NAME = re.compile(r"rank[_\-.]?(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    """What a worker process needs to load (and link) one rank file."""
+
+    path: Path
+    link: bool
+    source_roots: tuple[Path, ...]
+    rank: int | None = None
+
+
+def load_trace_file(job: TraceJob) -> Trace:
+    """Read, build and (optionally) link one trace file. Runs in a worker process."""
+    doc = read_document(job.path)
+    trace = build_trace(doc, job.path, rank=job.rank)
+    if job.link:
+        from tracekit.link import link_trace
+
+        link_trace(trace, source_roots=list(job.source_roots))
+    return trace
+
+
+def is_trace_name(path: Path) -> bool:
+    name = path.name
+    return name.endswith(TRACE_SUFFIXES) and name != MANIFEST_NAME
+
+
+def discover(directory: Path) -> list[Path]:
+    """Trace files in a run directory (not recursive), in name order."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and is_trace_name(p))
+    if not files:
+        raise UserError(f"{directory}: no trace files (*.json, *.json.gz) in this directory")
+    return files
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The trainer's manifest.json, when present and readable (it is optional)."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        from tracekit.load.read import _parse
+
+        manifest = _parse(path.read_bytes())
+    except Exception:  # an unreadable manifest must not stop the analysis of the traces
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def read_steps_log(directory: Path) -> pd.DataFrame | None:
+    """steps.jsonl as a frame (one row per training step), when present."""
+    path = directory / STEPS_LOG_NAME
+    if not path.is_file():
+        return None
+    from tracekit.load.read import _parse
+
+    rows = []
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = _parse(line)
+        except Exception:  # a half-written last line of an interrupted run
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+def source_roots(run_dir: Path, manifest: dict[str, Any] | None) -> tuple[Path, ...]:
+    """Directories against which relative source paths in frames are resolved.
+
+    The profiler strips the sys.path entry from a frame's file, so the file is usually relative
+    to the program's working directory: the manifest's cwd when recorded, the run directory's
+    parents (traces/<run>/ usually sits in the project), and the current directory.
+    """
+    roots: list[Path] = []
+    if manifest:
+        for key in ("cwd", "workdir", "project_root"):
+            value = manifest.get(key)
+            if isinstance(value, str):
+                roots.append(Path(value))
+        sys_path = manifest.get("sys_path")
+        if isinstance(sys_path, list):
+            roots.extend(Path(p) for p in sys_path if isinstance(p, str) and p)
+    resolved = run_dir.resolve()
+    roots.extend([resolved, *list(resolved.parents)[:4]])
+    roots.append(Path.cwd())
+    unique: list[Path] = []
+    for root in roots:
+        if root not in unique:
+            unique.append(root)
+    return tuple(unique)
+
+
+def _show_progress(progress: bool, n_files: int) -> bool:
+    return progress and (n_files > 1 or sys.stderr.isatty())
+
+
+def load_run(path: str | os.PathLike[str], *, link: bool = True, progress: bool = True,
+             workers: int | None = None) -> Run:
+    """Load a trace file or a run directory (see `tracekit.load.load`)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    run_dir = path if path.is_dir() else path.parent
+    files = discover(path) if path.is_dir() else [path]
+    manifest = read_manifest(run_dir)
+    roots = source_roots(run_dir, manifest)
+    jobs = [TraceJob(f, link, roots) for f in files]
+    traces, skipped = _load_all(jobs, progress=_show_progress(progress, len(files)),
+                                workers=workers, single_file=not path.is_dir())
+    if not traces:
+        raise UserError(f"{path}: no profiler traces here ({'; '.join(skipped)})")
+    _assign_ranks(traces, files_in_order=[j.path for j in jobs], manifest=manifest)
+    if skipped:
+        traces[0].warnings.extend(f"skipped {s}" for s in skipped)
+    traces.sort(key=lambda t: t.rank)
+    return Run(path=path, traces=traces, manifest=manifest, steps_log=read_steps_log(run_dir))
+
+
+def _load_all(jobs: list[TraceJob], *, progress: bool, workers: int | None,
+              single_file: bool) -> tuple[list[Trace], list[str]]:
+    """Load every job; non-trace JSON files in a directory are skipped and reported."""
+    traces: list[Trace] = []
+    skipped: list[str] = []
+    with _Progress(progress, [j.path.name for j in jobs]) as bar:
+        if len(jobs) == 1 or workers == 1:
+            for job in jobs:
+                _collect(lambda job=job: load_trace_file(job), job, traces, skipped,
+                         single_file)
+                bar.done(job.path.name)
+            return traces, skipped
+        max_workers = min(len(jobs), workers or os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=max_workers) as pool:
+            futures = {pool.submit(load_trace_file, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                _collect(future.result, job, traces, skipped, single_file)
+                bar.done(job.path.name)
+    return traces, skipped
+
+
+def _collect(get: Any, job: TraceJob, traces: list[Trace], skipped: list[str],
+             single_file: bool) -> None:
+    try:
+        traces.append(get())
+    except UserError as exc:
+        # In a directory, a JSON file that is simply not a trace (a config, a summary) is
+        # skipped; a broken trace file is still an error.
+        if single_file or "not a profiler trace" not in str(exc):
+            raise
+        skipped.append(f"{job.path.name}: not a profiler trace")
+
+
+def _assign_ranks(traces: list[Trace], files_in_order: list[Path],
+                  manifest: dict[str, Any] | None) -> None:
+    """Rank from distributedInfo, else from the file name (rank3...), else file order;
+    world size from distributedInfo, else the manifest, else the number of files."""
+    order = {p: i for i, p in enumerate(files_in_order)}
+    world_sizes: set[int] = set()
+    claimed: dict[int, Path] = {}
+    for trace in sorted(traces, key=lambda t: order[t.path]):
+        info_rank, info_world = rank_info(trace.meta)
+        name_match = RANK_IN_NAME.search(trace.path.name)
+        if info_rank is not None:
+            trace.rank = info_rank
+        elif name_match:
+            trace.rank = int(name_match.group(1))
+        else:
+            trace.rank = order[trace.path]
+        if trace.rank in claimed:
+            raise UserError(
+                f"two trace files claim rank {trace.rank}: {claimed[trace.rank].name} and "
+                f"{trace.path.name} (one profiling cycle per directory, please)"
+            )
+        claimed[trace.rank] = trace.path
+        if info_world is not None:
+            world_sizes.add(info_world)
+    if len(world_sizes) > 1:
+        raise UserError(
+            f"rank files disagree on the world size ({sorted(world_sizes)}): "
+            "they come from different runs"
+        )
+    if world_sizes:
+        world = world_sizes.pop()
+    elif manifest and isinstance(manifest.get("world_size"), int):
+        world = int(manifest["world_size"])
+    else:
+        world = max(len(traces), max(t.rank for t in traces) + 1)
+    for trace in traces:
+        trace.world_size = world
+
+
+class _Progress:
+    """A rich progress bar over rank files on stderr (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, names: list[str]) -> None:
+        self.enabled = enabled
+        self.total = len(names)
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("loading traces"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}"), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def done(self, name: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

@@ -1,0 +1,45 @@
+"""Small formatting helpers shared by the terminal and Markdown renderers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from tracekit.finding import SEVERITY_ORDER, Finding
+
+
+def format_us(us: float) -> str:
+    """Microseconds as a short human duration: 850 us, 12.3 ms, 1.52 s."""
+    if us >= 1e6:
+        return f"{us / 1e6:.2f} s"
+    if us >= 1e3:
+        return f"{us / 1e3:.1f} ms"
+    return f"{us:.0f} us"
+
+
+def short_kernel(name: str | None, width: int = 60) -> str:
+    """A kernel name without its argument list, cut to `width`."""
+    if not name:
+        return "-"
+    base = name.split("(")[0] if not name.startswith("void ") else name[5:].split("(")[0]
+    return base if len(base) <= width else base[: width - 1] + "…"
+
+
+def source_text(finding: Finding) -> str:
+    """`file:line` of the cause, with a ~ when the line is the function's def line only."""
+    src = finding.cause.source
+    if src is None:
+        return "-"
+    return f"{src.file}:{src.line}" + ("" if src.line_exact else "~")
+
+
+def grouped(findings: list[Finding]) -> list[tuple[str, list[Finding]]]:
+    """Findings by kind; kinds ordered by their worst finding, findings worst first."""
+    by_kind: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_kind[f.kind].append(f)
+
+    def worst(f: Finding) -> tuple[int, float]:
+        return SEVERITY_ORDER[f.severity], -f.cost_us
+
+    groups = [(kind, sorted(items, key=worst)) for kind, items in by_kind.items()]
+    return sorted(groups, key=lambda g: (worst(g[1][0]), -sum(f.cost_us for f in g[1])))

@@ -1,0 +1,340 @@
+"""The Plotly figure: WebGL bars per category, step bands, findings outlined and annotated.
+
+Why WebGL line segments: a real step has tens of thousands of kernels; one SVG shape per kernel
+makes zoom/pan crawl, while one Scattergl trace per category (segments separated by NaN) keeps
+the whole run in a handful of GPU buffers. Hover lives on a second, marker-only trace at each
+bar's middle (a vertical tick), which also keeps kernels of a few us visible at any zoom.
+Everything few in number (findings, steps) uses layout shapes and annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from tracekit.finding import Finding
+from tracekit.timeline.lanes import DUR, Timeline
+from tracekit.trace import Run
+
+# Category -> (legend label, colour). Colour-blind-friendly-ish, NCCL loud, CPU quiet.
+CATEGORY_STYLE: dict[str, tuple[str, str]] = {
+    "gemm": ("GEMM", "#1f77b4"),
+    "attention": ("attention", "#9467bd"),
+    "elementwise": ("elementwise", "#2ca02c"),
+    "reduction": ("reduction", "#17becf"),
+    "triton": ("Triton", "#ff7f0e"),
+    "nccl": ("NCCL", "#d62728"),
+    "memory": ("memcpy/memset", "#8c564b"),
+    "other": ("other kernel", "#7f7f7f"),
+    "cpu op": ("CPU op (outermost)", "#9fb3c8"),
+    "annotation": ("record_function", "#bcbd22"),
+}
+CULPRIT_COLOUR = "#000000"
+VICTIM_COLOUR = "#e6007e"
+FINDING_BAND = "rgba(255, 200, 0, 0.22)"
+LANE_PX = 30
+BAR_PX = 16
+# Findings annotated on the plot itself (all of them are in the table below it).
+MAX_ANNOTATED_FINDINGS = 8
+# Outlines drawn per finding: enough to see the pattern, few enough to stay SVG-cheap.
+MAX_OUTLINES_PER_FINDING = 40
+SEVERITY_COLOUR = {"high": "#b30000", "medium": "#c76a00", "low": "#555555"}
+
+
+@dataclass
+class FindingMark:
+    """Where one finding sits on the figure, for outlines, annotation and the table's zoom."""
+
+    index: int
+    finding: Finding
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    culprits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    victims: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def zoom(self) -> dict[str, list[float]]:
+        """Axis ranges that frame the finding with context on both sides."""
+        xs = [self.x0, self.x1]
+        for frame in (self.culprits, self.victims):
+            if len(frame):
+                xs += [float(frame["x0"].min()), float(frame["x1"].max())]
+        lo, hi = min(xs), max(xs)
+        pad = max((hi - lo) * 0.6, 0.05)
+        return {"x": [lo - pad, hi + pad], "y": [self.y1, self.y0]}
+
+
+def segments(x0: np.ndarray, x1: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave bars as x0, x1, NaN (NaN breaks the line), vectorised."""
+    n = len(x0)
+    xs = np.full(n * 3, np.nan)
+    ys = np.full(n * 3, np.nan)
+    xs[0::3], xs[1::3] = x0, x1
+    ys[0::3], ys[1::3] = y, y
+    return xs, ys
+
+
+def coords(values: np.ndarray) -> np.ndarray:
+    """float32 when it keeps 0.1 us resolution (axis spans under ~1.6 s), else float64.
+
+    Half the bytes in the page for the common case of a few steps.
+    """
+    finite = values[np.isfinite(values)]
+    small = finite.size == 0 or float(np.abs(finite).max()) < 1600.0
+    return values.astype(np.float32) if small else values
+
+
+def durations_text(dur_us: np.ndarray) -> np.ndarray:
+    return np.char.add(np.char.mod("%.1f", dur_us), " us").astype(object)
+
+
+@dataclass
+class HoverTable:
+    """Hover texts stored once each: bars point at them by number (HTML page mode)."""
+
+    texts: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def codes(self, hover: pd.Series) -> np.ndarray:
+        """Numbers of each bar's text, adding new texts (vectorised through factorize)."""
+        local_codes, uniques = pd.factorize(hover.astype(str), use_na_sentinel=False)
+        mapping = np.empty(len(uniques), dtype=np.int64)
+        for i, text in enumerate(uniques):  # one per distinct text, not per bar
+            code = self.index.get(text)
+            if code is None:
+                code = self.index[text] = len(self.texts)
+                self.texts.append(text)
+            mapping[i] = code
+        return mapping[local_codes]
+
+
+def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.Scattergl]:
+    """Two WebGL traces per category: the bars, and their hover ticks (same legend group).
+
+    Without a HoverTable the ticks carry their full hover text (plotly's own tooltip, for
+    notebooks); with one they carry [text number, duration] and the page draws the tooltip.
+    """
+    traces: list[go.Scattergl] = []
+    order = {c: i for i, c in enumerate(CATEGORY_STYLE)}
+    cats = sorted(bars["category"].unique(), key=lambda c: order.get(c, len(order)))
+    for cat in cats:
+        label, colour = CATEGORY_STYLE.get(cat, (cat, "#7f7f7f"))
+        b = bars[bars["category"] == cat]
+        x0 = b["x0"].to_numpy(dtype=float)
+        x1 = b["x1"].to_numpy(dtype=float)
+        y = b["y"].to_numpy(dtype=float)
+        xs, ys = segments(x0, x1, y)
+        traces.append(go.Scattergl(
+            x=coords(xs), y=ys.astype(np.float32), mode="lines", name=f"{label} ({len(b):,})",
+            legendgroup=cat, line={"color": colour, "width": BAR_PX}, hoverinfo="skip",
+            connectgaps=False))
+        dur_us = (b["end"] - b["ts"]).to_numpy(dtype=float)
+        tick = {"x": coords((x0 + x1) / 2), "y": y.astype(np.float32), "mode": "markers",
+                "name": label, "legendgroup": cat, "showlegend": False, "meta": "bar-hover",
+                "marker": {"symbol": "line-ns", "size": BAR_PX, "color": colour,
+                           "line": {"color": colour, "width": 1.5}}}
+        if hover is None:
+            head, _, tail = (b["hover"].astype(str).str.partition(DUR).iloc[:, i]
+                             for i in (0, 1, 2))
+            text = head.to_numpy(dtype=object) + durations_text(dur_us) + tail.to_numpy(
+                dtype=object)
+            traces.append(go.Scattergl(**tick, text=text,
+                                       hovertemplate="%{text}<extra></extra>"))
+        else:
+            data = np.column_stack([hover.codes(b["hover"]), dur_us]).astype(np.float32)
+            traces.append(go.Scattergl(**tick, customdata=data, hoverinfo="none"))
+    return traces
+
+
+def finding_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float) -> pd.DataFrame:
+    """The culprit's bars: kernels named like the finding's culprit on its stream and rank.
+
+    Preferably those inside the finding's window; when the window holds none (a merged finding
+    whose window is its first occurrence, cut away by --step), every occurrence shown.
+    """
+    kernel = f.culprit.kernel if f.culprit else None
+    if not kernel:
+        return bars.iloc[0:0]
+    mine = bars[(bars["rank"] == f.rank) & (bars["name"] == kernel)]
+    if f.culprit.stream is not None:
+        mine = mine[mine["stream"] == f.culprit.stream]
+    inside = mine[(mine["x1"] >= lo_ms) & (mine["x0"] <= hi_ms)]
+    return (inside if len(inside) else mine).head(MAX_OUTLINES_PER_FINDING)
+
+
+def victim_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float,
+                culprits: pd.DataFrame) -> pd.DataFrame:
+    """The work the finding hurts: named in evidence, else the NCCL kernels it touches.
+
+    Detectors may name it (`evidence.victim_kernel`/`victim_stream`); otherwise, for findings
+    about communication (sm_contention, comm_gap), the NCCL kernels on that rank overlapping
+    the window (a comm gap's window is the gap: the collectives on either edge touch it).
+    """
+    ev = f.evidence or {}
+    mine = bars[(bars["rank"] == f.rank) & (bars["kind"] == "kernel")]
+    near = mine[(mine["x1"] >= lo_ms - 1e-6) & (mine["x0"] <= hi_ms + 1e-6)]
+    if ev.get("victim_kernel"):
+        near = near[near["name"] == ev["victim_kernel"]]
+        if ev.get("victim_stream") is not None:
+            near = near[near["stream"] == ev["victim_stream"]]
+    elif f.kind in ("sm_contention", "comm_gap"):
+        near = near[near["is_nccl"]]
+    else:
+        return bars.iloc[0:0]
+    return near[~near.index.isin(culprits.index)].head(MAX_OUTLINES_PER_FINDING)
+
+
+def finding_marks(tl: Timeline, findings: list[Finding]) -> list[FindingMark]:
+    """Place each finding of a shown rank on the aligned axis; drop those outside the view."""
+    marks: list[FindingMark] = []
+    shown = set(tl.lanes["rank"])
+    for i, f in enumerate(findings):
+        if f.rank not in shown:
+            continue
+        x0 = float(tl.to_ms(f.rank, f.start_us))
+        x1 = float(tl.to_ms(f.rank, f.start_us + max(f.dur_us, 0.0)))
+        if tl.window_ms and (x1 < tl.window_ms[0] or x0 > tl.window_ms[1]):
+            continue
+        y0, y1 = tl.rank_span(f.rank)
+        culprits = finding_rows(tl.bars, f, x0, x1)
+        victims = victim_rows(tl.bars, f, x0, x1, culprits)
+        marks.append(FindingMark(i, f, x0, x1, y0, y1, culprits, victims))
+    return marks
+
+
+def outline_shapes(rows: pd.DataFrame, colour: str, dash: str, width: float) -> list[dict]:
+    """Unfilled rectangles around bars (few per finding, so SVG shapes are fine)."""
+    half = 0.42
+    return [{"type": "rect", "xref": "x", "yref": "y", "x0": a, "x1": max(b, a + 1e-4),
+             "y0": y - half, "y1": y + half, "layer": "above", "fillcolor": "rgba(0,0,0,0)",
+             "line": {"color": colour, "width": width, "dash": dash}}
+            for a, b, y in rows[["x0", "x1", "y"]].itertuples(index=False)]
+
+
+def cost_text(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+
+
+def finding_layout(marks: list[FindingMark]) -> tuple[list[dict], list[dict]]:
+    """Shapes (window band, culprit/victim outlines) and annotations for the findings."""
+    shapes: list[dict] = []
+    notes: list[dict] = []
+    for n, m in enumerate(marks):
+        f = m.finding
+        shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": m.x0,
+                       "x1": max(m.x1, m.x0 + 1e-3), "y0": m.y0, "y1": m.y1, "layer": "below",
+                       "fillcolor": FINDING_BAND, "line": {"width": 0}})
+        shapes += outline_shapes(m.culprits, CULPRIT_COLOUR, "solid", 2.5)
+        shapes += outline_shapes(m.victims, VICTIM_COLOUR, "dot", 2.5)
+        if n >= MAX_ANNOTATED_FINDINGS:
+            continue
+        target = m.culprits if len(m.culprits) else m.victims
+        if len(target):
+            ax, ay_lane = float(target["x0"].iloc[0]), float(target["y"].iloc[0]) - 0.42
+        else:
+            ax, ay_lane = m.x0, m.y0
+        step = f" · step {f.step}" if f.step is not None else ""
+        notes.append({
+            "x": ax, "y": ay_lane, "xref": "x", "yref": "y", "showarrow": True,
+            "arrowhead": 2, "arrowcolor": SEVERITY_COLOUR.get(f.severity, "#333"),
+            "ax": 30 + 25 * (n % 3), "ay": -40 - 26 * (n % 4), "align": "left",
+            "text": (f"<b>#{m.index + 1} {f.kind}</b>{step} · costs {cost_text(f.cost_us)}"
+                     f"<br>{escape(shorten(f.title, 90))}"),
+            "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,240,0.93)",
+            "bordercolor": SEVERITY_COLOUR.get(f.severity, "#333"), "borderwidth": 1.5,
+            "borderpad": 3, "name": f"finding-{m.index + 1}"})
+    return shapes, notes
+
+
+def step_layout(steps: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+    """Alternate shaded bands per step, a line at each step start, ProfilerStep#N labels."""
+    shapes: list[dict] = []
+    notes: list[dict] = []
+    for side, step, x0, x1, y0, y1 in steps[
+            ["side", "step", "x0", "x1", "y0", "y1"]].itertuples(index=False):
+        shade = "rgba(120,120,160,0.07)" if step % 2 == 0 else "rgba(0,0,0,0)"
+        shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": x0, "x1": x1,
+                       "y0": y0, "y1": y1, "layer": "below", "fillcolor": shade,
+                       "line": {"width": 0}})
+        shapes.append({"type": "line", "xref": "x", "yref": "y", "x0": x0, "x1": x0,
+                       "y0": y0, "y1": y1, "layer": "below",
+                       "line": {"color": "#555", "width": 1,
+                                "dash": "dot" if side == "cpu" else "solid"}})
+        label = f"ProfilerStep#{step}" + (" (CPU)" if side == "cpu" else " (GPU)")
+        notes.append({"x": x0, "y": y0, "xref": "x", "yref": "y", "showarrow": False,
+                      "xanchor": "left", "yanchor": "bottom", "text": label,
+                      "font": {"size": 10, "color": "#444"}})
+    return shapes, notes
+
+
+def legend_only(name: str, colour: str, dash: str) -> go.Scatter:
+    """A legend entry explaining an outline style (shapes have no legend of their own)."""
+    return go.Scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
+                      line={"color": colour, "width": 3, "dash": dash})
+
+
+def shorten(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def figure_title(run: Run, tl: Timeline, step: int | None) -> str:
+    ranks = sorted(set(tl.lanes["rank"]))
+    what = f"step {step}" if step is not None else "all profiled steps"
+    if tl.window_ms:
+        what += f", {tl.window_ms[0]:g}–{tl.window_ms[1]:g} ms"
+    n_kernels = int((tl.bars["kind"] == "kernel").sum())
+    return (f"<b>tracekit timeline</b> · run <b>{escape(run.path.name)}</b> · "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} · {what}"
+            f"<br><span style='font-size:12px'>{n_kernels:,} kernels · x = ms since "
+            f"{tl.origin_text} · drag to zoom, double-click to reset, click a legend entry to "
+            f"hide it</span>")
+
+
+def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | None = None,
+                title: str | None = None, hover: HoverTable | None = None,
+                ) -> tuple[go.Figure, list[FindingMark]]:
+    """The interactive figure, and where each finding landed (for the table's zoom links).
+
+    Pass a HoverTable to store hover texts once (the HTML page); without, plotly's tooltips.
+    """
+    marks = finding_marks(tl, findings)
+    fig = go.Figure(bar_traces(tl.bars, hover))
+    if marks:
+        fig.add_trace(legend_only("finding: culprit kernel", CULPRIT_COLOUR, "solid"))
+        if any(len(m.victims) for m in marks):
+            fig.add_trace(legend_only("finding: victim kernel", VICTIM_COLOUR, "dot"))
+    s_shapes, s_notes = step_layout(tl.steps)
+    f_shapes, f_notes = finding_layout(marks)
+    lanes = tl.lanes
+    y_max = float(lanes["y"].max()) if len(lanes) else 0.0
+    height = int(150 + (y_max + 1) * LANE_PX + 60)
+    x_range: list[float] | None = None
+    if tl.window_ms and np.isfinite(tl.window_ms).all():
+        x_range = list(tl.window_ms)
+    fig.update_layout(
+        title={"text": title or figure_title(run, tl, step), "x": 0.01, "xanchor": "left",
+               "font": {"size": 16}},
+        height=max(height, 360), template="plotly_white", hovermode="closest",
+        dragmode="zoom", margin={"l": 10, "r": 20, "t": 120, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0,
+                "font": {"size": 11}},
+        shapes=s_shapes + f_shapes, annotations=s_notes + f_notes,
+        hoverlabel={"font": {"family": "monospace", "size": 11}, "align": "left"},
+        uirevision="timeline")
+    fig.update_yaxes(tickvals=lanes["y"].tolist(), ticktext=lanes["label"].tolist(),
+                     range=[y_max + 0.8, -0.8], automargin=True, showgrid=True,
+                     gridcolor="#eee", zeroline=False, fixedrange=False,
+                     tickfont={"size": 12, "family": "monospace"})
+    fig.update_xaxes(title={"text": f"time (ms since {tl.origin_text})"}, showgrid=True,
+                     gridcolor="#eee", zeroline=False, range=x_range, ticksuffix=" ms",
+                     showspikes=True, spikemode="across", spikethickness=1,
+                     spikecolor="#999")
+    return fig, marks
