@@ -23,7 +23,7 @@ for run in "${runs[@]}"; do
   gpus=2; [[ $run == *4gpu ]] && gpus=4
   start=$(date +%s)
   # shellcheck disable=SC2046
-  python3 cli.py profile --steps 6-10 --gpus $gpus --preset small --name "$run" --out-dir /tmp/runs \
+  python3 cli.py profile --steps 6-10 --gpus $gpus --preset small --name "$run" --out-dir /tmp/runs ${PROFILE_FLAGS:-} \
       $(flags_for "$run") > "$out/$run.log" 2>&1
   echo "$run rc=$? $(( $(date +%s) - start ))s"
   tail -n 4 "$out/$run.log"

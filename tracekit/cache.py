@@ -138,6 +138,19 @@ def load_cached(path: Path) -> Trace | None:
     )
 
 
+def _read_only(directory: Path) -> bool:
+    """True for a directory without any write permission bit (or not writable by us).
+
+    Checked on the mode bits as well as os.access: root may write anywhere, but a directory
+    someone made read-only (shared trace collections) should not get a cache dropped into it.
+    """
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return True
+    return (mode & 0o222) == 0 or not os.access(directory, os.W_OK)
+
+
 def save_cache(trace: Trace) -> None:
     """Save `trace`'s frames next to its file; silently does nothing when that is not possible.
 
@@ -150,6 +163,8 @@ def save_cache(trace: Trace) -> None:
     target = cache_dir_for(path)
     tmp: Path | None = None
     try:
+        if _read_only(target.parent.parent):
+            return
         key = trace_key(path)
         target.parent.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=target.parent))

@@ -93,7 +93,10 @@ MAX_STACK_DEPTH = 512
 
 _ANON = re.compile(r"\(anonymous namespace\)")
 _LAMBDA_ID = re.compile(r"#\d+")
-_HASH = re.compile(r"\b(?=[0-9a-z]*\d)(?=[0-9a-z]*[a-z])[0-9a-z]{16,}\b")
+# A hash: 12+ hex digits, or 32+ base-32-ish characters (Inductor's FX graph keys); short
+# alphanumeric runs are real name parts (`tilesize256x64x8`, `sm90`).
+_HASH = re.compile(r"(?<![0-9A-Za-z])(?:(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{12,}"
+                   r"|(?=[0-9a-z]*\d)[0-9a-z]{32,})(?![0-9A-Za-z])")
 _NUMBER = re.compile(r"(?<![A-Za-z_0-9.])\d+(?:\.\d+)?(?:[uU]?[lL]{0,2}|[fF])?\b")
 _TRAILING_INDEX = re.compile(r"_\d+$")
 _SPACES = re.compile(r"\s+")
@@ -428,7 +431,7 @@ def _aggregate(frame: pd.DataFrame, key: pd.Series, raw: pd.Series, value: pd.Se
 
 def _compare_tables(base: pd.DataFrame, new: pd.DataFrame) -> list[Row]:
     """Outer-join two aggregates into Rows sorted by |delta|."""
-    joined = base.join(new, how="outer", lsuffix="_b", rsuffix="_n")
+    joined = base.add_suffix("_b").join(new.add_suffix("_n"), how="outer")
     rows: list[Row] = []
     if joined.empty:
         return rows

@@ -13,25 +13,37 @@ kernels     one row per GPU kernel (cat kernel/Kernel)
     group_size, dtype, pg_name,
     category (gemm | attention | nccl | triton | elementwise | reduction | memory | other),
     (link) launch_idx (row in `launches` or -1), op_idx (innermost enclosing row in `ops` or -1),
-    (link) step (GPU-side ProfilerStep number or -1), is_comm_stream (bool)
+    (link) step (GPU-side ProfilerStep number or -1), is_comm_stream (bool),
+    (link) src_file, src_line, src_function, src_line_exact, src_from_fwd: the source columns
+    of the kernel's op (so for kernels launched in backward, the forward op's user line)
 gpu_mem     memcpy/memset rows: name, kind (memcpy|memset), ts, dur, end, device, stream,
-            correlation, external_id, bytes
+            correlation, external_id, bytes (-1 when not recorded),
+            (link) launch_idx, op_idx, step, src_file, src_line, src_function, src_line_exact,
+            src_from_fwd (as for kernels)
 ops         CPU ops (cat cpu_op/Operator): name, pid, tid, ts, dur, end, depth (0 = outermost on
             its thread), parent (row in `ops` or -1), external_id, seq (Sequence number or -1),
             fwd_tid, input_dims, input_strides, input_types (str, JSON text as recorded, or ""),
             kernel_file, kernel_name (Inductor provenance, or ""),
             (link) step (CPU ProfilerStep number or -1), fwd_op_idx (forward op of a backward op,
-            or -1), src_file, src_line, src_function (innermost user-code frame, or ""/-1),
-            src_line_exact (bool)
+            or -1; ops nested in a backward op inherit it), src_file, src_line, src_function
+            (innermost user-code frame, or ""/-1; for backward ops the forward op's),
+            src_line_exact (bool: src_line is the statement, narrowed from the def line),
+            src_from_fwd (bool: src_* were taken from the forward op)
 launches    cuda_runtime/cuda_driver (and HIP) calls: name, pid, tid, ts, dur, end, correlation,
-            external_id, is_kernel_launch (bool)
+            external_id, is_kernel_launch (bool),
+            (link) op_idx (innermost op containing the call, or -1), step (CPU step or -1)
 python      python_function frames: name, pid, tid, ts, dur, end, depth, parent (row or -1),
             file, line, function (parsed from "file(N): function"), is_user (bool)
 flows       fwdbwd flows: id, src_tid, src_ts, dst_tid, dst_ts
 annotations user_annotation (side "cpu", tid) and gpu_user_annotation (side "gpu", stream):
-            name, side, pid, tid, stream, ts, dur, end, external_id
+            name, side, pid, tid, stream, ts, dur, end, external_id (tid -1 on the gpu side,
+            stream -1 on the cpu side), (link) step (CPU step for cpu rows, GPU step for gpu rows)
 steps       one row per ProfilerStep#N: step, cpu_ts, cpu_end, gpu_ts, gpu_end (gpu_* NaN when
             the trace has no GPU-side step annotation and no kernels of that step)
+
+Missing integers are -1 (ids, stream, grid/block, registers, in/out_nelems, group_size, bytes),
+missing floats NaN (blocks_per_sm, warps_per_sm, occupancy); missing strings "" (or None for
+collective, dtype, pg_name). String columns have object dtype.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def run_job(
     """Validate, prepare data, create the run directory, launch. Returns the run directory on
     the node that holds rank 0's outputs (None on other nodes of a multi-node run)."""
     from trainer.config import make_config
-    from trainer.data import ensure_synthetic_shards, resolve_shards
+    from trainer.data import check_token_range, ensure_synthetic_shards, resolve_shards
     from trainer.launch import launch, plan_launch
     from trainer.profiling import ProfileSpec, check_within_training, parse_steps
     from trainer.train import RunSpec, now_iso
@@ -200,6 +200,7 @@ def run_job(
 
     if options.data is not None:
         shards = resolve_shards(options.data)
+        check_token_range(shards[0], config.vocab_size)
     else:
         shards = ensure_synthetic_shards(config.vocab_size, config.batch_size, config.seq_len,
                                          config.loader_wait_step, seed=SYNTH_SEED)

@@ -118,6 +118,18 @@ def read_shard(path: Path, drop_page_cache: bool = True) -> np.ndarray:
     return tokens
 
 
+def check_token_range(shard: ShardInfo, vocab_size: int, sample_tokens: int = 1 << 20) -> None:
+    """Refuse shards whose tokens do not fit the model's vocabulary (checks the first tokens:
+    cheap, and enough to catch GPT-2 shards given to a small-vocabulary preset)."""
+    tokens = np.fromfile(shard.path, dtype="<u2", count=min(sample_tokens, shard.num_tokens),
+                         offset=HEADER_BYTES)
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise UserError(
+            f"shard {shard.path} has token id {int(tokens.max())}, beyond the model's vocabulary "
+            f"of {vocab_size}; use a preset with a larger vocabulary"
+        )
+
+
 def resolve_shards(pattern: str) -> list[ShardInfo]:
     """Expand a `--data` glob into checked shards, sorted by name."""
     paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)))
@@ -223,6 +235,7 @@ def ensure_synthetic_shards(
         stale = [p for p in paths if p.exists()]
         for path in stale:  # a half-finished cache of our own making; rebuilt whole
             path.unlink()
+        print(f"writing synthetic shards ({sum(counts):,} tokens, first use) to {directory}")
         write_synthetic_shards(directory, counts, vocab_size, seed)
     return [read_header(p) for p in paths]
 
@@ -241,12 +254,13 @@ class ShardLoader:
 
     def __init__(
         self, shards: list[ShardInfo], rank: int, world_size: int, batch_size: int,
-        seq_len: int, device: torch.device, prefetch: bool,
+        seq_len: int, device: torch.device, prefetch: bool, vocab_size: int = MAX_VOCAB,
     ) -> None:
         self.paths = [s.path for s in shards]
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.seq_len = batch_size, seq_len
         self.device, self.prefetch = device, prefetch
+        self.vocab_size = vocab_size
         self.local_tokens = batch_size * seq_len
         self.global_tokens = world_size * self.local_tokens
         too_small = [s for s in shards if s.num_tokens < self.global_tokens + 1]
@@ -290,6 +304,11 @@ class ShardLoader:
                 self.switch_shard()
         start = self.position + self.rank * self.local_tokens
         chunk = self.tokens[start:start + self.local_tokens + 1].astype(np.int64)
+        if int(chunk.max()) >= self.vocab_size:  # would be an opaque indexing error later
+            raise UserError(
+                f"shard {self.paths[self.shard_index]} has token id {int(chunk.max())}, beyond "
+                f"the model's vocabulary of {self.vocab_size}"
+            )
         self.position += self.global_tokens
         buf = torch.from_numpy(chunk)
         if self.device.type == "cuda":

@@ -118,6 +118,20 @@ def normuon_normalize(update: Tensor, second_moment: Tensor, beta2: float) -> Te
     return scaled * norm_ratio.nan_to_num(0.0)
 
 
+def normuon_direction(grad: Tensor, momentum: Tensor, second_moment: Tensor,
+                      momentum_beta: float) -> Tensor:
+    """Nesterov momentum, polar express and NorMuon's row normalisation: the update direction.
+
+    One function so torch.compile can fuse the elementwise steps around the matmuls: eager, it
+    is ~40 small launches per bank, enough CPU time to keep the next all_gather waiting.
+    """
+    grad = at_least_float32(grad)
+    momentum.lerp_(grad, 1 - momentum_beta)
+    update = grad.lerp(momentum, momentum_beta)  # Nesterov
+    update = polar_express(update)
+    return normuon_normalize(update, second_moment, NORMUON_BETA2)
+
+
 @dataclass
 class Pending:
     """An issued collective; wait() returns what it produced (the averaged local shard)."""
@@ -172,6 +186,8 @@ class NorMuonAdam:
         self.tied = TIE_LEADER in params and TIE_FOLLOWER in params
         self.lr_scale = 1.0
         self.step_count = 0
+        self._normuon_direction = (torch.compile(normuon_direction, dynamic=False)
+                                   if config.compile else normuon_direction)
 
         self.issue_order = [n for n in table if n in params and not self._follows(n)]
         self.work_order = [n for n in WORK_ORDERS[config.work_order] if n in params]
@@ -232,7 +248,7 @@ class NorMuonAdam:
             gathers: dict[str, Pending] = {}
             for name in self.work_order:
                 if self._follows(name):
-                    self._tie_copy(gathers.get(TIE_LEADER))
+                    self._tie_copy(gathers.pop(TIE_LEADER, None))
                     continue
                 slot = self.slots[name]
                 with record_function(f"optim:{slot.spec['optim']}:{name}"):
@@ -243,8 +259,9 @@ class NorMuonAdam:
                         self._adam_update(slot, grad)
                 gathers[name] = self._issue_gather(slot)
             for name, pending in gathers.items():
-                with record_function(f"comm:wait:all_gather:{name}"):
-                    pending.wait()
+                if pending.work is not None:  # only real all_gathers get a comm label
+                    with record_function(f"comm:wait:all_gather:{name}"):
+                        pending.wait()
 
     # -- tie ------------------------------------------------------------------------------
 
@@ -308,12 +325,8 @@ class NorMuonAdam:
 
     def _normuon_update(self, slot: Slot, grad: Tensor) -> None:
         cfg = self.config
-        momentum = slot.state["momentum"]
-        grad = at_least_float32(grad)
-        momentum.lerp_(grad, 1 - cfg.muon_momentum)
-        update = grad.lerp(momentum, cfg.muon_momentum)  # Nesterov
-        update = polar_express(update)
-        update = normuon_normalize(update, slot.state["second_moment"], NORMUON_BETA2)
+        update = self._normuon_direction(grad, slot.state["momentum"],
+                                         slot.state["second_moment"], cfg.muon_momentum)
         rows, cols = slot.shard.shape[-2:]
         lr = cfg.muon_lr * self.lr_scale * max(1.0, rows / cols) ** 0.5
         if cfg.weight_decay:

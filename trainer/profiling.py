@@ -82,7 +82,9 @@ def profiler_schedule(spec: ProfileSpec) -> object:
 
 
 @contextlib.contextmanager
-def maybe_profile(spec: ProfileSpec | None, run_dir: Path, rank: int) -> Iterator[profile | None]:
+def maybe_profile(
+    spec: ProfileSpec | None, run_dir: Path, rank: int, device: torch.device
+) -> Iterator[profile | None]:
     """Yield a started profiler (or None without a spec); it writes rank{R}.pt.trace.json.gz once.
 
     The caller must call `.step()` at the end of every training step.
@@ -91,7 +93,7 @@ def maybe_profile(spec: ProfileSpec | None, run_dir: Path, rank: int) -> Iterato
         yield None
         return
     activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     out = trace_path(run_dir, rank)
     exported: list[Path] = []

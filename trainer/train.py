@@ -214,7 +214,7 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
     model, raw_model, optimizer, num_params = build_model_and_optimizer(config, ctx)
     shards = [read_header(Path(p)) for p in spec.shards]
     loader = ShardLoader(shards, ctx.rank, ctx.world_size, config.batch_size, config.seq_len,
-                         ctx.device, config.prefetch)
+                         ctx.device, config.prefetch, config.vocab_size)
     manifest = make_manifest(spec, ctx, config, num_params)  # a collective: every rank calls it
     if ctx.is_main:
         manifest.write(run_dir)
@@ -224,12 +224,11 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
             f"{num_steps} steps" + (f", profiling steps {profile_spec.start}-{profile_spec.end}"
                                     if profile_spec else "")
         )
-    steps_file = open(run_dir / STEPS_NAME, "w") if ctx.is_main else None  # noqa: SIM115
-    records: list[StepRecord] = []
+    log = StepLog(run_dir / STEPS_NAME, console, num_steps, ctx.device.type) \
+        if ctx.is_main else None
     local_tokens = config.batch_size * config.seq_len
-    unit = "GPU" if ctx.device.type == "cuda" else "rank"
     try:
-        with maybe_profile(profile_spec, run_dir, ctx.rank) as prof:
+        with maybe_profile(profile_spec, run_dir, ctx.rank, ctx.device) as prof:
             for step in range(num_steps):
                 started = time.perf_counter()
                 switched = step == config.loader_wait_step
@@ -251,36 +250,32 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
                 if ctx.device.type == "cuda":
                     torch.cuda.synchronize(ctx.device)
                 wall = time.perf_counter() - started
-                if ctx.is_main:
-                    record = StepRecord(
-                        step=step, wall_ms=wall * 1e3, loss=float(loss.item()), lr_scale=scale,
-                        tokens=local_tokens * ctx.world_size,
-                        tokens_per_s=local_tokens * ctx.world_size / wall,
-                        tokens_per_s_per_gpu=local_tokens / wall,
-                        profiled=profile_spec is not None and profile_spec.covers(step),
-                        shard_switch=switched,
-                    )
-                    records.append(record)
-                    assert steps_file is not None
-                    steps_file.write(json.dumps(asdict(record)) + "\n")
-                    steps_file.flush()
-                    print_step(console, record, num_steps, unit)
+                if log is not None:
+                    with record_function("train:log"):  # rank 0's logging is part of its step
+                        log.add(StepRecord(
+                            step=step, wall_ms=wall * 1e3, loss=float(loss.item()),
+                            lr_scale=scale, tokens=local_tokens * ctx.world_size,
+                            tokens_per_s=local_tokens * ctx.world_size / wall,
+                            tokens_per_s_per_gpu=local_tokens / wall,
+                            profiled=profile_spec is not None and profile_spec.covers(step),
+                            shard_switch=switched,
+                        ))
                 if prof is not None:
                     prof.step()  # after step N: the profiler's step_num becomes N + 1
     finally:
         loader.close()
-        if steps_file is not None:
-            steps_file.close()
+        if log is not None:
+            log.close()
     dist.barrier()  # every rank has exported its trace before rank 0 declares the run complete
-    if not ctx.is_main:
+    if log is None:
         return None
-    summary = summarize(records, config, ctx.world_size, manifest.device_names[0],
+    summary = summarize(log.records, config, ctx.world_size, manifest.device_names[0],
                         profile_spec, flops_per_token(raw_model, config))
     manifest.status = "complete"
     manifest.end_time = now_iso()
     manifest.summary = asdict(summary)
     manifest.write(run_dir)
-    print_summary(console, summary, profile_spec, unit)
+    print_summary(console, summary, profile_spec, log.unit)
     return summary
 
 
@@ -301,7 +296,7 @@ def make_manifest(spec: RunSpec, ctx: Dist, config: Config, num_params: int) -> 
         nccl_version=nccl_version() if ctx.backend == "nccl" else None,
         git_sha=sha, git_dirty=dirty, num_steps=config.num_steps,
         profiled_steps=profile_spec.steps if profile_spec else [],
-        profiler=asdict(profile_spec) | {"activities": profiler_activities()}
+        profiler=asdict(profile_spec) | {"activities": profiler_activities(ctx.device)}
         if profile_spec else None,
         trace_files=[trace_path(Path(""), r).name for r in range(ctx.world_size)]
         if profile_spec else [],
@@ -311,12 +306,31 @@ def make_manifest(spec: RunSpec, ctx: Dist, config: Config, num_params: int) -> 
     )
 
 
-def profiler_activities() -> list[str]:
-    return ["CPU", "CUDA"] if torch.cuda.is_available() else ["CPU"]
+def profiler_activities(device: torch.device) -> list[str]:
+    return ["CPU", "CUDA"] if device.type == "cuda" else ["CPU"]
 
 
 # --------------------------------------------------------------------------------------------
 # Reporting
+
+
+class StepLog:
+    """Rank 0's record of every step: steps.jsonl (flushed per step) and one printed line."""
+
+    def __init__(self, path: Path, console: Any, num_steps: int, device_type: str) -> None:
+        self.file = open(path, "w")  # noqa: SIM115 (open for the whole run; closed in close())
+        self.console, self.num_steps = console, num_steps
+        self.unit = "GPU" if device_type == "cuda" else "rank"
+        self.records: list[StepRecord] = []
+
+    def add(self, record: StepRecord) -> None:
+        self.records.append(record)
+        self.file.write(json.dumps(asdict(record)) + "\n")
+        self.file.flush()  # a crashed or interrupted run keeps every finished step
+        print_step(self.console, record, self.num_steps, self.unit)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def summarize(

@@ -6,7 +6,9 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from tracekit.cache import cache_dir_for, load_cached, save_cache
 from tracekit.trace import Trace
 
 pytest.importorskip("pyarrow")
+T = TypeVar("T")
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "gpu"
 # The largest committed trace (~6 MB of JSON, mostly Python frames): parsing it is measurable.
@@ -42,6 +45,15 @@ def trace_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return target
 
 
+def _best_of_two(fn: Callable[[], T]) -> tuple[T, float]:
+    times, result = [], None
+    for _ in range(2):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, min(times)
+
+
 def _assert_same(a: Trace, b: Trace) -> None:
     for name in cache.FRAME_NAMES:
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True,
@@ -55,14 +67,11 @@ def _assert_same(a: Trace, b: Trace) -> None:
 def test_second_load_hits_cache_with_equal_frames_and_is_faster(trace_copy: Path) -> None:
     assert load_cached(trace_copy) is None
     before = _digest(trace_copy)
-    t0 = time.perf_counter()
-    parsed = _parse(trace_copy)
-    parse_s = time.perf_counter() - t0
+    parsed, parse_s = _best_of_two(lambda: _parse(trace_copy))
     save_cache(parsed)
     assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()
-    t0 = time.perf_counter()
-    cached = load_cached(trace_copy)
-    cached_s = time.perf_counter() - t0
+    # Best of two: the first read also pays pyarrow's one-time import, the first parse orjson's.
+    cached, cached_s = _best_of_two(lambda: load_cached(trace_copy))
     assert cached is not None
     _assert_same(parsed, cached)
     assert cached.path == trace_copy
@@ -131,6 +140,17 @@ def test_unwritable_location_is_skipped_silently(trace_copy: Path, tmp_path: Pat
     monkeypatch.setattr(cache, "cache_dir_for", lambda path: blocker / "sub" / "cache")
     save_cache(_parse(trace_copy))  # must not raise
     assert load_cached(trace_copy) is None
+
+
+def test_read_only_directory_is_left_alone(trace_copy: Path) -> None:
+    trace = _parse(trace_copy)
+    run_dir = trace_copy.parent
+    run_dir.chmod(0o555)
+    try:
+        save_cache(trace)  # must not raise, even for root who could write there
+        assert not cache_dir_for(trace_copy).parent.exists()
+    finally:
+        run_dir.chmod(0o755)
 
 
 def test_disabled_by_environment(trace_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

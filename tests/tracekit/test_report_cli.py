@@ -113,6 +113,21 @@ def test_bad_options(tmp_path: Path, args: list[str], message: str, capsys, monk
     assert "Traceback" not in err + out
 
 
+def test_breakdown_prints_hta_tables_or_one_error(capsys, monkeypatch) -> None:
+    run_dir = REPO / "tests" / "data" / "gpu" / "slow_step_wait"
+    if not run_dir.is_dir():
+        pytest.skip("planted traces not recorded")
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step", "--breakdown"], capsys,
+                              monkeypatch)
+    try:
+        import hta  # noqa: F401
+    except ImportError:  # the GPU machines have no HTA: one error line, no traceback
+        assert code == 2 and err.startswith("error:") and "--breakdown" in err
+        return
+    assert code == 0, err
+    assert "HTA temporal" in out and "slow_step" in out
+
+
 def bad_inputs(tmp_path: Path) -> dict[str, Path]:
     good = gzip.compress(json.dumps(SynthTrace().to_dict()).encode())
     files = {

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tracekit.detectors.select_backward import detect
+from tracekit.link import link_trace
 from tracekit.load import load
+from tracekit.trace import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synth import SynthTrace, write_run  # noqa: E402
@@ -36,8 +38,20 @@ def needs(scenario: str) -> Path:
     return path
 
 
+def load_planted(scenario: str) -> Run:
+    """A planted run, linked with the recording script's directory as a source root.
+
+    The script ran as `scripts/record_planted_traces.py`, so its frames name the file relative
+    to scripts/ (its sys.path entry); say so, as a manifest's sys_path would.
+    """
+    run = load(needs(scenario), link=False, progress=False)
+    for trace in run.traces:
+        link_trace(trace, source_roots=[SCRIPT.parent, REPO])
+    return run
+
+
 def test_planted_index_found_at_the_indexing_line() -> None:
-    run = load(needs("select_backward_index"), link=True, progress=False)
+    run = load_planted("select_backward_index")
     findings = detect(run)
     assert {f.rank for f in findings} == {0, 1}
     line = planted_line("select_backward")
@@ -63,12 +77,12 @@ def test_planted_index_found_at_the_indexing_line() -> None:
 
 
 def test_planted_unbind_is_silent() -> None:
-    run = load(needs("select_backward_unbind"), link=True, progress=False)
+    run = load_planted("select_backward_unbind")
     assert detect(run) == []
 
 
 def test_planted_compiled_names_the_inductor_kernel() -> None:
-    run = load(needs("select_backward_compiled"), link=True, progress=False)
+    run = load_planted("select_backward_compiled")
     findings = detect(run)
     assert {f.rank for f in findings} == {0, 1}
     for f in findings:

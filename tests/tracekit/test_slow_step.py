@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from tracekit.detectors.slow_step import detect, median_step_us
+from tracekit.link import link_trace
 from tracekit.load import load
+from tracekit.trace import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synth import SynthTrace, write_run  # noqa: E402
@@ -33,8 +35,20 @@ def needs(scenario: str) -> Path:
     return path
 
 
+def load_planted(scenario: str) -> Run:
+    """A planted run, linked with the recording script's directory as a source root.
+
+    The script ran as `scripts/record_planted_traces.py`, so its frames name the file relative
+    to scripts/ (its sys.path entry); say so, as a manifest's sys_path would.
+    """
+    run = load(needs(scenario), link=False, progress=False)
+    for trace in run.traces:
+        link_trace(trace, source_roots=[SCRIPT.parent, REPO])
+    return run
+
+
 def test_planted_wait_found_at_step_8() -> None:
-    run = load(needs("slow_step_wait"), link=True, progress=False)
+    run = load_planted("slow_step_wait")
     findings = detect(run)
     assert sorted((f.rank, f.step) for f in findings) == [(0, 8), (1, 8)]
     line = planted_line("slow_step")
@@ -52,7 +66,7 @@ def test_planted_wait_found_at_step_8() -> None:
 
 
 def test_planted_none_is_silent() -> None:
-    run = load(needs("slow_step_none"), link=True, progress=False)
+    run = load_planted("slow_step_none")
     assert detect(run) == []
 
 
@@ -129,5 +143,9 @@ def test_steps_log_reports_unprofiled_slow_steps(tmp_path: Path) -> None:
     assert [f.step for f in findings] == [12]
     assert findings[0].evidence["profiled"] is False
     assert findings[0].cost_us == pytest.approx(150_000)
+    assert findings[0].evidence["category"] == "unknown"
+    run.steps_log["shard_switch"] = run.steps_log["step"] == 12
+    (f,) = detect(run)
+    assert f.evidence["category"] == "data wait" and "shard" in f.title
     run.steps_log = run.steps_log.iloc[:4]  # warm-up skipped -> 2 steps left: nothing said
     assert detect(run) == []

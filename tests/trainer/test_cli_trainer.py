@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
     # No GPUs, whatever the machine: `--gpus 4` must fail the same way everywhere.
-    env = dict(os.environ, TRACEKIT_DATA_CACHE=str(cache), CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TRACEKIT_DATA_CACHE=str(cache), CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1")  # tests run side by side: more threads only contend
     return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 

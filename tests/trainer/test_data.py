@@ -13,6 +13,7 @@ from trainer.data import (
     HEADER_BYTES,
     MAGIC,
     ShardLoader,
+    check_token_range,
     ensure_synthetic_shards,
     read_header,
     read_shard,
@@ -110,3 +111,17 @@ def test_loader_slices_per_rank_and_switches(tmp_path: Path, prefetch: bool) -> 
     finally:
         for loader in loaders:
             loader.close()
+
+
+def test_tokens_beyond_the_vocabulary_are_refused(tmp_path: Path) -> None:
+    shard = read_header(make_shard(tmp_path / "s.bin", np.arange(600, dtype=np.uint16)))
+    with pytest.raises(UserError, match="token id 599, beyond"):
+        check_token_range(shard, vocab_size=512)
+    check_token_range(shard, vocab_size=600)
+    loader = ShardLoader([shard], 0, 1, batch_size=1, seq_len=550, device=torch.device("cpu"),
+                         prefetch=False, vocab_size=512)
+    try:
+        with pytest.raises(UserError, match="beyond"):
+            loader.next_batch()
+    finally:
+        loader.close()

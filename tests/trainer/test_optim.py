@@ -95,6 +95,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two ranks on a small CPU
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
     try:

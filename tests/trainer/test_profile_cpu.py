@@ -20,7 +20,8 @@ STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 
 
 def run_cli(args: list[str], cache: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TRACEKIT_DATA_CACHE=str(cache), CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TRACEKIT_DATA_CACHE=str(cache), CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1")  # tests run side by side: more threads only contend
     return subprocess.run([sys.executable, "cli.py", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -37,18 +37,46 @@ def check_markdown_target(path: Path) -> None:
         raise UserError(f"--markdown {path}: refusing to write a report over a .json/.gz file")
 
 
+def frame_table(title: str, frame: Any, max_rows: int = 20) -> Any:
+    """A rich Table of a DataFrame's first rows (numbers rounded for reading)."""
+    from rich.table import Table
+
+    from tracekit.report.text import short_kernel
+
+    table = Table(title=title, title_justify="left", title_style="bold")
+    shown = frame.head(max_rows)
+    for column in shown.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in shown.itertuples(index=False):
+        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else short_kernel(str(v), 60)
+                        for v in row])
+    if len(frame) > max_rows:
+        table.caption = f"{len(frame) - max_rows} more rows"
+    return table
+
+
 def print_breakdown(path: Path, to_stderr: bool) -> None:
     """HTA's temporal/kernel breakdown (optional dependency, imported only when asked)."""
     try:
         from tracekit.hta import breakdown
     except ImportError as exc:
-        raise UserError(f"--breakdown needs HolisticTraceAnalysis ({exc})") from None
+        raise UserError(f"--breakdown needs tracekit.hta and HolisticTraceAnalysis ({exc})"
+                        ) from None
     from rich.console import Console
 
-    result: Any = breakdown(path)
+    try:
+        frames = breakdown(path)
+    except UserError:
+        raise
+    except ImportError as exc:
+        raise UserError(f"--breakdown needs HolisticTraceAnalysis ({exc})") from None
+    except Exception as exc:  # third-party code on arbitrary traces: report, do not crash
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--breakdown: HTA could not analyse {path} ({first})") from None
     console = Console(stderr=to_stderr)
-    if result is not None:
-        console.print(result)
+    for name, frame in frames.items():
+        if hasattr(frame, "itertuples"):
+            console.print(frame_table(f"HTA {name}", frame))
 
 
 def register(app: typer.Typer) -> None:
@@ -79,7 +107,7 @@ def register(app: typer.Typer) -> None:
         if markdown is not None:
             check_markdown_target(markdown)
         run, findings = analyze_run(path, kinds=split_kinds(kinds), rank=rank,
-                                    min_cost_us=min_cost_us, progress=not json_out)
+                                    min_cost_us=min_cost_us, progress=True)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
         else:

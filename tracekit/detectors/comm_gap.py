@@ -60,8 +60,8 @@ from tracekit.detectors.sm_contention import (
     num_sms_of,
     short_kernel_name,
     sm_filling,
-    source_of_op,
     source_key,
+    source_of_op,
     step_time_us,
     suspect_mask,
     user_label,
@@ -236,8 +236,41 @@ def display_name(name: str) -> str:
     return text
 
 
-def cpu_activity(trace: Trace, tid: int, lo: float, hi: float, launch_ts: float,
-                 params: GapParams, roots: list[Path]) -> CpuActivity | None:
+@dataclass
+class CpuSpans:
+    """Every op, user label and Python frame of a trace as flat arrays (built once per trace),
+    so that "what covered [lo, hi) on thread T" is a few numpy comparisons per gap."""
+
+    kind: np.ndarray
+    row: np.ndarray
+    name: np.ndarray
+    tid: np.ndarray
+    ts: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, trace: Trace) -> CpuSpans:
+        parts = []
+        for kind, frame in (("op", trace.ops), ("annotation", trace.annotations),
+                            ("python", trace.python)):
+            if not len(frame):
+                continue
+            keep = ~frame["name"].astype(str).str.match(INTERNAL_LABEL).to_numpy(bool)
+            if kind == "annotation":
+                keep &= (frame["side"] == "cpu").to_numpy()
+            sel = frame[keep]
+            parts.append(pd.DataFrame({"kind": kind, "row": sel.index.to_numpy(),
+                                       "name": sel["name"].astype(str).to_numpy(),
+                                       "tid": sel["tid"].to_numpy(dtype=np.int64),
+                                       "ts": sel["ts"].to_numpy(dtype=np.float64),
+                                       "end": sel["end"].to_numpy(dtype=np.float64)}))
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            {"kind": [], "row": [], "name": [], "tid": [], "ts": [], "end": []})
+        return cls(*(table[c].to_numpy() for c in ("kind", "row", "name", "tid", "ts", "end")))
+
+
+def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
+                 launch_ts: float, params: GapParams, roots: list[Path]) -> CpuActivity | None:
     """The most specific op/label/frame on thread `tid` covering >= dominant_frac of [lo, hi).
 
     Most specific = the shortest such span (a loop inside `step()` rather than `step()`); a
@@ -246,42 +279,31 @@ def cpu_activity(trace: Trace, tid: int, lo: float, hi: float, launch_ts: float,
     linked source, else from the innermost Python frames (see `python_source`).
     """
     width = max(hi - lo, 1e-9)
-    candidates = []
-    for kind, frame in (("op", trace.ops), ("annotation", trace.annotations),
-                        ("python", trace.python)):
-        if not len(frame):
-            continue
-        sel = frame[(frame["tid"] == tid) & (frame["ts"] < hi) & (frame["end"] > lo)]
-        if kind == "annotation":
-            sel = sel[sel["side"] == "cpu"]
-        sel = sel[~sel["name"].astype(str).str.match(INTERNAL_LABEL)]
-        if len(sel):
-            ov = np.minimum(sel["end"], hi) - np.maximum(sel["ts"], lo)
-            candidates.append(pd.DataFrame({"kind": kind, "row": sel.index, "name": sel["name"],
-                                            "ts": sel["ts"], "end": sel["end"],
-                                            "dur": sel["end"] - sel["ts"], "ov": ov}))
-    if not candidates:
+    hit = np.flatnonzero((spans.tid == tid) & (spans.ts < hi) & (spans.end > lo))
+    if not len(hit):
         return None
-    cand = pd.concat(candidates, ignore_index=True)
-    dominant = cand[cand["ov"] >= params.dominant_frac * width].sort_values("dur")
+    ov = np.minimum(spans.end[hit], hi) - np.maximum(spans.ts[hit], lo)
+    dur = spans.end[hit] - spans.ts[hit]
+    dominant = np.flatnonzero(ov >= params.dominant_frac * width)
     if len(dominant):
-        pick = dominant.iloc[0]
-        labels = dominant[(dominant["kind"] == "annotation")
-                          & (dominant["dur"] <= 1.1 * pick["dur"])]
-        if len(labels):
-            pick = labels.iloc[0]
+        shortest = dominant[np.argmin(dur[dominant])]
+        labels = dominant[(spans.kind[hit[dominant]] == "annotation")
+                          & (dur[dominant] <= 1.1 * dur[shortest])]
+        pick = labels[np.argmin(dur[labels])] if len(labels) else shortest
     else:
-        pick = cand.sort_values(["ov", "dur"], ascending=[False, True]).iloc[0]
-    source = source_of_op(trace.ops, int(pick["row"])) if pick["kind"] == "op" else None
+        pick = np.lexsort((dur, -ov))[0]
+    i = hit[pick]
+    kind, row = str(spans.kind[i]), int(spans.row[i])
+    source = source_of_op(trace.ops, row) if kind == "op" else None
     if source is None:
-        source = python_source(trace, tid, lo, hi, params.dominant_frac, roots)
-    issuing = bool(pick["ts"] <= launch_ts <= pick["end"])
-    return CpuActivity(name=str(pick["name"]), kind=str(pick["kind"]), ts=float(pick["ts"]),
-                       end=float(pick["end"]), source=source, issuing=issuing)
+        source = python_source(trace, spans, tid, lo, hi, params.dominant_frac, roots)
+    issuing = bool(spans.ts[i] <= launch_ts <= spans.end[i])
+    return CpuActivity(name=str(spans.name[i]), kind=kind, ts=float(spans.ts[i]),
+                       end=float(spans.end[i]), source=source, issuing=issuing)
 
 
-def python_source(trace: Trace, tid: int, lo: float, hi: float, dominant_frac: float,
-                  roots: list[Path]) -> SourceLine | None:
+def python_source(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
+                  dominant_frac: float, roots: list[Path]) -> SourceLine | None:
     """The user's line the thread spent the window in, from with_stack Python frames.
 
     Take the innermost frame covering >= dominant_frac of the window and the nearest user frame
@@ -296,14 +318,16 @@ def python_source(trace: Trace, tid: int, lo: float, hi: float, dominant_frac: f
     if not len(py):
         return None
     width = max(hi - lo, 1e-9)
-    sel = py[(py["tid"] == tid) & (py["ts"] < hi) & (py["end"] > lo)]
-    ov = np.minimum(sel["end"], hi) - np.maximum(sel["ts"], lo)
-    sel = sel[ov >= dominant_frac * width]
-    if sel.empty:
+    hit = np.flatnonzero((spans.kind == "python") & (spans.tid == tid) & (spans.ts < hi)
+                         & (spans.end > lo))
+    ov = np.minimum(spans.end[hit], hi) - np.maximum(spans.ts[hit], lo)
+    rows = spans.row[hit[ov >= dominant_frac * width]].astype(np.int64)
+    if not len(rows):
         return None
     parents = py["parent"].to_numpy()
     is_user = py["is_user"].to_numpy(dtype=bool)
-    chain = [int(sel.sort_values(["depth", "dur"], ascending=[False, True]).index[0])]
+    depth = py["depth"].to_numpy()[rows]
+    chain = [int(rows[np.lexsort((py["dur"].to_numpy()[rows], -depth))[0]])]
     while parents[chain[-1]] >= 0 and len(chain) < 256:
         chain.append(int(parents[chain[-1]]))
     user_pos = [i for i, row in enumerate(chain) if is_user[row]]
@@ -409,8 +433,8 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, params: GapParams,
-                 roots: list[Path]) -> dict[str, Any]:
+def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuSpans | None,
+                 params: GapParams, roots: list[Path]) -> dict[str, Any]:
     """Culprit, cause and wording for one gap (called only for the reported few)."""
     k = trace.kernels
     nxt = collective_label(trace, int(gap["row"]), launch)
@@ -418,8 +442,8 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, params: Gap
     kind = gap["kind"]
     culprit, op, stack, source, what = Culprit(), None, [], None, ""
     extra: dict[str, Any] = {}
-    if kind == LATE_LAUNCH:
-        activity = cpu_activity(trace, int(gap["launch_tid"]), float(gap["prev_end"]),
+    if kind == LATE_LAUNCH and spans is not None:
+        activity = cpu_activity(trace, spans, int(gap["launch_tid"]), float(gap["prev_end"]),
                                 float(gap["launch_ts"]), float(gap["launch_ts"]), params, roots)
         after = float(gap["launch_ts"]) - float(gap["prev_end"])
         if activity:
@@ -483,7 +507,9 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
     gaps = classify_gaps(trace, gaps.reset_index(drop=True), params)
     launch = launch_columns(trace)
     roots = _roots(run, trace)
-    described = [describe_gap(trace, gap, launch, params, roots) for _, gap in gaps.iterrows()]
+    spans = CpuSpans.of(trace) if (gaps["kind"] == LATE_LAUNCH).any() else None
+    described = [describe_gap(trace, gap, launch, spans, params, roots)
+                 for _, gap in gaps.iterrows()]
     gaps = gaps.assign(key=[d["key"] for d in described], described=range(len(described)))
     findings = []
     for (kind, _), group in gaps.groupby(["kind", "key"], sort=False):

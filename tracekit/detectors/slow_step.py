@@ -434,16 +434,22 @@ def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_u
         if step in profiled:
             continue
         time_us = float(wall.loc[index])
+        # The trainer marks steps where the data loader moved to a new shard (a known stall).
+        flag = row["shard_switch"] if "shard_switch" in log else False
+        shard_switch = bool(flag) if pd.notna(flag) else False
+        why = "the data loader switched shards here: data wait likely" if shard_switch \
+            else "not profiled: no attribution"
         findings.append(Finding(
             kind="slow_step", severity=severity_from_cost(time_us - median, median), rank=rank,
             step=step, start_us=0.0, dur_us=time_us, cost_us=round(time_us - median, 3),
             count=1,
             title=(f"step {step} took {time_us / 1000:.1f} ms, {time_us / median:.1f}x the "
-                   f"median {median / 1000:.1f} ms (not profiled: no attribution)"),
+                   f"median {median / 1000:.1f} ms ({why})"),
             culprit=Culprit(), cause=Cause(),
             evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
                       "median_step_us": round(median, 3), "ratio": round(time_us / median, 2),
-                      "profiled": False},
+                      "profiled": False, "shard_switch": shard_switch,
+                      "category": "data wait" if shard_switch else "unknown"},
             suggestion=f"profile steps around {step} (cli.py profile --steps "
                        f"{max(step - 1, 0)}-{step + 1}) to see what holds the time"))
     return findings

@@ -46,6 +46,7 @@ step against the median step time.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,17 +204,47 @@ def coverage_excluding_stream(kernels: pd.DataFrame, mask: np.ndarray, streams: 
     return out
 
 
+@dataclass
+class LabelIndex:
+    """User record_function spans on CPU threads as arrays, for many "label at (tid, t)" asks."""
+
+    tid: np.ndarray
+    ts: np.ndarray
+    end: np.ndarray
+    names: np.ndarray
+
+    @classmethod
+    def of(cls, trace: Trace) -> LabelIndex:
+        cached = _LABEL_INDEX.get(id(trace))
+        if cached is not None and cached[0]() is trace:
+            return cached[1]
+        ann = trace.annotations
+        if len(ann):
+            ann = ann[(ann["side"] == "cpu")
+                      & ~ann["name"].astype(str).str.match(INTERNAL_LABEL).to_numpy(bool)]
+        index = cls(tid=ann["tid"].to_numpy(dtype=np.int64) if len(ann) else np.zeros(0, int),
+                    ts=ann["ts"].to_numpy(dtype=np.float64) if len(ann) else np.zeros(0),
+                    end=ann["end"].to_numpy(dtype=np.float64) if len(ann) else np.zeros(0),
+                    names=ann["name"].astype(str).to_numpy() if len(ann) else np.zeros(0, str))
+        _LABEL_INDEX[id(trace)] = (weakref.ref(trace), index)
+        return index
+
+    def at(self, tid: int, t: float) -> str | None:
+        """The innermost (latest-starting) label open on thread `tid` at time `t`."""
+        if not len(self.ts) or tid < 0 or not np.isfinite(t):
+            return None
+        hit = np.flatnonzero((self.tid == tid) & (self.ts <= t) & (self.end >= t))
+        if not len(hit):
+            return None
+        return str(self.names[hit[np.argmax(self.ts[hit])]])
+
+
+_LABEL_INDEX: dict[int, tuple[weakref.ref, LabelIndex]] = {}
+
+
 def user_label(trace: Trace, tid: int, ts: float) -> str | None:
     """The innermost user record_function label open on CPU thread `tid` at time `ts`."""
-    ann = trace.annotations
-    if not len(ann) or tid < 0 or not np.isfinite(ts):
-        return None
-    cpu = ann[(ann["side"] == "cpu") & (ann["tid"] == tid) & (ann["ts"] <= ts)
-              & (ann["end"] >= ts)]
-    cpu = cpu[~cpu["name"].astype(str).str.match(INTERNAL_LABEL)]
-    if cpu.empty:
-        return None
-    return str(cpu.sort_values(["ts", "dur"], ascending=[False, True]).iloc[0]["name"])
+    return LabelIndex.of(trace).at(tid, ts)
 
 
 def op_stack(ops: pd.DataFrame, row: int) -> list[str]:
@@ -529,11 +560,16 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
     fills = (f"{grid_blocks} blocks, {culprit.blocks_per_sm:g} per SM, fill {sms}"
              if grid_blocks and culprit.blocks_per_sm is not None else f"fills {sms}")
     how = []
-    if group["slowed"].any():
-        how.append(f"slowed {worst['eff_dur'] / worst['baseline']:.2f}x"
-                   if worst["slowed"] else "slowed")
-    if group["late"].any():
-        how.append("started late")
+    slowed = group[group["slowed"]]
+    if len(slowed):
+        worst_factor = float((slowed["eff_dur"] / slowed["baseline"]).max())
+        how.append(f"slowed up to {worst_factor:.2f}x")
+    late = group[group["late"]]
+    if len(late):
+        how.append(f"started up to {float(late['delay'].max()):.0f} us late")
+    victims = list(dict.fromkeys(victim_label(trace, v) for _, v in group.iterrows()))
+    victims_text = ", ".join(victims[:3]) + (f" and {len(victims) - 3} more"
+                                              if len(victims) > 3 else "")
     ordering = (f"{victim} issued {issued} {what} "
                 f"({short_kernel_name(culprit.kernel or '')}); its {fills} while NCCL runs")
     evidence: dict[str, Any] = {
@@ -544,6 +580,8 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
         round(float(worst["baseline"]), 3),
         "slowdown": None if pd.isna(worst["baseline"]) or worst["baseline"] <= 0 else
         round(float(worst["eff_dur"] / worst["baseline"]), 3),
+        "max_slowdown": round(worst_factor, 3) if len(slowed) else None,
+        "max_late_start_us": round(float(late["delay"].max()), 3) if len(late) else 0.0,
         "overlap_us": round(float(worst["suspect_overlap"]), 3),
         "late_start_us": round(float(worst["delay"]), 3) if worst["late"] else 0.0,
         "peer_wait_us": round(float(worst["eff_start"] - worst["ts"]), 3),
@@ -558,7 +596,7 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
         "steps": steps,
         "cost_per_step_us": round(per_step_cost, 3),
     }
-    title = (f"NCCL {victim} {' and '.join(how)} by SM-filling "
+    title = (f"NCCL {victims_text} {' and '.join(how)} by SM-filling "
              f"{short_kernel_name(culprit.kernel or '')}"
              f"{f' ({culprit_label})' if culprit_label else ''}"
              f"{f' x{len(group)}' if len(group) > 1 else ''}")

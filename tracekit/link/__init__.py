@@ -19,15 +19,18 @@ import pandas as pd
 
 from tracekit.link.backward import forward_ops
 from tracekit.link.launches import link_launches
-from tracekit.link.sources import SRC_COLUMNS, op_sources
+from tracekit.link.source import SourceIndex
+from tracekit.link.sources import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.trace import Trace
 
 __all__ = ["link_trace", "op_stack", "kernel_source"]
 
 KERNEL_SRC_COLUMNS = [*SRC_COLUMNS, "src_from_fwd"]
-DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "hipModuleLaunchKernel"})
+DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "cuLaunchKernelEx", "hipModuleLaunchKernel"})
 """How Triton launches its compiled kernels (CUDA driver / HIP module API)."""
+REFINABLE = frozenset({"other", "elementwise", "reduction"})
+"""Name-based categories that a Triton launch overrides (never gemm, attention, nccl)."""
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -46,17 +49,19 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     assign_steps(trace)
     trace.kernels["is_comm_stream"] = comm_streams(trace.kernels)
     _refine_triton(trace)
-    sources = op_sources(trace, source_roots)
+    index = SourceIndex(roots=tuple(source_roots))
+    sources = op_sources(trace, index)
     for column in sources.columns:
         trace.ops[column] = sources[column].to_numpy()
-    _kernel_sources(trace)
+    _kernel_sources(trace, index)
     trace.warnings.extend(link_warnings(trace))
     trace.linked = True
     return trace
 
 
-def _kernel_sources(trace: Trace) -> None:
-    """Copy each kernel's (and memcpy/memset's) op source columns onto it."""
+def _kernel_sources(trace: Trace, index: SourceIndex) -> None:
+    """Copy each kernel's (and memcpy/memset's) op source columns onto it; GPU work launched
+    outside any op takes the user frame around its launch."""
     for gpu in (trace.kernels, trace.gpu_mem):
         op = gpu["op_idx"].to_numpy()
         has = op >= 0
@@ -66,6 +71,13 @@ def _kernel_sources(trace: Trace) -> None:
             if has.any():
                 filled[has] = values[op[has]]
             gpu[column] = filled
+        launch = gpu["launch_idx"].to_numpy()
+        bare = np.flatnonzero(~has & (launch >= 0))
+        if bare.size and len(trace.python):
+            found = launch_sources(trace, launch[bare], gpu["name"].to_numpy(dtype=object)[bare],
+                                   index)
+            for column in KERNEL_SRC_COLUMNS:
+                gpu.loc[bare, column] = found[column].to_numpy()
 
 
 def _refine_triton(trace: Trace) -> None:
@@ -77,7 +89,7 @@ def _refine_triton(trace: Trace) -> None:
         return
     launch_name = np.full(len(kernels), "", dtype=object)
     launch_name[launch >= 0] = launches["name"].to_numpy(dtype=object)[launch[launch >= 0]]
-    candidate = (kernels["category"].to_numpy() == "other") & np.isin(
+    candidate = np.isin(kernels["category"].to_numpy(), list(REFINABLE)) & np.isin(
         launch_name, list(DRIVER_MODULE_LAUNCHES)
     )
     if candidate.any():

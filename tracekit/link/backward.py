@@ -8,12 +8,16 @@ a backward op (aten::select_backward, its fill and copy kernels' ops) inherits t
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
+from tracekit.load.frames import name_matches
 from tracekit.load.intervals import innermost_containing, propagate_down
 
-BACKWARD_ROOT_PREFIX = "autograd::engine::evaluate_function:"
+BACKWARD_ROOT = re.compile(r"^autograd::engine::evaluate_function:")
+BACKWARD_NODE = re.compile(r"Backward\d*$")
 
 
 def _op_at(ops: pd.DataFrame, tid: np.ndarray, ts: np.ndarray, prefer_deep: bool) -> np.ndarray:
@@ -37,9 +41,7 @@ def _op_at(ops: pd.DataFrame, tid: np.ndarray, ts: np.ndarray, prefer_deep: bool
 
 def is_backward_root(ops: pd.DataFrame) -> np.ndarray:
     """Ops run by the autograd engine for one node (they name the node, carry Fwd thread id)."""
-    names = ops["name"].astype(object)
-    return (names.str.startswith(BACKWARD_ROOT_PREFIX).to_numpy(dtype=bool)
-            | (ops["fwd_tid"].to_numpy() > 0))
+    return name_matches(ops["name"], BACKWARD_ROOT) | (ops["fwd_tid"].to_numpy() > 0)
 
 
 def forward_ops(ops: pd.DataFrame, flows: pd.DataFrame) -> np.ndarray:
@@ -66,10 +68,8 @@ def _by_sequence_number(ops: pd.DataFrame, backward: np.ndarray, rows: np.ndarra
     Several nested forward ops can share a number (aten::matmul around aten::mm); the latest
     started is the innermost, the one that created the autograd node.
     """
-    names = ops["name"].astype(object)
     is_forward = (
-        (ops["seq"].to_numpy() >= 0) & ~backward
-        & ~names.str.contains(r"Backward\d*$", regex=True).to_numpy(dtype=bool)
+        (ops["seq"].to_numpy() >= 0) & ~backward & ~name_matches(ops["name"], BACKWARD_NODE)
     )
     fwd = ops.loc[is_forward, ["seq", "ts"]].assign(_row=np.flatnonzero(is_forward))
     if fwd.empty:

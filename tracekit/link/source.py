@@ -15,11 +15,19 @@ never per event.
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MatchFn = Callable[[ast.AST], bool]
+
+KERNEL_PREFIX = "kernel:"
+"""`narrow(op_name="kernel:NAME")` narrows a launch without a CPU op (a Triton kernel launched
+straight from Python) to the statement that names the kernel."""
+MAX_SEARCH_DEPTH = 4
+MAX_SEARCH_FILES = 20000
+SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "build", "dist"})
 
 SUBSCRIPT_OPS = frozenset({"select", "index", "slice", "__getitem__", "narrow", "unbind"})
 STORE_OPS = frozenset({"copy_", "fill_", "index_put_", "masked_fill_", "__setitem__"})
@@ -65,7 +73,12 @@ class SourceIndex:
     """Resolves frame files against candidate roots and narrows lines, caching per file."""
 
     roots: Sequence[Path] = ()
+    search_roots: Sequence[Path] | None = None
+    """Project directories searched (shallowly) for a frame file not found under `roots`:
+    a script run as `python scripts/x.py` is named "x.py" in frames. Default: those of `roots`
+    that look like a project (have .git, pyproject.toml or setup.py)."""
     _paths: dict[str, Path | None] = field(default_factory=dict)
+    _listing: dict[Path, list[Path]] = field(default_factory=dict)
     _parsed: dict[Path, _ParsedFile | None] = field(default_factory=dict)
     _answers: dict[tuple[str, int, str, str, int, int], Narrowed] = field(default_factory=dict)
 
@@ -84,7 +97,54 @@ class SourceIndex:
                         break
                 except OSError:
                     continue
+            if found is None and not candidate.is_absolute():
+                found = self._search(file)
         self._paths[file] = found
+        return found
+
+    def _search(self, file: str) -> Path | None:
+        """The shortest path under a project root that ends with `file`, if any."""
+        suffix = "/" + file.lstrip("./")
+        matches: list[Path] = []
+        for root in self._project_roots():
+            matches.extend(p for p in self._list(root) if str(p).endswith(suffix))
+        return min(matches, key=lambda p: (len(p.parts), str(p))) if matches else None
+
+    def _project_roots(self) -> list[Path]:
+        if self.search_roots is not None:
+            return list(self.search_roots)
+        markers = (".git", "pyproject.toml", "setup.py")
+        out: list[Path] = []
+        for root in self.roots:
+            try:
+                if any((root / m).exists() for m in markers) and root not in out:
+                    out.append(root)
+            except OSError:
+                continue
+        return out
+
+    def _list(self, root: Path) -> list[Path]:
+        """Python files under root, at most MAX_SEARCH_DEPTH deep and MAX_SEARCH_FILES many,
+        skipping hidden directories, virtualenvs and caches (cached per root)."""
+        if root in self._listing:
+            return self._listing[root]
+        found: list[Path] = []
+        frontier = [(root, 0)]
+        while frontier and len(found) < MAX_SEARCH_FILES:
+            directory, depth = frontier.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if depth < MAX_SEARCH_DEPTH and not name.startswith(".") \
+                            and name not in SKIP_DIRS:
+                        frontier.append((Path(entry.path), depth + 1))
+                elif name.endswith(".py"):
+                    found.append(Path(entry.path))
+        self._listing[root] = found
         return found
 
     def narrow(self, file: str, def_line: int, function: str, op_name: str, ordinal: int,
@@ -218,9 +278,25 @@ def _only_slices(index: ast.AST) -> bool:
 def matchers_for(op_name: str) -> list[MatchFn]:
     """Predicates on AST nodes that could have produced an op with this name, the most
     specific first (the first that matches anything decides)."""
+    if op_name.startswith(KERNEL_PREFIX):
+        return [_kernel_matcher(op_name[len(KERNEL_PREFIX):])]
     if "::" not in op_name:
         return _label_matchers(op_name)
     return [_op_matcher(op_name)]
+
+
+def _kernel_matcher(kernel: str) -> MatchFn:
+    """`kernel[grid](...)` or `kernel(...)` for a kernel launched from Python (Triton)."""
+    base = kernel.split("(", 1)[0].split("<", 1)[0].strip()
+
+    def named(node: ast.AST) -> bool:
+        if not isinstance(node, ast.Call):
+            return False
+        func = node.func.value if isinstance(node.func, ast.Subscript) else node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        return name == base
+
+    return named
 
 
 def _op_matcher(op_name: str) -> MatchFn:

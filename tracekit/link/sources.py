@@ -8,29 +8,59 @@ their own (the autograd engine runs them), so they take their forward op's line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from tracekit.link.source import SourceIndex
+from tracekit.link.source import KERNEL_PREFIX, SourceIndex
 from tracekit.load.intervals import innermost_containing, propagate_down
 from tracekit.trace import Trace
 
 SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]
 
 
-def user_frames(trace: Trace) -> np.ndarray:
-    """Row in `python` of each op's innermost enclosing user frame (-1 if none)."""
-    python, ops = trace.python, trace.ops
-    if len(python) == 0 or len(ops) == 0:
-        return np.full(len(ops), -1, dtype=np.int64)
+def user_frames(trace: Trace, tid: np.ndarray | None = None,
+                t: np.ndarray | None = None) -> np.ndarray:
+    """Row in `python` of the innermost user frame enclosing each (tid, t), by default each
+    op's start (-1 if none)."""
+    python = trace.python
+    if tid is None or t is None:
+        tid, t = trace.ops["tid"].to_numpy(), trace.ops["ts"].to_numpy()
+    if len(python) == 0 or len(t) == 0:
+        return np.full(len(t), -1, dtype=np.int64)
     return innermost_containing(
         python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
-        python["parent"].to_numpy(), ops["tid"].to_numpy(), ops["ts"].to_numpy(),
+        python["parent"].to_numpy(), tid, t,
         eligible=python["is_user"].to_numpy(dtype=bool),
     )
+
+
+def launch_sources(trace: Trace, launch_rows: np.ndarray, kernel_names: np.ndarray,
+                   index: SourceIndex) -> pd.DataFrame:
+    """Source columns for GPU work whose launch has no enclosing CPU op (a Triton kernel
+    launched straight from Python): the user frame around the launch, narrowed to the
+    statement naming the kernel."""
+    launches, python = trace.launches, trace.python
+    frame = user_frames(trace, launches["tid"].to_numpy()[launch_rows],
+                        launches["ts"].to_numpy()[launch_rows])
+    m = len(launch_rows)
+    out = pd.DataFrame({
+        "src_file": np.full(m, "", dtype=object), "src_line": np.full(m, -1, dtype=np.int64),
+        "src_function": np.full(m, "", dtype=object), "src_line_exact": np.zeros(m, dtype=bool),
+        "src_from_fwd": np.zeros(m, dtype=bool),
+    })
+    has = frame >= 0
+    if not has.any():
+        return out
+    files = python["file"].to_numpy()[frame[has]]
+    lines = python["line"].to_numpy()[frame[has]]
+    functions = python["function"].to_numpy()[frame[has]]
+    answers = [index.narrow(str(f), int(dl), str(fn), KERNEL_PREFIX + str(k), 0, 1)
+               for f, dl, fn, k in zip(files, lines, functions, kernel_names[has], strict=True)]
+    out.loc[has, "src_file"] = files
+    out.loc[has, "src_function"] = functions
+    out.loc[has, "src_line"] = np.array([a.line for a in answers], dtype=np.int64)
+    out.loc[has, "src_line_exact"] = np.array([a.exact for a in answers], dtype=bool)
+    return out
 
 
 def call_ops(ops: pd.DataFrame, frame: np.ndarray) -> np.ndarray:
@@ -45,7 +75,7 @@ def call_ops(ops: pd.DataFrame, frame: np.ndarray) -> np.ndarray:
     return propagate_down(parent, ops["depth"].to_numpy(), start)
 
 
-def op_sources(trace: Trace, roots: Sequence[Path]) -> pd.DataFrame:
+def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     """src_file, src_line, src_function, src_line_exact, src_from_fwd per op."""
     ops, python = trace.ops, trace.python
     n = len(ops)
@@ -61,7 +91,7 @@ def op_sources(trace: Trace, roots: Sequence[Path]) -> pd.DataFrame:
         out.loc[has, "src_file"] = python["file"].to_numpy()[frame[has]]
         out.loc[has, "src_function"] = python["function"].to_numpy()[frame[has]]
         out.loc[has, "src_line"] = python["line"].to_numpy()[frame[has]]
-        line, exact = _narrowed_lines(ops, python, frame, roots)
+        line, exact = _narrowed_lines(ops, python, frame, index)
         out.loc[has, "src_line"] = line[has]
         out.loc[has, "src_line_exact"] = exact[has]
     # Backward ops take their forward op's line even when a user frame encloses them (on CPU
@@ -80,7 +110,7 @@ def op_sources(trace: Trace, roots: Sequence[Path]) -> pd.DataFrame:
 
 
 def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
-                    roots: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+                    index: SourceIndex) -> tuple[np.ndarray, np.ndarray]:
     """Statement line (and whether it is exact) of each op that has a user frame.
 
     Ops are matched to source by the name of their call op; the k-th call of the same name
@@ -112,7 +142,6 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
         "count": count[call_of],
     })
     codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
-    index = SourceIndex(roots=tuple(roots))
     answers = [index.narrow(str(f), int(dl), str(fn), str(nm), int(o), int(c))
                for f, dl, fn, nm, o, c in uniques]
     line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]

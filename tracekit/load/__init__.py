@@ -37,7 +37,7 @@ def load_trace(path: str | os.PathLike[str], *, link: bool = True) -> Trace:
     file = Path(path).expanduser()
     if file.is_dir():
         raise UserError(f"{file}: is a directory; use tracekit.load.load for a run directory")
-    run = load_run(file, link=link, progress=False, workers=1)
+    run = load_run(file, link=link, progress=False)
     return run.traces[0]
 
 

@@ -1,14 +1,13 @@
-"""Parsed trace document -> the per-category frames of `tracekit.trace.Trace`.
+"""Raw columns -> the per-category frames of `tracekit.trace.Trace` (vectorised throughout).
 
-The events are walked once in Python, only to bucket them by category; every column after that
-is one comprehension plus one numpy conversion per category. The event dicts are dropped as
-soon as the frames exist.
+`tracekit.load.extract` turns event dicts into plain columns; everything here works on whole
+columns: derived fields, kernel categories, nesting of ops and Python frames, flow pairing and
+ProfilerStep spans.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,10 @@ import numpy as np
 import pandas as pd
 
 from tracekit.load import columns as col
+from tracekit.load import extract
+from tracekit.load.extract import Columns
 from tracekit.load.intervals import nest
 from tracekit.trace import Trace
-
-KERNEL_CATS = ("kernel", "Kernel")
-MEMCPY_CATS = ("gpu_memcpy", "Memcpy")
-MEMSET_CATS = ("gpu_memset", "Memset")
-OP_CATS = ("cpu_op", "Operator")
-LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "Runtime", "Driver")
-PYTHON_CATS = ("python_function",)
-CPU_ANNOTATION_CATS = ("user_annotation",)
-GPU_ANNOTATION_CATS = ("gpu_user_annotation",)
-FLOW_CATS = ("fwdbwd",)
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 KERNEL_LAUNCH_NAME = re.compile(
@@ -84,43 +75,13 @@ ANNOTATION_COLUMNS = ["name", "side", "pid", "tid", "stream", "ts", "dur", "end"
 STEP_COLUMNS = ["step", "cpu_ts", "cpu_end", "gpu_ts", "gpu_end"]
 
 
-def bucket_by_category(events: list[Any]) -> dict[Any, list[dict[str, Any]]]:
-    """The only per-event Python loop: group complete events (and flows) by category."""
-    buckets: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for event in events:
-        if type(event) is dict:
-            buckets[event.get("cat")].append(event)
-    return buckets
-
-
-def _take(buckets: dict[Any, list[dict[str, Any]]], cats: tuple[str, ...]
-          ) -> list[dict[str, Any]]:
-    """Events of the given categories, without those lacking a name or a start time."""
-    out: list[dict[str, Any]] = []
-    for cat in cats:
-        out.extend(buckets.get(cat, ()))
-    # Kineto writes every event of these categories complete; a malformed one (hand-edited or
-    # cut-off trace) is dropped here rather than poisoning a whole column.
-    if not all([type(e.get("ts")) in (int, float) and type(e.get("name")) is str for e in out]):
-        out = [e for e in out
-               if type(e.get("ts")) in (int, float) and type(e.get("name")) is str]
-    return out
-
-
-def _times(events: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ts = col.floats([e["ts"] for e in events])
-    dur = col.floats([e.get("dur", 0.0) for e in events])
-    if np.isnan(dur).any() or (dur < 0).any():
-        dur = np.maximum(np.nan_to_num(dur, nan=0.0), 0.0)
-    return ts, dur, ts + dur
-
-
-def _matches(names: pd.Series, pattern: re.Pattern[str]) -> np.ndarray:
+def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
     """pattern.search per row, evaluated once per distinct name (names repeat a lot)."""
     if len(names) == 0:
         return np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(names)
-    hits = np.array([pattern.search(u) is not None for u in uniques], dtype=bool)
+    codes, uniques = pd.factorize(pd.Series(names, dtype=object) if isinstance(names, list)
+                                  else names)
+    hits = np.array([pattern.search(str(u)) is not None for u in uniques], dtype=bool)
     return hits[codes]
 
 
@@ -135,119 +96,94 @@ def kernel_category(name: str, is_nccl: bool) -> str:
 
 
 def _categories(names: pd.Series, is_nccl: np.ndarray) -> np.ndarray:
-    """Category per kernel, computed once per distinct (name, is_nccl)."""
+    """Category per kernel, computed once per distinct name."""
     if len(names) == 0:
         return np.array([], dtype=object)
-    codes, uniques = pd.factorize(names.astype(object) + np.where(is_nccl, "\x00n", "\x00"))
-    labels = np.array(
-        [kernel_category(u.rsplit("\x00", 1)[0], u.endswith("\x00n")) for u in uniques],
-        dtype=object,
-    )
-    return labels[codes]
+    codes, uniques = pd.factorize(names)
+    by_name = np.array([kernel_category(str(u), False) for u in uniques], dtype=object)
+    return np.where(is_nccl, "nccl", by_name[codes]).astype(object)
 
 
-def build_kernels(events: list[dict[str, Any]]) -> pd.DataFrame:
+def _times(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ts, dur (NaN or negative -> 0) and end."""
+    ts, dur = cols["ts"], cols["dur"]
+    if np.isnan(dur).any() or (dur < 0).any():
+        dur = np.maximum(np.nan_to_num(dur, nan=0.0), 0.0)
+    return ts, dur, ts + dur
+
+
+def _names(cols: Columns) -> pd.Series:
+    return pd.Series(cols["name"], dtype=object)
+
+
+def build_kernels(cols: Columns) -> pd.DataFrame:
     """One row per GPU kernel, with launch geometry and NCCL collective metadata."""
-    args = col.args_of(events)
-    ts, dur, end = _times(events)
-    names = pd.Series(col.strings([e["name"] for e in events]), dtype=object)
-    device = col.arg_ints(args, "device")
-    pids = col.ints([e.get("pid") for e in events])
-    device = np.where(device >= 0, device, pids)
-    stream = col.arg_ints(args, "stream")
-    tids = col.ints([e.get("tid") for e in events])
-    stream = np.where(stream >= 0, stream, tids)
-    grid = col.triples([a.get("grid") for a in args])
-    block = col.triples([a.get("block") for a in args])
-    collective = col.strings([a.get("Collective name") for a in args], missing=None)
-    is_nccl = _matches(names, NCCL_NAME) | np.array([c is not None for c in collective], dtype=bool)
+    ts, dur, end = _times(cols)
+    names = _names(cols)
+    grid, block = cols["grid"], cols["block"]
+    has_collective = np.array([c is not None for c in cols["collective"]], dtype=bool)
+    is_nccl = name_matches(names, NCCL_NAME) | has_collective
     columns: dict[str, Any] = {
-        "name": names,
-        "ts": ts,
-        "dur": dur,
-        "end": end,
-        "device": device,
-        "stream": stream,
-        "correlation": col.arg_ints(args, "correlation"),
-        "external_id": col.arg_ints(args, "External id"),
+        "name": names, "ts": ts, "dur": dur, "end": end,
+        # CUPTI puts device and stream in args; the pid/tid of the event say the same.
+        "device": np.where(cols["device"] >= 0, cols["device"], cols["pid"]),
+        "stream": np.where(cols["stream"] >= 0, cols["stream"], cols["tid"]),
+        "correlation": cols["correlation"], "external_id": cols["external_id"],
         "grid_x": grid[:, 0], "grid_y": grid[:, 1], "grid_z": grid[:, 2],
         "block_x": block[:, 0], "block_y": block[:, 1], "block_z": block[:, 2],
-        "blocks_per_sm": col.arg_floats(args, "blocks per SM"),
-        "warps_per_sm": col.arg_floats(args, "warps per SM"),
-        "registers": col.arg_ints(args, "registers per thread"),
-        "shared_mem": col.arg_ints(args, "shared memory"),
-        "occupancy": col.arg_floats(args, "est. achieved occupancy %"),
-        "is_nccl": is_nccl,
-        "collective": pd.Series(collective, dtype=object),
-        "in_nelems": col.arg_ints(args, "In msg nelems"),
-        "out_nelems": col.arg_ints(args, "Out msg nelems"),
-        "group_size": col.arg_ints(args, "Group size"),
-        "dtype": pd.Series(col.strings([a.get("dtype") for a in args], missing=None), dtype=object),
-        "pg_name": pd.Series(
-            col.strings([a.get("Process Group Name") for a in args], missing=None), dtype=object
-        ),
+        "blocks_per_sm": cols["blocks_per_sm"], "warps_per_sm": cols["warps_per_sm"],
+        "registers": cols["registers"], "shared_mem": cols["shared_mem"],
+        "occupancy": cols["occupancy"], "is_nccl": is_nccl,
+        "collective": pd.Series(cols["collective"], dtype=object),
+        "in_nelems": cols["in_nelems"], "out_nelems": cols["out_nelems"],
+        "group_size": cols["group_size"],
+        "dtype": pd.Series(cols["dtype"], dtype=object),
+        "pg_name": pd.Series(cols["pg_name"], dtype=object),
         "category": _categories(names, is_nccl),
     }
     return col.frame(columns, KERNEL_COLUMNS)
 
 
-def build_gpu_mem(memcpy: list[dict[str, Any]], memset: list[dict[str, Any]]) -> pd.DataFrame:
+def build_gpu_mem(cols: Columns) -> pd.DataFrame:
     """Memcpy and memset activities on GPU streams."""
-    events = memcpy + memset
-    args = col.args_of(events)
-    ts, dur, end = _times(events)
-    device = col.arg_ints(args, "device")
-    device = np.where(device >= 0, device, col.ints([e.get("pid") for e in events]))
-    stream = col.arg_ints(args, "stream")
-    stream = np.where(stream >= 0, stream, col.ints([e.get("tid") for e in events]))
+    ts, dur, end = _times(cols)
     columns: dict[str, Any] = {
-        "name": pd.Series(col.strings([e["name"] for e in events]), dtype=object),
-        "kind": np.array(["memcpy"] * len(memcpy) + ["memset"] * len(memset), dtype=object),
-        "ts": ts, "dur": dur, "end": end, "device": device, "stream": stream,
-        "correlation": col.arg_ints(args, "correlation"),
-        "external_id": col.arg_ints(args, "External id"),
-        "bytes": col.arg_ints(args, "bytes"),
+        "name": _names(cols), "kind": np.array(cols["kind"], dtype=object),
+        "ts": ts, "dur": dur, "end": end,
+        "device": np.where(cols["device"] >= 0, cols["device"], cols["pid"]),
+        "stream": np.where(cols["stream"] >= 0, cols["stream"], cols["tid"]),
+        "correlation": cols["correlation"], "external_id": cols["external_id"],
+        "bytes": cols["bytes"],
     }
     return col.frame(columns, GPU_MEM_COLUMNS)
 
 
-def build_ops(events: list[dict[str, Any]]) -> pd.DataFrame:
+def build_ops(cols: Columns) -> pd.DataFrame:
     """CPU ops with their nesting (depth, parent) by time on each thread."""
-    args = col.args_of(events)
-    ts, dur, end = _times(events)
-    tid = col.numeric_ids([e.get("tid") for e in events])
-    depth, parent = nest(tid, ts, end)
+    ts, dur, end = _times(cols)
+    depth, parent = nest(cols["tid"], ts, end)
     columns: dict[str, Any] = {
-        "name": pd.Series(col.strings([e["name"] for e in events]), dtype=object),
-        "pid": col.numeric_ids([e.get("pid") for e in events]),
-        "tid": tid,
+        "name": _names(cols), "pid": cols["pid"], "tid": cols["tid"],
         "ts": ts, "dur": dur, "end": end, "depth": depth, "parent": parent,
-        "external_id": col.arg_ints(args, "External id"),
-        "seq": col.arg_ints(args, "Sequence number"),
-        "fwd_tid": col.arg_ints(args, "Fwd thread id"),
-        "input_dims": col.json_texts([a.get("Input Dims") for a in args]),
-        "input_strides": col.json_texts([a.get("Input Strides") for a in args]),
-        "input_types": col.json_texts([a.get("Input type") for a in args]),
-        "kernel_file": col.strings([a.get("kernel_file") for a in args]),
-        "kernel_name": col.strings([a.get("kernel_name") for a in args]),
+        "external_id": cols["external_id"], "seq": cols["seq"], "fwd_tid": cols["fwd_tid"],
+        "input_dims": np.array(cols["input_dims"], dtype=object),
+        "input_strides": np.array(cols["input_strides"], dtype=object),
+        "input_types": np.array(cols["input_types"], dtype=object),
+        "kernel_file": np.array(cols["kernel_file"], dtype=object),
+        "kernel_name": np.array(cols["kernel_name"], dtype=object),
     }
     return col.frame(columns, OP_COLUMNS)
 
 
-def build_launches(events: list[dict[str, Any]]) -> pd.DataFrame:
+def build_launches(cols: Columns) -> pd.DataFrame:
     """CUDA runtime/driver (and HIP) API calls; kernel launches flagged."""
-    args = col.args_of(events)
-    ts, dur, end = _times(events)
-    names = pd.Series(col.strings([e["name"] for e in events]), dtype=object)
-    is_launch = _matches(names, KERNEL_LAUNCH_NAME)
+    ts, dur, end = _times(cols)
+    names = _names(cols)
     columns: dict[str, Any] = {
-        "name": names,
-        "pid": col.numeric_ids([e.get("pid") for e in events]),
-        "tid": col.numeric_ids([e.get("tid") for e in events]),
+        "name": names, "pid": cols["pid"], "tid": cols["tid"],
         "ts": ts, "dur": dur, "end": end,
-        "correlation": col.arg_ints(args, "correlation"),
-        "external_id": col.arg_ints(args, "External id"),
-        "is_kernel_launch": is_launch,
+        "correlation": cols["correlation"], "external_id": cols["external_id"],
+        "is_kernel_launch": name_matches(names, KERNEL_LAUNCH_NAME),
     }
     return col.frame(columns, LAUNCH_COLUMNS)
 
@@ -255,29 +191,24 @@ def build_launches(events: list[dict[str, Any]]) -> pd.DataFrame:
 FRAME_NAME = re.compile(r"^(?P<file>.*)\((?P<line>\d+)\): (?P<function>.*)$")
 
 
-def build_python(events: list[dict[str, Any]]) -> pd.DataFrame:
+def build_python(cols: Columns) -> pd.DataFrame:
     """Python frames (with_stack=True), parsed from "file(N): function" and nested by time."""
     from tracekit.load.userframes import is_user_file
 
-    ts, dur, end = _times(events)
-    tid = col.numeric_ids([e.get("tid") for e in events])
-    depth, parent = nest(tid, ts, end)
-    names = pd.Series(col.strings([e["name"] for e in events]), dtype=object)
+    ts, dur, end = _times(cols)
+    depth, parent = nest(cols["tid"], ts, end)
+    names = _names(cols)
     codes, uniques = pd.factorize(names)
-    parsed = [_parse_frame_name(u) for u in uniques]
-    files = np.array([p[0] for p in parsed], dtype=object)
-    lines = np.array([p[1] for p in parsed], dtype=np.int64)
-    functions = np.array([p[2] for p in parsed], dtype=object)
-    users = np.array([is_user_file(p[0]) for p in parsed], dtype=bool)
+    parsed = [_parse_frame_name(str(u)) for u in uniques]
+    files = np.array([p[0] for p in parsed] or [""], dtype=object)
+    lines = np.array([p[1] for p in parsed] or [-1], dtype=np.int64)
+    functions = np.array([p[2] for p in parsed] or [""], dtype=object)
+    users = np.array([is_user_file(p[0]) for p in parsed] or [False], dtype=bool)
     columns: dict[str, Any] = {
-        "name": names,
-        "pid": col.numeric_ids([e.get("pid") for e in events]),
-        "tid": tid,
+        "name": names, "pid": cols["pid"], "tid": cols["tid"],
         "ts": ts, "dur": dur, "end": end, "depth": depth, "parent": parent,
-        "file": files[codes] if len(codes) else np.array([], dtype=object),
-        "line": lines[codes] if len(codes) else np.array([], dtype=np.int64),
-        "function": functions[codes] if len(codes) else np.array([], dtype=object),
-        "is_user": users[codes] if len(codes) else np.array([], dtype=bool),
+        "file": files[codes], "line": lines[codes], "function": functions[codes],
+        "is_user": users[codes],
     }
     return col.frame(columns, PYTHON_COLUMNS)
 
@@ -290,41 +221,30 @@ def _parse_frame_name(name: str) -> tuple[str, int, str]:
     return match["file"], int(match["line"]), match["function"]
 
 
-def build_flows(events: list[dict[str, Any]]) -> pd.DataFrame:
+def build_flows(cols: Columns) -> pd.DataFrame:
     """fwdbwd flows: start (forward op) and finish (backward op) joined by flow id."""
-    starts = [e for e in events if e.get("ph") == "s"]
-    finishes = [e for e in events if e.get("ph") == "f"]
-    src = pd.DataFrame({
-        "id": col.ints([e.get("id") for e in starts]),
-        "src_tid": col.numeric_ids([e.get("tid") for e in starts]),
-        "src_ts": col.floats([e.get("ts") for e in starts]),
-    }).drop_duplicates("id")
-    dst = pd.DataFrame({
-        "id": col.ints([e.get("id") for e in finishes]),
-        "dst_tid": col.numeric_ids([e.get("tid") for e in finishes]),
-        "dst_ts": col.floats([e.get("ts") for e in finishes]),
-    }).drop_duplicates("id")
+    ph = np.array(cols["ph"], dtype=object)
+    ends = pd.DataFrame({"id": cols["id"], "tid": cols["tid"], "ts": cols["ts"]})
+    src = ends[ph == "s"].drop_duplicates("id").rename(columns={"tid": "src_tid", "ts": "src_ts"})
+    dst = ends[ph == "f"].drop_duplicates("id").rename(columns={"tid": "dst_tid", "ts": "dst_ts"})
     flows = src.merge(dst, on="id", how="inner", sort=True)
     return flows[FLOW_COLUMNS].reset_index(drop=True)
 
 
-def build_annotations(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> pd.DataFrame:
+def build_annotations(cols: Columns) -> pd.DataFrame:
     """User annotations: record_function ranges on CPU threads, their GPU-side spans on streams."""
-    events = cpu + gpu
-    args = col.args_of(events)
-    ts, dur, end = _times(events)
-    n_cpu = len(cpu)
-    tids = col.numeric_ids([e.get("tid") for e in events])
-    stream = col.arg_ints(args, "stream")
-    is_gpu = np.arange(len(events)) >= n_cpu
+    ts, dur, end = _times(cols)
+    is_gpu = cols["is_gpu"]
+    tids = cols["tid"]
+    stream = cols["stream"]
     columns: dict[str, Any] = {
-        "name": pd.Series(col.strings([e["name"] for e in events]), dtype=object),
+        "name": _names(cols),
         "side": np.where(is_gpu, "gpu", "cpu").astype(object),
-        "pid": col.numeric_ids([e.get("pid") for e in events]),
+        "pid": cols["pid"],
         "tid": np.where(is_gpu, -1, tids),
         "stream": np.where(is_gpu, np.where(stream >= 0, stream, tids), -1),
         "ts": ts, "dur": dur, "end": end,
-        "external_id": col.arg_ints(args, "External id"),
+        "external_id": cols["external_id"],
     }
     return col.frame(columns, ANNOTATION_COLUMNS)
 
@@ -337,12 +257,10 @@ def build_steps(ops: pd.DataFrame, annotations: pd.DataFrame, kernels: pd.DataFr
     first..last kernel (or memcpy/memset) whose launch lies inside the CPU span. Kernel times are
     never compared with CPU spans: the GPU runs behind the CPU.
     """
-    cpu_rows = [
-        ops.loc[:, ["name", "ts", "end"]],
-        annotations.loc[annotations["side"] == "cpu", ["name", "ts", "end"]],
-    ]
-    cpu = pd.concat(cpu_rows, ignore_index=True)
-    cpu_steps = _step_spans(cpu)
+    cpu_steps = _step_spans(pd.concat([
+        _step_spans(ops),
+        _step_spans(annotations.loc[annotations["side"] == "cpu"]),
+    ], ignore_index=True))
     if cpu_steps.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c == "step" else "float64")
                              for c in STEP_COLUMNS})
@@ -360,13 +278,17 @@ def build_steps(ops: pd.DataFrame, annotations: pd.DataFrame, kernels: pd.DataFr
 
 
 def _step_spans(rows: pd.DataFrame) -> pd.DataFrame:
-    """(step, ts, end) of rows named ProfilerStep#N, one row per N (widest span)."""
-    is_step = _matches(rows["name"], STEP_NAME)
-    found = rows.loc[is_step, ["ts", "end"]].copy()
-    found["step"] = (
-        rows.loc[is_step, "name"].astype(object).str.extract(STEP_NAME, expand=False)
-        .astype(np.int64)
-    )
+    """(step, ts, end) of rows named ProfilerStep#N (or already having `step`), one row per
+    N (widest span)."""
+    if "step" in rows:
+        found = rows[["step", "ts", "end"]]
+    else:
+        is_step = name_matches(rows["name"], STEP_NAME)
+        found = rows.loc[is_step, ["ts", "end"]].copy()
+        found["step"] = (
+            rows.loc[is_step, "name"].astype(object).str.extract(STEP_NAME, expand=False)
+            .astype(np.int64)
+        )
     if found.empty:
         return pd.DataFrame({"step": pd.Series(dtype="int64"), "ts": pd.Series(dtype="float64"),
                              "end": pd.Series(dtype="float64")})
@@ -435,41 +357,45 @@ def rank_info(meta: dict[str, Any]) -> tuple[int | None, int | None]:
     )
 
 
-def build_trace(doc: dict[str, Any], path: Path, rank: int | None = None) -> Trace:
-    """All frames of one rank's trace; `doc["traceEvents"]` is consumed (emptied)."""
-    events = doc.pop("traceEvents")
-    meta = doc
-    buckets = bucket_by_category(events)
-    events.clear()
-    del events
-    kernels = build_kernels(_take(buckets, KERNEL_CATS))
-    gpu_mem = build_gpu_mem(_take(buckets, MEMCPY_CATS), _take(buckets, MEMSET_CATS))
-    ops = build_ops(_take(buckets, OP_CATS))
-    launches = build_launches(_take(buckets, LAUNCH_CATS))
-    python = build_python(_take(buckets, PYTHON_CATS))
-    flows = build_flows([e for cat in FLOW_CATS for e in buckets.get(cat, ())])
-    annotations = build_annotations(_take(buckets, CPU_ANNOTATION_CATS),
-                                    _take(buckets, GPU_ANNOTATION_CATS))
-    buckets.clear()
-    steps = build_steps(ops, annotations, kernels, gpu_mem, launches)
+def build_frames(raw: dict[str, Columns]) -> dict[str, pd.DataFrame]:
+    """Frames of one trace from its raw columns (see `tracekit.load.extract`)."""
+    frames = {
+        "kernels": build_kernels(raw["kernels"]),
+        "gpu_mem": build_gpu_mem(raw["gpu_mem"]),
+        "ops": build_ops(raw["ops"]),
+        "launches": build_launches(raw["launches"]),
+        "python": build_python(raw["python"]),
+        "flows": build_flows(raw["flows"]),
+        "annotations": build_annotations(raw["annotations"]),
+    }
+    frames["steps"] = build_steps(frames["ops"], frames["annotations"], frames["kernels"],
+                                  frames["gpu_mem"], frames["launches"])
+    return frames
+
+
+def trace_from_frames(frames: dict[str, pd.DataFrame], meta: dict[str, Any], path: Path,
+                      rank: int | None = None) -> Trace:
+    """A Trace with rank, world size, SM count and load warnings filled in."""
     info_rank, world_size = rank_info(meta)
     trace = Trace(
         path=path,
         rank=rank if rank is not None else (info_rank if info_rank is not None else 0),
         world_size=world_size if world_size is not None else 1,
-        kernels=kernels,
-        gpu_mem=gpu_mem,
-        ops=ops,
-        launches=launches,
-        python=python,
-        flows=flows,
-        annotations=annotations,
-        steps=steps,
         meta=meta,
-        num_sms=num_sms_of(meta, kernels),
+        num_sms=num_sms_of(meta, frames["kernels"]),
+        **frames,
     )
     trace.warnings.extend(load_warnings(trace))
     return trace
+
+
+def build_trace(doc: dict[str, Any], path: Path, rank: int | None = None) -> Trace:
+    """All frames of one rank's trace; `doc["traceEvents"]` is consumed (emptied)."""
+    events = doc.pop("traceEvents")
+    raw = extract.extract_all(events)
+    events.clear()  # the event dicts go now, before the frames are built
+    del events
+    return trace_from_frames(build_frames(raw), doc, path, rank)
 
 
 def load_warnings(trace: Trace) -> list[str]:

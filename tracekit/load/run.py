@@ -6,10 +6,13 @@ and each rank is independent; only the finished frames travel back.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from tracekit.errors import UserError
-from tracekit.load.frames import build_trace, rank_info
-from tracekit.load.read import read_document
+from tracekit.load.chunks import extract_parallel, slice_count
+from tracekit.load.frames import build_frames, build_trace, rank_info, trace_from_frames
+from tracekit.load.read import parse_document, read_bytes
 from tracekit.trace import Run, Trace
 
 MANIFEST_NAME = "manifest.json"
@@ -35,17 +39,48 @@ class TraceJob:
     link: bool
     source_roots: tuple[Path, ...]
     rank: int | None = None
+    split_workers: int | None = 0
+    """Processes for parsing this one file in slices: 0 = never (the file is one of several
+    loaded in parallel already), None = as many as there are CPUs."""
 
 
 def load_trace_file(job: TraceJob) -> Trace:
     """Read, build and (optionally) link one trace file. Runs in a worker process."""
-    doc = read_document(job.path)
-    trace = build_trace(doc, job.path, rank=job.rank)
-    if job.link:
-        from tracekit.link import link_trace
+    with gc_paused():
+        raw = read_bytes(job.path)
+        parts = slice_count(len(raw), job.split_workers) if job.split_workers != 0 else 1
+        sliced = extract_parallel(raw, parts) if parts > 1 else None
+        if sliced is not None:
+            del raw
+            meta, columns = sliced
+            trace = trace_from_frames(build_frames(columns), meta, job.path, job.rank)
+        else:
+            doc = parse_document(raw, job.path)
+            del raw
+            trace = build_trace(doc, job.path, rank=job.rank)
+            del doc
+        if job.link:
+            from tracekit.link import link_trace
 
-        link_trace(trace, source_roots=list(job.source_roots))
+            link_trace(trace, source_roots=list(job.source_roots))
     return trace
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while millions of event dicts are alive.
+
+    Parsing allocates one dict per event; every few hundred allocations the collector would
+    walk all of them again, which costs more than the parse itself on big traces. The event
+    dicts hold no reference cycles, so reference counting frees them without the collector.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def is_trace_name(path: Path) -> bool:
@@ -135,7 +170,9 @@ def load_run(path: str | os.PathLike[str], *, link: bool = True, progress: bool 
     files = discover(path) if path.is_dir() else [path]
     manifest = read_manifest(run_dir)
     roots = source_roots(run_dir, manifest)
-    jobs = [TraceJob(f, link, roots) for f in files]
+    # One file: parse it in slices on all CPUs. Several: one process per file instead.
+    split = (workers if workers is not None else None) if len(files) == 1 else 0
+    jobs = [TraceJob(f, link, roots, split_workers=split) for f in files]
     traces, skipped = _load_all(jobs, progress=_show_progress(progress, len(files)),
                                 workers=workers, single_file=not path.is_dir())
     if not traces:

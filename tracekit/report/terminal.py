@@ -1,9 +1,13 @@
-"""The terminal report (rich): findings grouped by kind, worst first, one line each."""
+"""The terminal report (rich): findings grouped by kind, worst first, one entry each.
+
+Each finding is a headline (severity, rank, step, cost, count, title) and a dim second line
+(culprit kernel, source line): plain lines wrap at word boundaries in narrow terminals, where
+an eight-column table would chop names apart.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from tracekit.finding import Finding
@@ -14,45 +18,45 @@ SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
 
 
 def run_header(run: Run) -> Text:
-    """One line saying what was analysed: path, ranks, steps, devices."""
+    """One line saying what was analysed: path, ranks, steps, GPU or not."""
     steps = sorted({int(s) for t in run.traces for s in t.steps["step"]})
     step_text = f"steps {steps[0]}-{steps[-1]}" if steps else "no ProfilerStep spans"
     gpu = "GPU" if any(t.has_gpu for t in run.traces) else "CPU only"
     return Text(f"{run.path}: {len(run.traces)} rank(s), {step_text}, {gpu}", style="bold")
 
 
-def kind_table(kind: str, findings: list[Finding]) -> Table:
-    total = sum(f.cost_us for f in findings)
-    table = Table(title=f"{kind} ({len(findings)}, {format_us(total)} total)",
-                  title_justify="left", title_style="bold", expand=False, show_lines=False)
-    for column, justify in (("sev", "left"), ("rank", "right"), ("step", "right"),
-                            ("cost", "right"), ("count", "right"), ("title", "left"),
-                            ("culprit kernel", "left"), ("source", "left")):
-        table.add_column(column, justify=justify, overflow="fold")
-    for f in findings:
-        table.add_row(
-            Text(f.severity, style=SEVERITY_STYLE[f.severity]), str(f.rank),
-            "-" if f.step is None else str(f.step), format_us(f.cost_us), str(f.count),
-            f.title, short_kernel(f.culprit.kernel, 48), source_text(f))
-    return table
+def finding_lines(f: Finding) -> Text:
+    step = "-" if f.step is None else str(f.step)
+    text = Text("  ")
+    text.append(f"{f.severity.upper():<6}", style=SEVERITY_STYLE[f.severity])
+    text.append(f" rank {f.rank} step {step}  cost {format_us(f.cost_us)}  x{f.count}  ",
+                style="bold")
+    text.append(f.title)
+    text.append(f"\n         kernel {short_kernel(f.culprit.kernel, 70)}  at {source_text(f)}",
+                style="dim")
+    return text
 
 
 def print_report(run: Run | None, findings: list[Finding],
                  console: Console | None = None) -> None:
-    """Print the report: header, the trace warnings, then one table per kind."""
+    """Print the report: header, the traces' warnings, then each kind's findings."""
     console = console or Console()
     if run is not None:
         console.print(run_header(run))
-        warnings = sorted({w for t in run.traces for w in t.warnings})
-        for warning in warnings:
+        for warning in sorted({w for t in run.traces for w in t.warnings}):
             console.print(Text(f"note: {warning}", style="dim"))
     if not findings:
         console.print("No findings: nothing slow enough to report.")
         return
     for kind, items in grouped(findings):
-        console.print(kind_table(kind, items))
-        for f in items[:1]:
-            if f.suggestion:
-                console.print(Text(f"  fix: {f.suggestion}", style="green"))
-    console.print(Text("~ after a line number: the function's def line (statement unknown)",
-                       style="dim"))
+        total = sum(f.cost_us for f in items)
+        console.print(Text(f"\n{kind}: {len(items)} finding(s), {format_us(total)} total",
+                           style="bold underline"))
+        for f in items:
+            console.print(finding_lines(f))
+        suggestions = dict.fromkeys(f.suggestion for f in items if f.suggestion)
+        for suggestion in suggestions:
+            console.print(Text(f"  fix: {suggestion}", style="green"))
+    if any(f.cause.source and not f.cause.source.line_exact for f in findings):
+        console.print(Text("\n~ after a line number: the function's def line (the statement "
+                           "could not be found)", style="dim"))

@@ -2,8 +2,8 @@
 
 Why WebGL line segments: a real step has tens of thousands of kernels; one SVG shape per kernel
 makes zoom/pan crawl, while one Scattergl trace per category (segments separated by NaN) keeps
-the whole run in a handful of GPU buffers. Hover lives on a second, marker-only trace at each
-bar's middle (a vertical tick), which also keeps kernels of a few us visible at any zoom.
+the whole run in a handful of GPU buffers. Hover is on each bar's two ends (the
+line's vertices).
 Everything few in number (findings, steps) uses layout shapes and annotations.
 """
 
@@ -37,8 +37,6 @@ VICTIM_COLOUR = "#e6007e"
 FINDING_BAND = "rgba(255, 200, 0, 0.22)"
 LANE_PX = 30
 BAR_PX = 16
-# Findings annotated on the plot itself (all of them are in the table below it).
-MAX_ANNOTATED_FINDINGS = 8
 # Outlines drawn per finding: enough to see the pattern, few enough to stay SVG-cheap.
 MAX_OUTLINES_PER_FINDING = 40
 SEVERITY_COLOUR = {"high": "#b30000", "medium": "#c76a00", "low": "#555555"}
@@ -56,6 +54,8 @@ class FindingMark:
     y1: float
     culprits: pd.DataFrame = field(default_factory=pd.DataFrame)
     victims: pd.DataFrame = field(default_factory=pd.DataFrame)
+    note: int = -1
+    """Index in layout.annotations of the finding's title box (-1: none)."""
 
     def zoom(self) -> dict[str, list[float]]:
         """Axis ranges that frame the finding with context on both sides."""
@@ -112,11 +112,20 @@ class HoverTable:
         return mapping[local_codes]
 
 
-def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.Scattergl]:
-    """Two WebGL traces per category: the bars, and their hover ticks (same legend group).
+def per_vertex(values: np.ndarray, fill: object) -> np.ndarray:
+    """Repeat a per-bar value on the bar's two vertices, `fill` on its NaN separator."""
+    out = np.empty(len(values) * 3, dtype=values.dtype if fill is not None else object)
+    out[0::3], out[1::3], out[2::3] = values, values, fill
+    return out
 
-    Without a HoverTable the ticks carry their full hover text (plotly's own tooltip, for
+
+def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.Scattergl]:
+    """One WebGL line trace per category; hovering a bar's either end shows its details.
+
+    Without a HoverTable the vertices carry their full hover text (plotly's own tooltip, for
     notebooks); with one they carry [text number, duration] and the page draws the tooltip.
+    (A marker trace at each bar's middle would hover long bars better, but markers of the
+    `line-ns` kind cost 5x the lines' render time in software WebGL, as CI browsers use.)
     """
     traces: list[go.Scattergl] = []
     order = {c: i for i, c in enumerate(CATEGORY_STYLE)}
@@ -124,37 +133,31 @@ def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.S
     for cat in cats:
         label, colour = CATEGORY_STYLE.get(cat, (cat, "#7f7f7f"))
         b = bars[bars["category"] == cat]
-        x0 = b["x0"].to_numpy(dtype=float)
-        x1 = b["x1"].to_numpy(dtype=float)
-        y = b["y"].to_numpy(dtype=float)
-        xs, ys = segments(x0, x1, y)
-        traces.append(go.Scattergl(
-            x=coords(xs), y=ys.astype(np.float32), mode="lines", name=f"{label} ({len(b):,})",
-            legendgroup=cat, line={"color": colour, "width": BAR_PX}, hoverinfo="skip",
-            connectgaps=False))
+        xs, ys = segments(b["x0"].to_numpy(dtype=float), b["x1"].to_numpy(dtype=float),
+                          b["y"].to_numpy(dtype=float))
         dur_us = (b["end"] - b["ts"]).to_numpy(dtype=float)
-        tick = {"x": coords((x0 + x1) / 2), "y": y.astype(np.float32), "mode": "markers",
-                "name": label, "legendgroup": cat, "showlegend": False, "meta": "bar-hover",
-                "marker": {"symbol": "line-ns", "size": BAR_PX, "color": colour,
-                           "line": {"color": colour, "width": 1.5}}}
+        line = {"x": coords(xs), "y": ys.astype(np.float32), "mode": "lines",
+                "name": f"{label} ({len(b):,})", "legendgroup": cat, "meta": "bar-hover",
+                "line": {"color": colour, "width": BAR_PX}, "connectgaps": False}
         if hover is None:
             head, _, tail = (b["hover"].astype(str).str.partition(DUR).iloc[:, i]
                              for i in (0, 1, 2))
             text = head.to_numpy(dtype=object) + durations_text(dur_us) + tail.to_numpy(
                 dtype=object)
-            traces.append(go.Scattergl(**tick, text=text,
+            traces.append(go.Scattergl(**line, text=per_vertex(text, None),
                                        hovertemplate="%{text}<extra></extra>"))
         else:
-            data = np.column_stack([hover.codes(b["hover"]), dur_us]).astype(np.float32)
-            traces.append(go.Scattergl(**tick, customdata=data, hoverinfo="none"))
+            codes = per_vertex(hover.codes(b["hover"]).astype(np.float64), -1.0)
+            data = np.column_stack([codes, per_vertex(dur_us, 0.0)]).astype(np.float32)
+            traces.append(go.Scattergl(**line, customdata=data, hoverinfo="none"))
     return traces
 
 
 def finding_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float) -> pd.DataFrame:
     """The culprit's bars: kernels named like the finding's culprit on its stream and rank.
 
-    Preferably those inside the finding's window; when the window holds none (a merged finding
-    whose window is its first occurrence, cut away by --step), every occurrence shown.
+    Those inside the finding's window; when the window holds none (a merged finding's window
+    is its first occurrence, which --step may cut away), every occurrence on the view.
     """
     kernel = f.culprit.kernel if f.culprit else None
     if not kernel:
@@ -170,15 +173,17 @@ def victim_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float,
                 culprits: pd.DataFrame) -> pd.DataFrame:
     """The work the finding hurts: named in evidence, else the NCCL kernels it touches.
 
-    Detectors may name it (`evidence.victim_kernel`/`victim_stream`); otherwise, for findings
-    about communication (sm_contention, comm_gap), the NCCL kernels on that rank overlapping
-    the window (a comm gap's window is the gap: the collectives on either edge touch it).
+    Detectors may name it (`evidence.victim_kernel`/`victim_stream`, or sm_contention's
+    `nccl_kernel`); otherwise, for findings about communication (sm_contention, comm_gap),
+    the NCCL kernels on that rank overlapping the window (a comm gap's window is the gap: the
+    collectives on either edge touch it).
     """
     ev = f.evidence or {}
     mine = bars[(bars["rank"] == f.rank) & (bars["kind"] == "kernel")]
     near = mine[(mine["x1"] >= lo_ms - 1e-6) & (mine["x0"] <= hi_ms + 1e-6)]
-    if ev.get("victim_kernel"):
-        near = near[near["name"] == ev["victim_kernel"]]
+    named = ev.get("victim_kernel") or ev.get("nccl_kernel")
+    if isinstance(named, str) and named and (near["name"] == named).any():
+        near = near[near["name"] == named]
         if ev.get("victim_stream") is not None:
             near = near[near["stream"] == ev["victim_stream"]]
     elif f.kind in ("sm_contention", "comm_gap"):
@@ -189,19 +194,32 @@ def victim_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float,
 
 
 def finding_marks(tl: Timeline, findings: list[Finding]) -> list[FindingMark]:
-    """Place each finding of a shown rank on the aligned axis; drop those outside the view."""
+    """Place each finding of a shown rank on the aligned axis; drop those outside the view.
+
+    A finding whose own window is outside the drawn range (a merged finding, drawn with
+    --step of another occurrence) is placed on its culprit's occurrences in view instead.
+    """
     marks: list[FindingMark] = []
     shown = set(tl.lanes["rank"])
     for i, f in enumerate(findings):
         if f.rank not in shown:
             continue
+        mine = tl.bars[tl.bars["rank"] == f.rank]
+        if mine.empty:
+            continue
+        lo, hi = float(mine["x0"].min()), float(mine["x1"].max())
+        if tl.window_ms:
+            lo, hi = max(lo, tl.window_ms[0]), min(hi, tl.window_ms[1])
         x0 = float(tl.to_ms(f.rank, f.start_us))
         x1 = float(tl.to_ms(f.rank, f.start_us + max(f.dur_us, 0.0)))
-        if tl.window_ms and (x1 < tl.window_ms[0] or x0 > tl.window_ms[1]):
-            continue
+        culprits = finding_rows(mine, f, x0, x1)
+        if x1 < lo or x0 > hi:  # its window is not drawn: use its culprit's occurrences
+            culprits = culprits[(culprits["x1"] >= lo) & (culprits["x0"] <= hi)]
+            if culprits.empty:
+                continue
+            x0, x1 = float(culprits["x0"].min()), float(culprits["x1"].max())
         y0, y1 = tl.rank_span(f.rank)
-        culprits = finding_rows(tl.bars, f, x0, x1)
-        victims = victim_rows(tl.bars, f, x0, x1, culprits)
+        victims = victim_rows(mine, f, x0, x1, culprits)
         marks.append(FindingMark(i, f, x0, x1, y0, y1, culprits, victims))
     return marks
 
@@ -219,34 +237,46 @@ def cost_text(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def finding_layout(marks: list[FindingMark]) -> tuple[list[dict], list[dict]]:
-    """Shapes (window band, culprit/victim outlines) and annotations for the findings."""
+def finding_layout(marks: list[FindingMark], x_mid: float) -> tuple[list[dict], list[dict]]:
+    """Shapes (window band, culprit/victim outlines) and annotations for the findings.
+
+    Each finding gets a "#n" badge at its culprit, and a box with its title and cost; the box
+    is shown for the worst finding of each rank only (more would cover the bars), the table's
+    rows show the others' (their `note` index says which annotation is theirs).
+    """
     shapes: list[dict] = []
     notes: list[dict] = []
-    for n, m in enumerate(marks):
+    boxed_ranks: set[int] = set()
+    for m in marks:
         f = m.finding
         shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": m.x0,
                        "x1": max(m.x1, m.x0 + 1e-3), "y0": m.y0, "y1": m.y1, "layer": "below",
                        "fillcolor": FINDING_BAND, "line": {"width": 0}})
         shapes += outline_shapes(m.culprits, CULPRIT_COLOUR, "solid", 2.5)
         shapes += outline_shapes(m.victims, VICTIM_COLOUR, "dot", 2.5)
-        if n >= MAX_ANNOTATED_FINDINGS:
-            continue
         target = m.culprits if len(m.culprits) else m.victims
         if len(target):
-            ax, ay_lane = float(target["x0"].iloc[0]), float(target["y"].iloc[0]) - 0.42
+            x, y = float(target["x0"].iloc[0]), float(target["y"].iloc[0]) - 0.42
         else:
-            ax, ay_lane = m.x0, m.y0
+            x, y = m.x0, m.y0 + 0.1
+        colour = SEVERITY_COLOUR.get(f.severity, "#333")
+        notes.append({"x": x, "y": y, "xref": "x", "yref": "y", "showarrow": False,
+                      "xanchor": "right", "yanchor": "bottom", "text": f"<b>#{m.index + 1}</b>",
+                      "font": {"size": 11, "color": "white"}, "bgcolor": colour,
+                      "borderpad": 1})
         step = f" · step {f.step}" if f.step is not None else ""
+        left = x > x_mid  # the box goes toward the middle of the plot
+        m.note = len(notes)
         notes.append({
-            "x": ax, "y": ay_lane, "xref": "x", "yref": "y", "showarrow": True,
-            "arrowhead": 2, "arrowcolor": SEVERITY_COLOUR.get(f.severity, "#333"),
-            "ax": 30 + 25 * (n % 3), "ay": -40 - 26 * (n % 4), "align": "left",
+            "x": x, "y": y, "xref": "x", "yref": "y", "showarrow": True, "arrowhead": 2,
+            "arrowcolor": colour, "ax": -50 if left else 50, "ay": -34,
+            "xanchor": "right" if left else "left", "align": "left",
+            "visible": f.rank not in boxed_ranks,
             "text": (f"<b>#{m.index + 1} {f.kind}</b>{step} · costs {cost_text(f.cost_us)}"
                      f"<br>{escape(shorten(f.title, 90))}"),
-            "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,240,0.93)",
-            "bordercolor": SEVERITY_COLOUR.get(f.severity, "#333"), "borderwidth": 1.5,
-            "borderpad": 3, "name": f"finding-{m.index + 1}"})
+            "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,240,0.9)",
+            "bordercolor": colour, "borderwidth": 1.5, "borderpad": 3})
+        boxed_ranks.add(f.rank)
     return shapes, notes
 
 
@@ -312,7 +342,10 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
         if any(len(m.victims) for m in marks):
             fig.add_trace(legend_only("finding: victim kernel", VICTIM_COLOUR, "dot"))
     s_shapes, s_notes = step_layout(tl.steps)
-    f_shapes, f_notes = finding_layout(marks)
+    x_mid = float((tl.bars["x0"].min() + tl.bars["x1"].max()) / 2) if len(tl.bars) else 0.0
+    f_shapes, f_notes = finding_layout(marks, x_mid)
+    for m in marks:
+        m.note += len(s_notes)
     lanes = tl.lanes
     y_max = float(lanes["y"].max()) if len(lanes) else 0.0
     height = int(150 + (y_max + 1) * LANE_PX + 60)
@@ -322,7 +355,7 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
     fig.update_layout(
         title={"text": title or figure_title(run, tl, step), "x": 0.01, "xanchor": "left",
                "font": {"size": 16}},
-        height=max(height, 360), template="plotly_white", hovermode="closest",
+        height=max(height, 360), template="plotly_white", hovermode="closest", hoverdistance=30,
         dragmode="zoom", margin={"l": 10, "r": 20, "t": 120, "b": 50},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0,
                 "font": {"size": 11}},

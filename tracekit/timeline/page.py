@@ -28,7 +28,7 @@ table.findings tr.finding { cursor: pointer; }
 table.findings tr.finding:hover { background: #fff6cc; }
 table.findings tr.selected { background: #ffe680; }
 td.sev-high { color: #b30000; font-weight: 600; } td.sev-medium { color: #c76a00; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 button#reset-view { font-size: 13px; margin-left: 8px; }
 #tracekit-tip { position: fixed; display: none; z-index: 1000; pointer-events: none;
        background: rgba(255,255,255,0.97); border: 1px solid #888; border-radius: 3px;
@@ -55,7 +55,14 @@ SCRIPT = """
       });
       row.classList.add("selected");
       var z = JSON.parse(row.getAttribute("data-zoom"));
-      Plotly.relayout(gd, {"xaxis.range": z.x, "yaxis.range": z.y});
+      var update = {"xaxis.range": z.x, "yaxis.range": z.y};
+      // Show this finding's title box, hide the other findings' boxes.
+      var mine = Number(row.getAttribute("data-note"));
+      document.querySelectorAll("tr.finding").forEach(function (r) {
+        var n = Number(r.getAttribute("data-note"));
+        if (n >= 0) { update["annotations[" + n + "].visible"] = (n === mine); }
+      });
+      Plotly.relayout(gd, update);
       gd.scrollIntoView({behavior: "smooth", block: "start"});
     });
   });
@@ -97,7 +104,7 @@ def findings_table(marks: list[FindingMark]) -> str:
         zoom = json.dumps({k: [round(v, 4) for v in vals] for k, vals in m.zoom().items()})
         rows.append(
             f"<tr class='finding' id='finding-row-{m.index + 1}' "
-            f"data-zoom='{html.escape(zoom, quote=True)}'>"
+            f"data-zoom='{html.escape(zoom, quote=True)}' data-note='{m.note}'>"
             f"<td>{m.index + 1}</td><td class='sev-{f.severity}'>{f.severity}</td>"
             f"<td>{html.escape(f.kind)}</td><td>{f.rank}</td>"
             f"<td>{'' if f.step is None else f.step}</td>"

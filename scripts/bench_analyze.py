@@ -1,0 +1,248 @@
+"""Benchmark (not a test): tracekit `analyze` vs HTA's TraceAnalysis load vs raw parsing.
+
+DESIGN.md's performance contract: on a 54 MB, 216k-event trace, `analyze` (load + link + every
+detector) must be at least 5x faster than HTA's TraceAnalysis merely loading the trace, with a
+lower peak memory, and within 2x of gunzip + JSON parsing alone.
+
+Without --trace, the benchmark trace is built by replicating a real trace's events (default: the
+A100 two-rank NCCL trace from HTA's test data, ~40k events, 2 profiler steps) until it holds
+--events events: each copy is shifted in time past the previous one, and every id that joins
+events (External id, correlation, flow ids, Python ids, Ev Idx) is shifted so that the copies
+stay separate and valid, and ProfilerStep#N is renumbered, so it reads as one long run.
+
+Each contender runs in its own subprocess (so peak RSS is its own: ru_maxrss of the process,
+and of its children for HTA's and tracekit's worker processes); time is measured inside the
+subprocess around the work only, after imports:
+
+    raw      gzip.decompress + orjson.loads (json when orjson is missing)
+    tracekit load + link + every registered detector (what `analyze` runs), frame cache off;
+             per-stage seconds are printed too
+    hta      hta.trace_analysis.TraceAnalysis on a directory holding (a link to) the trace
+
+    python scripts/bench_analyze.py                     # build ~216k events, run all three
+    python scripts/bench_analyze.py --trace big.json.gz --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = Path("/work/shared/traces-external/a100_nccl_2ranks_rank0.json.gz")
+FALLBACK_SOURCE = ROOT / "tests/data/gpu/comm_gap_late/rank0.pt.trace.json.gz"
+ID_ARGS = ("External id", "correlation", "Python id", "Python parent id", "Ev Idx")
+
+
+def loads(raw: bytes) -> Any:
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(raw)
+    return orjson.loads(raw)
+
+
+# ---- building the big trace ------------------------------------------------------------------
+
+def replicate(doc: dict[str, Any], target_events: int) -> dict[str, Any]:
+    """Copies of the document's events, shifted in time and ids, until target_events."""
+    events = doc["traceEvents"]
+    meta = [e for e in events if e.get("ph") == "M"]
+    body = [e for e in events if e.get("ph") != "M"]
+    timed = [e for e in body if isinstance(e.get("ts"), int | float)]
+    t0 = min(e["ts"] for e in timed)
+    span = max(e["ts"] + float(e.get("dur", 0) or 0) for e in timed) - t0 + 1000.0
+    max_id = 0
+    for e in body:
+        args = e.get("args") or {}
+        for key in ID_ARGS:
+            if isinstance(args.get(key), int):
+                max_id = max(max_id, args[key])
+        if isinstance(e.get("id"), int):
+            max_id = max(max_id, e["id"])
+    id_step = max_id + 1
+    steps = [int(e["name"].split("#")[1]) for e in body
+             if str(e.get("name", "")).startswith("ProfilerStep#")]
+    step_span = (max(steps) - min(steps) + 1) if steps else 0
+    copies = max(1, -(-target_events // max(1, len(body))))
+    out: list[dict[str, Any]] = list(meta)
+    for i in range(copies):
+        for e in body:
+            c = copy.copy(e)
+            if i:
+                if isinstance(c.get("ts"), int | float):
+                    c["ts"] = c["ts"] + i * span
+                if isinstance(c.get("id"), int):
+                    c["id"] = c["id"] + i * id_step
+                args = c.get("args")
+                if args:
+                    args = dict(args)
+                    for key in ID_ARGS:
+                        if isinstance(args.get(key), int) and args[key] > 0:
+                            args[key] = args[key] + i * id_step
+                    c["args"] = args
+                name = str(c.get("name", ""))
+                if name.startswith("ProfilerStep#") and step_span:
+                    c["name"] = f"ProfilerStep#{int(name.split('#')[1]) + i * step_span}"
+            out.append(c)
+            if len(out) - len(meta) >= target_events:
+                break
+        if len(out) - len(meta) >= target_events:
+            break
+    return {**{k: v for k, v in doc.items() if k != "traceEvents"}, "traceEvents": out}
+
+
+def build_trace(source: Path, target_events: int, workdir: Path) -> Path:
+    """workdir/big/rank0.pt.trace.json.gz, reused when built before from the same source."""
+    run_dir = workdir / f"big_{source.name.split('.')[0]}_{target_events}"
+    path = run_dir / "rank0.pt.trace.json.gz"
+    if path.exists():
+        return path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = loads(gzip.decompress(source.read_bytes()))
+    big = replicate(doc, target_events)
+    raw = json.dumps(big).encode()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(raw, compresslevel=6))
+    tmp.rename(path)
+    return path
+
+
+# ---- contenders (each in its own subprocess) -------------------------------------------------
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and (separately) its reaped children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def work_raw(path: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    doc = loads(gzip.decompress(path.read_bytes()))
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "events": len(doc["traceEvents"])}
+
+
+def work_tracekit(path: Path) -> dict[str, Any]:
+    """analyze's work, stage by stage: load (parse to frames), link, every detector."""
+    os.environ["TRACEKIT_CACHE"] = "0"
+    from tracekit.detectors import load_detectors
+    from tracekit.link import link_trace
+    from tracekit.load import load
+    from tracekit.load.run import source_roots
+
+    detectors = load_detectors()
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    run = load(path, link=False, progress=False)
+    stages["load"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    roots = list(source_roots(path.parent, run.manifest))
+    for trace in run.traces:
+        link_trace(trace, source_roots=roots)
+    stages["link"] = time.perf_counter() - mark
+    findings = 0
+    for kind, detect in detectors.items():
+        mark = time.perf_counter()
+        findings += len(detect(run))
+        stages[kind] = time.perf_counter() - mark
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "findings": findings,
+            "stages": {k: round(v, 3) for k, v in stages.items()},
+            "kernels": sum(len(t.kernels) for t in run.traces)}
+
+
+def work_hta(path: Path) -> dict[str, Any]:
+    from tracekit.hta import _import_trace_analysis, quiet, staged
+
+    trace_analysis = _import_trace_analysis()
+    with staged(path) as tmp, quiet():
+        started = time.perf_counter()
+        analysis = trace_analysis(trace_dir=str(tmp))
+        elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "ranks": len(analysis.t.traces)}
+
+
+WORKERS = {"raw": work_raw, "tracekit": work_tracekit, "hta": work_hta}
+
+
+def run_worker(name: str, path: Path) -> dict[str, Any]:
+    """Run one contender in a fresh interpreter; its JSON result, or an error."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, str(path)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", type=Path, help="trace to time (default: build one)")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
+                        help="real trace replicated to build the benchmark trace")
+    parser.add_argument("--events", type=int, default=216_000)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tracekit_bench_analyze"))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (best kept)")
+    parser.add_argument("--skip", default="", help="comma-separated contenders to skip")
+    parser.add_argument("--worker", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        name, path = args.worker
+        result = WORKERS[name](Path(path))
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    if args.trace:
+        path = args.trace
+    else:
+        source = args.source if args.source.exists() else FALLBACK_SOURCE
+        print(f"building a {args.events}-event trace from {source} ...", flush=True)
+        path = build_trace(source, args.events, args.workdir)
+    raw_mb = len(gzip.decompress(path.read_bytes())) / 1e6
+    print(f"trace: {path}  {path.stat().st_size / 1e6:.1f} MB gzip, {raw_mb:.1f} MB JSON")
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    results: dict[str, dict[str, Any]] = {}
+    for name in WORKERS:
+        if name in skip:
+            continue
+        runs = [run_worker(name, path) for _ in range(max(1, args.repeat))]
+        good = [r for r in runs if "error" not in r]
+        results[name] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
+        print(f"  {name}: {results[name]}", flush=True)
+
+    tk = results.get("tracekit", {})
+    print()
+    print(f"{'contender':<10} {'seconds':>9} {'peak RSS MB':>12} {'time / tracekit':>16} "
+          f"{'RSS / tracekit':>15}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<10} error: {r['error']}")
+            continue
+        t_ratio = r["seconds"] / tk["seconds"] if tk.get("seconds") else float("nan")
+        m_ratio = r["peak_rss_mb"] / tk["peak_rss_mb"] if tk.get("peak_rss_mb") else float("nan")
+        print(f"{name:<10} {r['seconds']:>9.2f} {r['peak_rss_mb']:>12.0f} {t_ratio:>16.2f} "
+              f"{m_ratio:>15.2f}")
+    events = results.get("raw", {}).get("events")
+    if events:
+        print(f"\n{events} events; contract: hta/tracekit time >= 5, hta/tracekit RSS > 1, "
+              f"tracekit/raw time <= 2")
+
+
+if __name__ == "__main__":
+    main()

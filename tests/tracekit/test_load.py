@@ -1,0 +1,326 @@
+"""tracekit.load: frames and columns from small hand-written traces, run directories, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tracekit.errors import UserError
+from tracekit.load import load, load_trace
+from tracekit.load.frames import (
+    ANNOTATION_COLUMNS,
+    FLOW_COLUMNS,
+    GPU_MEM_COLUMNS,
+    KERNEL_COLUMNS,
+    LAUNCH_COLUMNS,
+    OP_COLUMNS,
+    PYTHON_COLUMNS,
+    STEP_COLUMNS,
+    kernel_category,
+)
+from tracekit.load.intervals import nest
+
+PID, TID, BWD_TID = 100, 100, 200
+
+
+def x(cat: str, name: str, ts: float, dur: float, tid: int = TID, pid: int = PID,
+      **args: Any) -> dict[str, Any]:
+    return {"ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur,
+            "args": args}
+
+
+def write_trace(path: Path, events: list[dict[str, Any]], **meta: Any) -> Path:
+    doc = {"schemaVersion": 1, **meta, "traceEvents": events}
+    data = json.dumps(doc).encode()
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def gpu_trace_events() -> list[dict[str, Any]]:
+    """Two steps; step 1's last kernel runs after the CPU step ended (the GPU lags)."""
+    return [
+        x("user_annotation", "ProfilerStep#1", 0, 100, **{"External id": 1}),
+        x("user_annotation", "ProfilerStep#2", 100, 100, **{"External id": 2}),
+        x("cpu_op", "aten::mm", 10, 20, **{"External id": 3, "Sequence number": 5,
+                                            "Fwd thread id": 0, "Input Dims": [[4, 4], [4, 4]]}),
+        x("cuda_runtime", "cudaLaunchKernel", 15, 5, correlation=11, **{"External id": 3}),
+        x("kernel", "sm90_xmma_gemm_bf16", 40, 30, pid=0, tid=7, device=0, stream=7,
+          correlation=11, grid=[132, 2, 1], block=[128, 1, 1], **{
+              "External id": 3, "blocks per SM": 2.0, "warps per SM": 8.0,
+              "registers per thread": 96, "shared memory": 1024,
+              "est. achieved occupancy %": 12}),
+        x("cpu_op", "aten::fill_", 60, 10, **{"External id": 4}),
+        x("cuda_runtime", "cudaLaunchKernel", 62, 4, correlation=12),
+        x("kernel", "void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>",
+          150, 20, pid=0, tid=7, device=0, stream=7, correlation=12, grid=[4096, 1, 1],
+          block=[128, 1, 1]),
+        x("cpu_op", "record_param_comms", 120, 30, **{"External id": 5}),
+        x("cuda_driver", "cuLaunchKernelEx", 125, 5, correlation=13),
+        x("kernel", "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
+          180, 50, pid=0, tid=20, device=0, stream=20, correlation=13, **{
+              "Collective name": "allreduce", "In msg nelems": 1024, "Out msg nelems": 1024,
+              "Group size": 2, "dtype": "Float", "Process Group Name": "0"}),
+        x("cuda_runtime", "cudaMemcpyAsync", 130, 3, correlation=14),
+        x("gpu_memcpy", "Memcpy DtoD (Device -> Device)", 240, 2, pid=0, tid=7, device=0,
+          stream=7, correlation=14, bytes=4096),
+        x("gpu_memset", "Memset (Device)", 245, 1, pid=0, tid=7, device=0, stream=7,
+          correlation=99, bytes=64),
+        x("gpu_user_annotation", "ProfilerStep#1", 40, 140, pid=0, tid=7),
+        {"ph": "s", "cat": "fwdbwd", "name": "fwdbwd", "id": 1, "pid": PID, "tid": TID,
+         "ts": 10},
+        {"ph": "f", "cat": "fwdbwd", "name": "fwdbwd", "id": 1, "pid": PID, "tid": BWD_TID,
+         "ts": 160, "bp": "e"},
+        {"ph": "M", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": "python"}},
+    ]
+
+
+@pytest.fixture()
+def gpu_trace(tmp_path: Path) -> Path:
+    return write_trace(tmp_path / "rank0.pt.trace.json.gz", gpu_trace_events(),
+                       deviceProperties=[{"id": 0, "numSms": 132}],
+                       distributedInfo={"rank": 0, "world_size": 2})
+
+
+def test_frames_have_the_schema_columns(gpu_trace: Path) -> None:
+    trace = load_trace(gpu_trace, link=False)
+    assert list(trace.kernels.columns) == KERNEL_COLUMNS
+    assert list(trace.gpu_mem.columns) == GPU_MEM_COLUMNS
+    assert list(trace.ops.columns) == OP_COLUMNS
+    assert list(trace.launches.columns) == LAUNCH_COLUMNS
+    assert list(trace.python.columns) == PYTHON_COLUMNS
+    assert list(trace.flows.columns) == FLOW_COLUMNS
+    assert list(trace.annotations.columns) == ANNOTATION_COLUMNS
+    assert list(trace.steps.columns) == STEP_COLUMNS
+    assert trace.num_sms == 132 and trace.rank == 0 and trace.world_size == 2
+    assert not trace.linked
+
+
+def test_kernel_columns(gpu_trace: Path) -> None:
+    k = load_trace(gpu_trace, link=False).kernels.set_index("correlation")
+    gemm = k.loc[11]
+    assert (gemm.grid_x, gemm.grid_y, gemm.grid_z) == (132, 2, 1)
+    assert (gemm.block_x, gemm.registers, gemm.shared_mem) == (128, 96, 1024)
+    assert gemm.blocks_per_sm == 2.0 and gemm.occupancy == 12
+    assert gemm.end == pytest.approx(70.0)
+    assert gemm.category == "gemm" and not gemm.is_nccl
+    nccl = k.loc[13]
+    assert nccl.is_nccl and nccl.category == "nccl" and nccl.collective == "allreduce"
+    assert (nccl.in_nelems, nccl.out_nelems, nccl.group_size) == (1024, 1024, 2)
+    assert nccl["dtype"] == "Float" and nccl.pg_name == "0" and nccl.stream == 20
+    fill = k.loc[12]
+    assert fill.category == "elementwise" and fill.collective is None
+    assert np.isnan(fill.blocks_per_sm) and fill.registers == -1
+
+
+def test_gpu_mem_launches_annotations_flows(gpu_trace: Path) -> None:
+    trace = load_trace(gpu_trace, link=False)
+    mem = trace.gpu_mem.set_index("correlation")
+    assert mem.loc[14, "kind"] == "memcpy" and mem.loc[14, "bytes"] == 4096
+    assert mem.loc[99, "kind"] == "memset"
+    launches = trace.launches.set_index("correlation")
+    assert launches.loc[11, "is_kernel_launch"] and launches.loc[13, "is_kernel_launch"]
+    assert not launches.loc[14, "is_kernel_launch"]
+    ann = trace.annotations
+    assert set(ann["side"]) == {"cpu", "gpu"}
+    gpu_step = ann[ann["side"] == "gpu"].iloc[0]
+    assert gpu_step["stream"] == 7 and gpu_step["tid"] == -1
+    assert trace.flows.to_dict("records") == [
+        {"id": 1, "src_tid": TID, "src_ts": 10.0, "dst_tid": BWD_TID, "dst_ts": 160.0}]
+    ops = trace.ops.set_index("name")
+    assert ops.loc["aten::mm", "seq"] == 5 and ops.loc["aten::fill_", "seq"] == -1
+    assert ops.loc["aten::mm", "input_dims"] == "[[4,4],[4,4]]"
+    assert ops.loc["aten::fill_", "input_dims"] == ""
+
+
+def test_steps_cpu_and_gpu_spans(gpu_trace: Path) -> None:
+    steps = load_trace(gpu_trace, link=False).steps.set_index("step")
+    assert steps.loc[1, "cpu_ts"] == 0 and steps.loc[1, "cpu_end"] == 100
+    # Step 1 has a GPU-side annotation; step 2 takes first..last GPU work launched in it.
+    assert (steps.loc[1, "gpu_ts"], steps.loc[1, "gpu_end"]) == (40, 180)
+    assert (steps.loc[2, "gpu_ts"], steps.loc[2, "gpu_end"]) == (180, 242)
+
+
+def test_nesting_depth_and_parent() -> None:
+    # Thread 1: a [0,100] > b [10,50] > c [20,30]; d [50,60] starts when b ends (sibling);
+    # e [60,60] zero-length; f [40, 50.001] ends a rounding hair after b. Thread 2: g.
+    tid = np.array([1, 1, 1, 1, 1, 1, 2])
+    ts = np.array([0, 10, 20, 50, 60, 40, 10], dtype=float)
+    end = np.array([100, 50, 30, 60, 60, 50.001, 20], dtype=float)
+    depth, parent = nest(tid, ts, end)
+    assert depth.tolist() == [0, 1, 2, 1, 1, 2, 0]
+    assert parent.tolist() == [-1, 0, 1, 0, 0, 1, -1]
+
+
+def test_ops_nesting_by_thread(tmp_path: Path) -> None:
+    events = [
+        x("cpu_op", "outer", 0, 100), x("cpu_op", "inner", 10, 10), x("cpu_op", "leaf", 12, 2),
+        x("cpu_op", "next", 30, 10),
+        x("cpu_op", "other_thread", 11, 5, tid=BWD_TID),
+    ]
+    ops = load_trace(write_trace(tmp_path / "t.json", events), link=False).ops.set_index("name")
+    assert ops["depth"].to_dict() == {"outer": 0, "inner": 1, "leaf": 2, "next": 1,
+                                      "other_thread": 0}
+    rows = load_trace(tmp_path / "t.json", link=False).ops
+    name_of = dict(enumerate(rows["name"]))
+    assert {name_of[i]: name_of.get(p) for i, p in enumerate(rows["parent"])} == {
+        "outer": None, "inner": "outer", "leaf": "inner", "next": "outer",
+        "other_thread": None}
+
+
+def test_python_frames_parsed(tmp_path: Path) -> None:
+    events = [
+        x("python_function", "train.py(10): main", 0, 100),
+        x("python_function", "torch/nn/modules/module.py(1751): _call_impl", 5, 50),
+        x("python_function", "trainer/model.py(42): forward", 10, 40),
+        x("python_function", "<built-in method sum of Tensor object at 0x7f>", 20, 1),
+        x("python_function", "typing.py(359): inner", 30, 1),
+    ]
+    py = load_trace(write_trace(tmp_path / "t.json", events), link=False).python
+    assert py["file"].tolist() == ["train.py", "torch/nn/modules/module.py", "trainer/model.py",
+                                   "", "typing.py"]
+    assert py["line"].tolist() == [10, 1751, 42, -1, 359]
+    assert py["function"].tolist()[:3] == ["main", "_call_impl", "forward"]
+    assert py["is_user"].tolist() == [True, False, True, False, False]
+    assert py["depth"].tolist() == [0, 1, 2, 3, 3]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32", "gemm"),
+    ("nvjet_tst_128x64_64x4_1x2_h_bz_coopA_NNT", "gemm"),
+    ("ampere_sgemm_128x64_nn", "gemm"),
+    ("Cijk_Alik_Bljk_SB_MT64x16x32", "gemm"),
+    ("flash_fwd_kernel<Flash_fwd_kernel_traits<128>>", "attention"),
+    ("triton_poi_fused_add_select_backward_2", "triton"),
+    ("triton_red_fused_sum_1", "triton"),
+    ("void at::native::reduce_kernel<512, 1>", "reduction"),
+    ("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>", "elementwise"),
+    ("Memcpy DtoD", "memory"),
+    ("some_custom_kernel", "other"),
+])
+def test_kernel_category(name: str, expected: str) -> None:
+    assert kernel_category(name, is_nccl=False) == expected
+    assert kernel_category(name, is_nccl=True) == "nccl"
+
+
+def test_graceful_warnings(tmp_path: Path) -> None:
+    events = [x("cpu_op", "aten::add", 0, 10)]
+    trace = load_trace(write_trace(tmp_path / "cpu.json", events), link=False)
+    text = " ".join(trace.warnings)
+    assert "no GPU kernels" in text
+    assert "no python_function events (record with with_stack=True)" in text
+    assert "no distributedInfo" in text
+    assert "no ProfilerStep" in text
+    assert len(trace.kernels) == 0 and list(trace.kernels.columns) == KERNEL_COLUMNS
+
+
+def test_malformed_events_are_dropped(tmp_path: Path) -> None:
+    events = [x("cpu_op", "ok", 0, 10), {"ph": "X", "cat": "cpu_op", "name": "no_ts"},
+              x("cpu_op", "bad_ts", 0, 1) | {"ts": "soon"}]
+    trace = load_trace(write_trace(tmp_path / "t.json", events), link=False)
+    assert trace.ops["name"].tolist() == ["ok"]
+
+
+def test_run_directory_ranks_manifest_and_steps_log(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for rank in (1, 0):
+        write_trace(run / f"rank{rank}.pt.trace.json.gz", gpu_trace_events(),
+                    distributedInfo={"rank": rank, "world_size": 2})
+    (run / "manifest.json").write_text(json.dumps({"world_size": 2, "name": "run"}))
+    (run / "steps.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "wall_ms": 10.0 + s, "profiled": s > 0})
+                  for s in range(3)) + "\n{\"step\": 3, \"wall")  # torn last line
+    loaded = load(run, progress=False, workers=2)
+    assert loaded.ranks == [0, 1]
+    assert all(t.world_size == 2 and t.linked for t in loaded.traces)
+    assert loaded.manifest == {"world_size": 2, "name": "run"}
+    assert loaded.steps_log is not None and loaded.steps_log["step"].tolist() == [0, 1, 2]
+    assert loaded.rank(1).path.name == "rank1.pt.trace.json.gz"
+
+
+def test_rank_from_file_name_then_order(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    events = [x("cpu_op", "aten::add", 0, 10)]
+    write_trace(run / "worker_rank3.json", events)
+    write_trace(run / "b.json", events)
+    loaded = load(run, progress=False, workers=1)
+    # b.json sorts first (order 0); the other names its rank.
+    assert sorted(loaded.ranks) == [0, 3]
+    assert loaded.rank(3).path.name == "worker_rank3.json"
+    assert all(t.world_size == 4 for t in loaded.traces)
+
+
+def test_non_trace_json_in_a_directory_is_skipped(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_trace(run / "rank0.json", [x("cpu_op", "aten::add", 0, 10)])
+    (run / "summary.json").write_text(json.dumps({"loss": 3.2}))
+    loaded = load(run, progress=False, workers=1)
+    assert loaded.ranks == [0]
+    assert any("summary.json" in w for w in loaded.traces[0].warnings)
+
+
+def _truncated_gzip(path: Path) -> None:
+    data = gzip.compress(json.dumps({"traceEvents": [x("cpu_op", "a", 0, 1)] * 50}).encode())
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(gzip.compress(b"")), "empty file"),
+    (_truncated_gzip, "truncated or corrupt gzip"),
+    (lambda p: p.write_text('{"traceEvents": [1, 2'), "invalid JSON"),
+    (lambda p: p.write_text('{"events": []}'), "not a profiler trace"),
+    (lambda p: p.write_text("[1, 2, 3]"), "not a profiler trace"),
+])
+def test_bad_files_raise_one_line_user_errors(tmp_path: Path, setup: Any, message: str) -> None:
+    path = tmp_path / "trace.json.gz"
+    setup(path)
+    with pytest.raises(UserError, match=message) as info:
+        load(path, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_directory_without_traces(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="no trace files"):
+        load(tmp_path, progress=False)
+
+
+def test_directory_of_non_traces(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(UserError, match="no profiler traces"):
+        load(tmp_path, progress=False)
+
+
+def test_ranks_with_different_world_sizes(tmp_path: Path) -> None:
+    events = [x("cpu_op", "aten::add", 0, 10)]
+    write_trace(tmp_path / "rank0.json", events, distributedInfo={"rank": 0, "world_size": 2})
+    write_trace(tmp_path / "rank1.json", events, distributedInfo={"rank": 1, "world_size": 4})
+    with pytest.raises(UserError, match="world size"):
+        load(tmp_path, progress=False, workers=1)
+
+
+def test_two_files_claiming_one_rank(tmp_path: Path) -> None:
+    events = [x("cpu_op", "aten::add", 0, 10)]
+    write_trace(tmp_path / "a.json", events, distributedInfo={"rank": 0, "world_size": 2})
+    write_trace(tmp_path / "b.json.gz", events, distributedInfo={"rank": 0, "world_size": 2})
+    with pytest.raises(UserError, match="claim rank 0"):
+        load(tmp_path, progress=False, workers=1)
+
+
+def test_broken_file_in_a_directory_is_an_error(tmp_path: Path) -> None:
+    write_trace(tmp_path / "rank0.json", [x("cpu_op", "aten::add", 0, 10)])
+    (tmp_path / "rank1.json").write_text('{"traceEvents": [')
+    with pytest.raises(UserError, match="rank1.json: invalid JSON"):
+        load(tmp_path, progress=False, workers=2)

@@ -1,0 +1,209 @@
+"""The Plotly timeline: lanes, clock alignment, step/window cuts, findings overlay, HTML page."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("plotly")
+
+from tracekit.analysis import analyze_run  # noqa: E402
+from tracekit.errors import UserError  # noqa: E402
+from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
+from tracekit.load import load  # noqa: E402
+from tracekit.timeline import timeline_figure, write_timeline_html  # noqa: E402
+from tracekit.timeline.bench import synthetic_run  # noqa: E402
+from tracekit.timeline.figure import HoverTable, bar_traces, finding_marks, make_figure  # noqa: E402
+from tracekit.timeline.lanes import build_timeline, parse_window  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+GPU = REPO / "tests" / "data" / "gpu"
+
+
+@pytest.fixture(scope="module")
+def comm_gap_run():
+    return load(GPU / "comm_gap_late", progress=False)
+
+
+@pytest.fixture(scope="module")
+def contention():
+    return analyze_run(GPU / "sm_contention_eager", progress=False)
+
+
+def test_lanes_label_threads_and_streams_per_rank(comm_gap_run) -> None:
+    tl = build_timeline(comm_gap_run)
+    labels = tl.lanes["label"].tolist()
+    for rank in (0, 1):
+        assert f"rank {rank} · CPU main thread" in labels
+        assert f"rank {rank} · stream 7 (compute)" in labels
+        assert f"rank {rank} · stream 18 (NCCL)" in labels
+    # Ranks are stacked: every lane of rank 1 is below (greater y than) every lane of rank 0.
+    r0 = tl.lanes[tl.lanes["rank"] == 0]["y"]
+    r1 = tl.lanes[tl.lanes["rank"] == 1]["y"]
+    assert r1.min() > r0.max()
+    # Each NCCL kernel is drawn on its rank's NCCL lane.
+    nccl_y = dict(zip(tl.lanes["label"], tl.lanes["y"], strict=True))
+    drawn = tl.bars[(tl.bars["category"] == "nccl") & (tl.bars["rank"] == 0)]
+    assert len(drawn) == int(comm_gap_run.rank(0).kernels["is_nccl"].sum())
+    assert (drawn["y"] == nccl_y["rank 0 · stream 18 (NCCL)"]).all()
+
+
+def test_autograd_thread_gets_its_own_labelled_lane() -> None:
+    run = load(GPU / "select_backward_compiled", progress=False)
+    labels = build_timeline(run, rank=0).lanes["label"].tolist()
+    assert labels[0] == "rank 0 · CPU main thread"
+    assert any(label.startswith("rank 0 · CPU autograd thread") for label in labels)
+
+
+def test_clock_alignment_keeps_rank_skew_and_step_alignment_removes_it(comm_gap_run) -> None:
+    clock = build_timeline(comm_gap_run, align="clock")
+    steps = clock.steps[(clock.steps["side"] == "cpu")]
+    first = steps.sort_values("x0").groupby("rank")["x0"].first()
+    raw = {t.rank: float(t.steps["cpu_ts"].min()) for t in comm_gap_run.traces}
+    # Same host clock: the ranks' real skew is kept (to float precision) and 0 is the earliest.
+    assert first.min() == pytest.approx(0.0, abs=1e-3)
+    assert (first[1] - first[0]) * 1000 == pytest.approx(raw[1] - raw[0], abs=0.5)
+    by_step = build_timeline(comm_gap_run, align="step")
+    first = by_step.steps[by_step.steps["side"] == "cpu"].groupby("rank")["x0"].min()
+    assert np.allclose(first.to_numpy(), 0.0, atol=1e-3)
+
+
+def test_step_and_window_cut_the_bars(comm_gap_run) -> None:
+    tl = build_timeline(comm_gap_run, step=8)
+    assert set(tl.steps["step"]) == {8}
+    for rank in (0, 1):
+        s = comm_gap_run.rank(rank).steps.set_index("step").loc[8]
+        lo = min(s["cpu_ts"], s["gpu_ts"])
+        hi = max(s["cpu_end"], s["gpu_end"])
+        mine = tl.bars[tl.bars["rank"] == rank]
+        assert len(mine) > 0
+        assert (mine["end"] >= lo).all() and (mine["ts"] <= hi).all()
+    full = build_timeline(comm_gap_run)
+    win = build_timeline(comm_gap_run, window="5:7.5")
+    assert 0 < len(win.bars) < len(full.bars)
+    assert (win.bars["x1"] >= 5).all() and (win.bars["x0"] <= 7.5).all()
+
+
+@pytest.mark.parametrize("text", ["5", "a:b", "7:5"])
+def test_bad_window_is_a_user_error(text: str) -> None:
+    with pytest.raises(UserError):
+        parse_window(text)
+
+
+def test_open_ended_window() -> None:
+    assert parse_window(":4") == (-np.inf, 4.0)
+
+
+def test_unknown_step_and_rank_are_user_errors(comm_gap_run) -> None:
+    with pytest.raises(UserError, match="step 99"):
+        build_timeline(comm_gap_run, step=99)
+    with pytest.raises(UserError, match="rank 5"):
+        build_timeline(comm_gap_run, rank=5)
+
+
+def test_kernel_hover_names_op_and_source_line() -> None:
+    run = load(GPU / "select_backward_index", progress=False)
+    tl = build_timeline(run, rank=0)
+    kernels = tl.bars[tl.bars["kind"] == "kernel"]
+    fill = kernels[kernels["hover"].str.contains("aten::select_backward", regex=False)]
+    assert len(fill) > 0
+    text = fill["hover"].iloc[0]
+    assert "blocks/SM" in text and "grid " in text and "{dur}" in text
+    assert "line " in text and ".py:" in text
+
+
+def test_bars_are_nan_separated_segments_one_trace_per_category() -> None:
+    run = synthetic_run(6000, ranks=2)
+    tl = build_timeline(run)
+    traces = bar_traces(tl.bars)
+    assert len(traces) == tl.bars["category"].nunique()
+    total = sum(len(t.x) for t in traces)
+    assert total == 3 * len(tl.bars)
+    gemm = next(t for t in traces if t.legendgroup == "gemm")
+    x = np.asarray(gemm.x, dtype=float)
+    assert np.isnan(x[2::3]).all() and (x[1::3] >= x[0::3]).all()
+
+
+def test_hover_table_stores_each_text_once() -> None:
+    run = synthetic_run(10000, ranks=1, n_steps=5)
+    tl = build_timeline(run)
+    table = HoverTable()
+    traces = bar_traces(tl.bars, table)
+    assert len(table.texts) == tl.bars["hover"].nunique()
+    assert len(table.texts) < len(tl.bars) / 3  # the steps repeat the same launches
+    codes = np.concatenate([np.asarray(t.customdata)[0::3, 0] for t in traces])
+    assert codes.max() < len(table.texts)
+
+
+def test_findings_outline_culprit_and_victim(contention) -> None:
+    run, findings = contention
+    sm = [f for f in findings if f.kind == "sm_contention"]
+    assert sm, "the planted sm_contention run should give an sm_contention finding"
+    tl = build_timeline(run)
+    marks = finding_marks(tl, sm)
+    assert len(marks) == len(sm)
+    for mark in marks:
+        assert len(mark.culprits) > 0
+        assert (mark.culprits["name"] == mark.finding.culprit.kernel).all()
+        assert len(mark.victims) > 0 and mark.victims["is_nccl"].all()
+    fig, marks = make_figure(run, tl, sm)
+    titles = [a.text for a in fig.layout.annotations if a.text and "sm_contention" in a.text]
+    assert titles and "costs" in titles[0]
+    outlines = [s for s in fig.layout.shapes if s.type == "rect" and s.line.color == "#000000"]
+    assert len(outlines) >= len(marks)
+
+
+def test_merged_finding_outside_the_step_moves_to_its_occurrence(comm_gap_run) -> None:
+    k = comm_gap_run.rank(0).kernels
+    gemm = k[k["category"] == "gemm"].iloc[0]
+    f = Finding(kind="comm_gap", severity="high", rank=0, step=6, start_us=float(gemm["ts"]),
+                dur_us=float(gemm["dur"]), cost_us=10.0, count=5, title="t",
+                culprit=Culprit(kernel=str(gemm["name"]), stream=int(gemm["stream"])),
+                cause=Cause())
+    tl = build_timeline(comm_gap_run, step=9)
+    (mark,) = finding_marks(tl, [f])
+    s9 = comm_gap_run.rank(0).steps.set_index("step").loc[9]
+    assert (mark.culprits["ts"] >= s9["cpu_ts"]).all()
+
+
+def test_figure_for_notebooks_has_text_hover(comm_gap_run) -> None:
+    fig = timeline_figure(comm_gap_run, rank=0, step=7)
+    texts = [t for t in fig.data if t.text is not None]
+    assert texts and any("us" in str(x) for x in texts[0].text if x)
+
+
+def test_html_page_is_self_contained_with_findings_table(contention, tmp_path: Path) -> None:
+    run, findings = contention
+    out = write_timeline_html(run, findings, tmp_path / "t.html")
+    text = out.read_text()
+    assert "<script src=" not in text  # plotly.js inlined: opens offline
+    assert "rank 0 · stream 17 (NCCL)" in text
+    assert text.count("class='finding'") == len(findings)
+    assert "Plotly.relayout" in text and "tracekit-hover" in text
+
+
+def test_html_output_refuses_trace_names_and_directories(comm_gap_run, tmp_path: Path) -> None:
+    with pytest.raises(UserError):
+        write_timeline_html(comm_gap_run, [], tmp_path / "rank0.pt.trace.json")
+    with pytest.raises(UserError):
+        write_timeline_html(comm_gap_run, [], tmp_path)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), "timeline", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_cli_writes_html_and_rejects_bad_input(tmp_path: Path) -> None:
+    out = tmp_path / "cg.html"
+    ok = run_cli(str(GPU / "comm_gap_late"), "--rank", "0", "--step", "8", "-o", str(out))
+    assert ok.returncode == 0, ok.stderr
+    assert out.stat().st_size > 1_000_000  # plotly.js is embedded
+    for bad in (["--rank", "x"], ["--window", "3"], ["--step", "99"]):
+        res = run_cli(str(GPU / "comm_gap_late"), *bad, "-o", str(tmp_path / "x.html"))
+        assert res.returncode == 2
+        assert res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
