@@ -12,6 +12,7 @@ from tracekit.finding import Finding
 from tracekit.trace import Run
 
 FINDINGS_FILE = "findings.json"
+TIMELINE_FILE = "timeline.html"
 
 
 def load_run(path: Path | str, progress: bool = True) -> Run:
@@ -75,6 +76,25 @@ def analyze_run_and_print(run_dir: Path) -> None:
               file=sys.stderr)
         return
     write_findings(findings, target)
+    print(f"findings: {target}")
+    write_run_timeline(run, findings, run_dir / TIMELINE_FILE)
+
+
+def write_run_timeline(run: Run, findings: list[Finding], out: Path) -> None:
+    """The interactive timeline beside the findings, when plotly is installed (it is not on
+    every GPU machine); an existing file is left alone."""
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        print("timeline: skipped (plotly is not installed)", file=sys.stderr)
+        return
+    if out.exists():
+        print(f"timeline: {out} exists; not overwritten", file=sys.stderr)
+        return
+    from tracekit.timeline import write_timeline_html
+
+    write_timeline_html(run, findings, out)
+    print(f"timeline: {out}")
 
 
 def _is_findings_file(path: Path) -> bool:

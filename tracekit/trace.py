@@ -14,12 +14,14 @@ kernels     one row per GPU kernel (cat kernel/Kernel)
     category (gemm | attention | nccl | triton | elementwise | reduction | memory | other),
     (link) launch_idx (row in `launches` or -1), op_idx (innermost enclosing row in `ops` or -1),
     (link) step (GPU-side ProfilerStep number or -1), is_comm_stream (bool),
-    (link) src_file, src_line, src_function, src_line_exact, src_from_fwd: the source columns
-    of the kernel's op (so for kernels launched in backward, the forward op's user line)
+    (link) src_file, src_line, src_function, src_line_exact, src_from_fwd, src_path: the source
+    columns of the kernel's op (so for kernels launched in backward, the forward op's user
+    line; for a kernel launched from Python outside any op, e.g. Triton, the user frame
+    around its launch)
 gpu_mem     memcpy/memset rows: name, kind (memcpy|memset), ts, dur, end, device, stream,
             correlation, external_id, bytes (-1 when not recorded),
             (link) launch_idx, op_idx, step, src_file, src_line, src_function, src_line_exact,
-            src_from_fwd (as for kernels)
+            src_from_fwd, src_path (as for kernels)
 ops         CPU ops (cat cpu_op/Operator): name, pid, tid, ts, dur, end, depth (0 = outermost on
             its thread), parent (row in `ops` or -1), external_id, seq (Sequence number or -1),
             fwd_tid, input_dims, input_strides, input_types (str, JSON text as recorded, or ""),
@@ -28,7 +30,8 @@ ops         CPU ops (cat cpu_op/Operator): name, pid, tid, ts, dur, end, depth (
             or -1; ops nested in a backward op inherit it), src_file, src_line, src_function
             (innermost user-code frame, or ""/-1; for backward ops the forward op's),
             src_line_exact (bool: src_line is the statement, narrowed from the def line),
-            src_from_fwd (bool: src_* were taken from the forward op)
+            src_from_fwd (bool: src_* were taken from the forward op), src_path (the readable
+            file behind src_file, relative to the current directory when below it, or "")
 launches    cuda_runtime/cuda_driver (and HIP) calls: name, pid, tid, ts, dur, end, correlation,
             external_id, is_kernel_launch (bool),
             (link) op_idx (innermost op containing the call, or -1), step (CPU step or -1)

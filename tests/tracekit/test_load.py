@@ -324,3 +324,68 @@ def test_broken_file_in_a_directory_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "rank1.json").write_text('{"traceEvents": [')
     with pytest.raises(UserError, match="rank1.json: invalid JSON"):
         load(tmp_path, progress=False, workers=2)
+
+
+def _frames_equal(a: Any, b: Any) -> None:
+    import pandas as pd
+
+    for name in ("kernels", "gpu_mem", "ops", "launches", "python", "flows", "annotations",
+                 "steps"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert a.meta == b.meta and a.warnings == b.warnings
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_sliced_and_parallel_reading_equals_whole_document(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int) -> None:
+    from tracekit.load import stream
+    from tracekit.load.frames import build_trace
+    from tracekit.load.read import read_document
+    from tracekit.load.run import TraceJob, load_trace_file
+
+    events = []
+    for copy in range(40):  # ~700 events, so tiny slices give many of them
+        for event in gpu_trace_events():
+            shifted = json.loads(json.dumps(event))
+            if "ts" in shifted:
+                shifted["ts"] += copy * 1000
+            events.append(shifted)
+    path = write_trace(tmp_path / "rank0.json.gz", events,
+                       deviceProperties=[{"id": 0, "numSms": 132}], traceName="t")
+    whole = build_trace(read_document(path), path)
+    monkeypatch.setattr(stream, "SLICE_BYTES", 4096)
+    monkeypatch.setattr(stream, "MIN_SLICE_BYTES", 4096)
+    monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    meta, columns = stream.extract_file(path, processes - 1)
+    assert meta == whole.meta and len(columns["kernels"]["ts"]) == len(whole.kernels)
+    sliced = load_trace_file(TraceJob(path, False, (tmp_path,), processes=processes))
+    _frames_equal(whole, sliced)
+
+
+def test_unsliceable_text_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    # Over 64 KB on one line with no separator the slicer knows: read through the whole-file
+    # parse instead.
+    events = [x("cpu_op", "a", 0, 10), x("cpu_op", "b", 1, 2)] * 600
+    text = json.dumps({"traceEvents": events}, separators=(",", ":")).replace("},{", "} ,{")
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    from tracekit.load import stream
+
+    monkeypatch.setattr(stream, "READ_BYTES", 4096)
+    with pytest.raises(stream.NotSliceable):
+        stream.extract_file(path)
+    assert load_trace(path, link=False).ops["name"].tolist() == ["a", "b"] * 600
+
+
+def test_progress_bar_over_rank_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracekit.load.run import _show_progress
+
+    for rank in (0, 1):
+        write_trace(tmp_path / f"rank{rank}.json", [x("cpu_op", "aten::add", 0, 10)],
+                    distributedInfo={"rank": rank, "world_size": 2})
+    assert _show_progress(True, 2) and not _show_progress(False, 2)
+    run = load(tmp_path, progress=True, workers=2)
+    assert run.ranks == [0, 1]
+    # The bar is transient: it leaves nothing behind that could precede an error line.
+    assert "Traceback" not in capsys.readouterr().err

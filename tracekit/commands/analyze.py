@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
                                        help="Also print HTA's time breakdown."),
         markdown: Path = typer.Option(None, "--markdown",
                                       help="Also write the report as Markdown to this file."),
+        html: Path = typer.Option(None, "--html",
+                                  help="Also write the interactive timeline with the findings "
+                                       "(.html)."),
     ) -> None:
         """Find why steps are slow: select_backward, sm_contention, comm_gap, slow_step."""
         from tracekit.analysis import analyze_run
@@ -106,6 +109,10 @@ def register(app: typer.Typer) -> None:
             fails([], fail_on)  # validate before the (long) load
         if markdown is not None:
             check_markdown_target(markdown)
+        if html is not None:
+            from tracekit.timeline import check_output_path
+
+            check_output_path(html)
         run, findings = analyze_run(path, kinds=split_kinds(kinds), rank=rank,
                                     min_cost_us=min_cost_us, progress=True)
         if json_out:
@@ -116,5 +123,9 @@ def register(app: typer.Typer) -> None:
             print_breakdown(path, to_stderr=json_out)
         if markdown is not None:
             markdown.write_text(render_markdown(run, findings))
+        if html is not None:
+            from tracekit.timeline import write_timeline_html
+
+            write_timeline_html(run, findings, html, rank=rank)
         if fails(findings, fail_on):
             raise typer.Exit(code=1)

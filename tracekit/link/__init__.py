@@ -22,6 +22,7 @@ from tracekit.link.launches import link_launches
 from tracekit.link.source import SourceIndex
 from tracekit.link.sources import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
+from tracekit.load.columns import as_column
 from tracekit.trace import Trace
 
 __all__ = ["link_trace", "op_stack", "kernel_source"]
@@ -52,8 +53,10 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     index = SourceIndex(roots=tuple(source_roots))
     sources = op_sources(trace, index)
     for column in sources.columns:
-        trace.ops[column] = sources[column].to_numpy()
+        trace.ops[column] = as_column(sources[column].to_numpy())
     _kernel_sources(trace, index)
+    for frame in (trace.ops, trace.kernels, trace.gpu_mem):
+        frame["src_path"] = as_column(display_paths(frame["src_file"], index))
     trace.warnings.extend(link_warnings(trace))
     trace.linked = True
     return trace
@@ -70,7 +73,7 @@ def _kernel_sources(trace: Trace, index: SourceIndex) -> None:
             filled = np.full(len(gpu), empty, dtype=values.dtype if len(values) else object)
             if has.any():
                 filled[has] = values[op[has]]
-            gpu[column] = filled
+            gpu[column] = as_column(filled)
         launch = gpu["launch_idx"].to_numpy()
         bare = np.flatnonzero(~has & (launch >= 0))
         if bare.size and len(trace.python):
@@ -78,6 +81,25 @@ def _kernel_sources(trace: Trace, index: SourceIndex) -> None:
                                    index)
             for column in KERNEL_SRC_COLUMNS:
                 gpu.loc[bare, column] = found[column].to_numpy()
+
+
+def display_paths(files: pd.Series, index: SourceIndex) -> np.ndarray:
+    """The readable file behind each recorded source file, relative to the current directory
+    when it lies below it ("" when the file was not found). Resolved once per distinct file."""
+    if len(files) == 0:
+        return np.array([], dtype=object)
+    codes, uniques = pd.factorize(files.astype(object))
+    cwd = Path.cwd()
+    shown = []
+    for file in uniques:
+        path = index.resolve(str(file)) if file else None
+        if path is None:
+            shown.append("")
+            continue
+        absolute = path.resolve()
+        shown.append(str(absolute.relative_to(cwd)) if absolute.is_relative_to(cwd)
+                     else str(absolute))
+    return np.array(shown, dtype=object)[codes]
 
 
 def _refine_triton(trace: Trace) -> None:
@@ -142,6 +164,7 @@ def op_stack(trace: Trace, op_idx: int) -> list[str]:
 
 
 def kernel_source(trace: Trace) -> pd.DataFrame:
-    """Per kernel: src_file, src_line, src_function, src_line_exact, src_from_fwd (from its op,
-    or the forward op for kernels launched in backward). Index aligned with trace.kernels."""
-    return trace.kernels[KERNEL_SRC_COLUMNS].copy()
+    """Per kernel: src_file, src_line, src_function, src_line_exact, src_from_fwd, src_path
+    (from its op, or the forward op for kernels launched in backward). Index aligned with
+    trace.kernels."""
+    return trace.kernels[[*KERNEL_SRC_COLUMNS, "src_path"]].copy()

@@ -127,7 +127,17 @@ def numeric_ids(values: list[Any]) -> np.ndarray:
         return out.astype(np.int64)
 
 
+def as_column(values: Any) -> Any:
+    """Numeric arrays as they are; strings (lists, object arrays) as object-dtype Series, so
+    string columns have one dtype whichever pandas version infers what from a list."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values
+    if isinstance(values, pd.Series) and values.dtype == object:
+        return values
+    return pd.Series(values, dtype=object)
+
+
 def frame(columns: dict[str, Any], order: list[str]) -> pd.DataFrame:
     """DataFrame with exactly `order` columns (extra keys after them), RangeIndex."""
     names = order + [c for c in columns if c not in order]
-    return pd.DataFrame({name: columns[name] for name in names})
+    return pd.DataFrame({name: as_column(columns[name]) for name in names})

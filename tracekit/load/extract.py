@@ -88,9 +88,21 @@ def _ids(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
         return col.numeric_ids(_list(rows, i))
 
 
+_STRINGS: dict[str, str] = {}
+"""One copy of each distinct name: the same op, kernel and frame names repeat hundreds of
+thousands of times in a big trace, and the parser makes a new str for every occurrence."""
+
+
+def shared_names(rows: list[tuple[Any, ...]], i: int = 0) -> list[Any]:
+    """Field i (a name) of every row, each distinct string kept once in memory."""
+    if len(_STRINGS) > 1_000_000:  # a trace of unique names (rare): stop growing
+        _STRINGS.clear()
+    return list(map(_STRINGS.setdefault, map(itemgetter(i), rows), map(itemgetter(i), rows)))
+
+
 def _base(rows: list[tuple[Any, ...]]) -> Columns:
     """name, ts, dur, pid, tid: the first five fields of every category's rows."""
-    return {"name": _list(rows, 0), "ts": _floats(rows, 1), "dur": _floats(rows, 2),
+    return {"name": shared_names(rows), "ts": _floats(rows, 1), "dur": _floats(rows, 2),
             "pid": _ids(rows, 3), "tid": _ids(rows, 4)}
 
 
@@ -215,6 +227,12 @@ def extract_all(events: list[Any]) -> dict[str, Columns]:
     return out
 
 
+GROUPED_BY = {"gpu_mem": "kind", "annotations": "is_gpu"}
+"""Frames that hold two categories one after the other (memcpy then memset; CPU then GPU
+annotations): after joining slices, rows are regrouped so the order is the same as from one
+pass over the whole file."""
+
+
 def concat(parts: list[dict[str, Columns]]) -> dict[str, Columns]:
     """Join the raw columns of consecutive slices of one trace."""
     if len(parts) == 1:
@@ -228,5 +246,16 @@ def concat(parts: list[dict[str, Columns]]) -> dict[str, Columns]:
                 merged[name] = np.concatenate(pieces)
             else:
                 merged[name] = [v for piece in pieces for v in piece]
+        key = GROUPED_BY.get(frame)
+        if key is not None:
+            order = np.argsort(np.asarray(merged[key], dtype=object).astype(str),
+                               kind="stable")
+            merged = {name: _reorder(values, order) for name, values in merged.items()}
         out[frame] = merged
     return out
+
+
+def _reorder(values: Any, order: np.ndarray) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[order]
+    return [values[i] for i in order]

@@ -36,15 +36,22 @@ KERNEL_CATEGORY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "gemm",
         re.compile(
-            r"gemm|cutlass|cublas|xmma|nvjet|matmul|^Cijk_|_tem_fused_(add|b)?mm|sgemm|hgemm",
+            r"gemm|cutlass|cublas|xmma|nvjet|matmul|^Cijk_|_tem_fused_(add|b)?mm|scudnn|fprop"
+            r"|dgrad|wgrad",
             re.IGNORECASE,
         ),
     ),
     ("triton", re.compile(r"^triton_")),
-    ("reduction", re.compile(r"reduce|norm|softmax|sum_|_sum|\bsum\b|moments", re.IGNORECASE)),
+    (
+        "reduction",
+        re.compile(r"reduce|norm|softmax|sum_|_sum|\bsum\b|moments|welford|bn_fw|bn_bw|argmax"
+                   r"|cross_entropy|scan", re.IGNORECASE),
+    ),
     (
         "elementwise",
-        re.compile(r"elementwise|vectorized|Functor|copy|fill|_apply_kernel", re.IGNORECASE),
+        re.compile(r"elementwise|vectorized|Functor|copy|fill|_apply_kernel|ToNhwc|ToNchw"
+                   r"|transpose|permute|CatArray|index_|gather|scatter|where_kernel|embedding",
+                   re.IGNORECASE),
     ),
 )
 """First match wins: NCCL is decided before these (by name or collective args); attention

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 
 from tracekit.errors import UserError
-from tracekit.load.chunks import extract_parallel, slice_count
 from tracekit.load.frames import build_frames, build_trace, rank_info, trace_from_frames
-from tracekit.load.read import parse_document, read_bytes
+from tracekit.load.read import read_document
+from tracekit.load.stream import NotSliceable, extract_file, worker_count
 from tracekit.trace import Run, Trace
 
 MANIFEST_NAME = "manifest.json"
@@ -39,24 +39,25 @@ class TraceJob:
     link: bool
     source_roots: tuple[Path, ...]
     rank: int | None = None
-    split_workers: int | None = 0
-    """Processes for parsing this one file in slices: 0 = never (the file is one of several
-    loaded in parallel already), None = as many as there are CPUs."""
+    processes: int | None = 1
+    """Processes that parse this file's slices: 1 = only this one (the file is one of several
+    loaded in parallel already), None = one per CPU."""
 
 
 def load_trace_file(job: TraceJob) -> Trace:
-    """Read, build and (optionally) link one trace file. Runs in a worker process."""
+    """Read, build and (optionally) link one trace file. Runs in a worker process.
+
+    The file is streamed in slices (bounded memory, parallel on big files); a file that
+    cannot be sliced, including every broken one, is read whole, which also gives the
+    one-line error.
+    """
     with gc_paused():
-        raw = read_bytes(job.path)
-        parts = slice_count(len(raw), job.split_workers) if job.split_workers != 0 else 1
-        sliced = extract_parallel(raw, parts) if parts > 1 else None
-        if sliced is not None:
-            del raw
-            meta, columns = sliced
+        try:
+            workers = worker_count(job.path, job.processes)
+            meta, columns = extract_file(job.path, workers)
             trace = trace_from_frames(build_frames(columns), meta, job.path, job.rank)
-        else:
-            doc = parse_document(raw, job.path)
-            del raw
+        except (NotSliceable, ValueError, FileNotFoundError, IsADirectoryError):
+            doc = read_document(job.path)
             trace = build_trace(doc, job.path, rank=job.rank)
             del doc
         if job.link:
@@ -171,8 +172,8 @@ def load_run(path: str | os.PathLike[str], *, link: bool = True, progress: bool 
     manifest = read_manifest(run_dir)
     roots = source_roots(run_dir, manifest)
     # One file: parse it in slices on all CPUs. Several: one process per file instead.
-    split = (workers if workers is not None else None) if len(files) == 1 else 0
-    jobs = [TraceJob(f, link, roots, split_workers=split) for f in files]
+    processes = workers if len(files) == 1 else 1
+    jobs = [TraceJob(f, link, roots, processes=processes) for f in files]
     traces, skipped = _load_all(jobs, progress=_show_progress(progress, len(files)),
                                 workers=workers, single_file=not path.is_dir())
     if not traces:
@@ -281,14 +282,18 @@ class _Progress:
                 TextColumn("loading traces"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.description}"), TimeElapsedColumn(),
                 console=Console(stderr=True), transient=True,
+                # No refresh thread: rank files may be parsed by forked processes, and
+                # forking while another thread holds a lock is how children deadlock.
+                auto_refresh=False,
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("", total=self.total)
+            self._progress.refresh()
         return self
 
     def done(self, name: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=name)
+            self._progress.update(self._task, advance=1, description=name, refresh=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

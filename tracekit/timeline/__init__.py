@@ -19,20 +19,34 @@ from tracekit.finding import Finding
 from tracekit.timeline.lanes import Timeline, build_timeline
 from tracekit.trace import Run
 
-__all__ = ["Timeline", "build_timeline", "timeline_figure", "write_timeline_html"]
+__all__ = ["Timeline", "build_timeline", "compare_figure", "timeline_figure",
+           "write_timeline_html"]
 
 TRACE_SUFFIXES = (".json", ".gz", ".jsonl", ".pt")
 
 
 def timeline_figure(run: Run, findings: Sequence[Finding] = (), rank: int | str | None = None,
                     step: int | None = None, window: str | tuple[float, float] | None = None,
-                    align: str = "clock", title: str | None = None):  # -> go.Figure
-    """The timeline as a Plotly figure (for notebooks: `fig.show()`)."""
-    from tracekit.timeline.figure import make_figure
+                    align: str = "clock", title: str | None = None,
+                    focus: Finding | None = None):  # -> go.Figure
+    """The timeline as a Plotly figure (for notebooks: `fig.show()`).
+
+    `focus`: one of `findings` to zoom onto (its title box shown), the rest still drawn.
+    """
+    from tracekit.timeline.figure import focus_on, make_figure
 
     tl = build_timeline(run, rank=rank, step=step, window=window, align=align)
-    fig, _ = make_figure(run, tl, list(findings), step=step, title=title)
+    fig, marks = make_figure(run, tl, list(findings), step=step, title=title)
+    if focus is not None:
+        focus_on(fig, marks, focus)
     return fig
+
+
+def compare_figure(before, after, titles: tuple[str, str] = ("before", "after")):
+    """Two timeline figures stacked in one (before above after), each keeping its own axes."""
+    from tracekit.timeline.figure import stack_figures
+
+    return stack_figures([before, after], list(titles))
 
 
 def check_output_path(out: Path) -> Path:

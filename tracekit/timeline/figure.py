@@ -371,3 +371,53 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
                      showspikes=True, spikemode="across", spikethickness=1,
                      spikecolor="#999")
     return fig, marks
+
+
+def focus_on(fig: go.Figure, marks: list[FindingMark], finding: Finding) -> None:
+    """Zoom a figure onto one finding and show its title box (hiding the others')."""
+    mark = next((m for m in marks if m.finding is finding), None)
+    if mark is None:
+        return
+    zoom = mark.zoom()
+    fig.update_xaxes(range=zoom["x"])
+    fig.update_yaxes(range=zoom["y"])
+    for m in marks:
+        if m.note >= 0:
+            fig.layout.annotations[m.note].visible = m is mark
+
+
+def stack_figures(figs: list[go.Figure], titles: list[str]) -> go.Figure:
+    """Several timeline figures as rows of one figure (before/after comparisons).
+
+    Each row keeps its own x and y axes (the runs have different clocks); the traces, shapes
+    and annotations of row i are moved onto axes xi/yi.
+    """
+    from plotly.subplots import make_subplots
+
+    heights = [max(f.layout.height or 400, 300) for f in figs]
+    out = make_subplots(rows=len(figs), cols=1, subplot_titles=titles, vertical_spacing=0.12,
+                        row_heights=[h / sum(heights) for h in heights])
+    seen: set[str] = set()
+    for row, fig in enumerate(figs, start=1):
+        suffix = "" if row == 1 else str(row)
+        for trace in fig.data:
+            trace = go.Scattergl(trace) if trace.type == "scattergl" else go.Scatter(trace)
+            trace.showlegend = trace.showlegend is not False and trace.legendgroup not in seen
+            seen.add(trace.legendgroup or trace.name)
+            out.add_trace(trace, row=row, col=1)
+        for shape in fig.layout.shapes:
+            out.add_shape(shape.update(xref=f"x{suffix}", yref=f"y{suffix}"))
+        for note in fig.layout.annotations:
+            out.add_annotation(note.update(xref=f"x{suffix}", yref=f"y{suffix}"))
+        src_y, src_x = fig.layout.yaxis, fig.layout.xaxis
+        out.update_yaxes(tickvals=src_y.tickvals, ticktext=src_y.ticktext, range=src_y.range,
+                         tickfont=src_y.tickfont, gridcolor="#eee", row=row, col=1)
+        out.update_xaxes(range=src_x.range, ticksuffix=" ms", gridcolor="#eee", row=row, col=1)
+    legend = {"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0.0,
+              "font": {"size": 11}}
+    out.update_layout(height=sum(heights) + 80, template="plotly_white", hovermode="closest",
+                      hoverdistance=30, legend=legend,
+                      margin={"l": 10, "r": 20, "t": 130, "b": 40},
+                      hoverlabel=figs[0].layout.hoverlabel,
+                      title={"text": " vs ".join(f"<b>{t}</b>" for t in titles), "x": 0.01})
+    return out

@@ -231,24 +231,66 @@ def escape_html(s: pd.Series) -> pd.Series:
     return s.str.replace("&", "&amp;").str.replace("<", "&lt;").str.replace(">", "&gt;")
 
 
-def source_text(ops: pd.DataFrame, op_idx: np.ndarray) -> tuple[pd.Series, pd.Series]:
-    """Launching op name and user source line ("file:line") for rows pointing into `ops`."""
+def file_line(files: pd.Series, lines: pd.Series) -> pd.Series:
+    """"file:line" per row, "" where either is missing (vectorised)."""
+    f = escape_html(files.fillna("").astype(str))
+    n = pd.to_numeric(lines, errors="coerce").fillna(-1).astype(np.int64)
+    text = f + ":" + n.astype(str)
+    return text.where((f != "") & (n >= 0), "")
+
+
+def op_chain(ops: pd.DataFrame, op_idx: np.ndarray, depth: int = 4) -> pd.Series:
+    """The launching op and up to depth-1 of its parents, innermost first ("a ← b ← c").
+
+    The innermost op alone is often generic (aten::fill_); its parents say why it ran
+    (aten::zeros ← aten::select_backward).
+    """
     idx = np.asarray(op_idx, dtype=np.int64)
+    n = len(idx)
+    if ops.empty or n == 0:
+        return pd.Series([""] * n, dtype=object)
+    names = short_names(ops["name"]).to_numpy(dtype=object)
+    parent = ops["parent"].fillna(-1).to_numpy(dtype=np.int64) if "parent" in ops else \
+        np.full(len(ops), -1)
+    current = np.where((idx >= 0) & (idx < len(ops)), idx, -1)
+    chain = pd.Series(np.where(current >= 0, names[np.clip(current, 0, None)], ""), dtype=object)
+    for _ in range(depth - 1):
+        current = np.where(current >= 0, parent[np.clip(current, 0, None)], -1)
+        more = current >= 0
+        step = pd.Series(np.where(more, names[np.clip(current, 0, None)], ""), dtype=object)
+        chain = chain.where(~more, chain + " ← " + step)
+    return chain
+
+
+def source_text(ops: pd.DataFrame, op_idx: np.ndarray) -> tuple[pd.Series, pd.Series]:
+    """Launching op chain and its user source line ("file:line") for rows pointing into ops."""
+    idx = np.asarray(op_idx, dtype=np.int64)
+    n = len(idx)
+    chain = op_chain(ops, idx)
+    if ops.empty or "src_file" not in ops or "src_line" not in ops:
+        return chain, pd.Series([""] * n, dtype=object)
     valid = (idx >= 0) & (idx < len(ops))
     safe = np.where(valid, idx, 0)
-    n = len(idx)
-    if ops.empty or not valid.any():
-        return pd.Series([""] * n, dtype=object), pd.Series([""] * n, dtype=object)
-    names = short_names(ops["name"]).to_numpy(dtype=object)[safe]
-    op_name = pd.Series(np.where(valid, names, ""), dtype=object)
-    if "src_file" in ops and "src_line" in ops:
-        files = escape_html(ops["src_file"].fillna("").astype(str)).to_numpy(dtype=object)[safe]
-        lines = ops["src_line"].fillna(-1).to_numpy(dtype=np.int64)[safe]
-        has = valid & (files != "") & (lines >= 0)
-        text = pd.Series(files, dtype=object) + ":" + pd.Series(lines.astype(str), dtype=object)
-        src = text.where(has, "")
-    else:
-        src = pd.Series([""] * n, dtype=object)
+    src = file_line(ops["src_file"].iloc[safe].reset_index(drop=True),
+                    ops["src_line"].iloc[safe].reset_index(drop=True))
+    return chain, src.where(pd.Series(valid), "")
+
+
+def launch_text(trace: Trace, gpu: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Op chain and source line of GPU rows (kernels, memcpy/memset), from the link columns.
+
+    The row's own src_file/src_line (the linker's answer, the forward line for backward work)
+    wins over its op's.
+    """
+    op_idx = gpu["op_idx"].fillna(-1).to_numpy() if "op_idx" in gpu else np.full(len(gpu), -1)
+    op_name, src = source_text(trace.ops, op_idx)
+    op_name.index = src.index = gpu.index
+    if "src_file" in gpu and "src_line" in gpu:
+        own = file_line(gpu["src_file"], gpu["src_line"])
+        if "src_from_fwd" in gpu:
+            fwd = gpu["src_from_fwd"].fillna(False).astype(bool)
+            own = own.where(~fwd | (own == ""), own + " (forward)")
+        src = own.where(own != "", src)
     return op_name, src
 
 
@@ -257,9 +299,7 @@ def kernel_bars(trace: Trace) -> pd.DataFrame:
     k = trace.kernels
     if k.empty:
         return pd.DataFrame(columns=BAR_COLUMNS)
-    op_idx = k["op_idx"].to_numpy() if "op_idx" in k else np.full(len(k), -1)
-    op_name, src = source_text(trace.ops, op_idx)
-    op_name.index = src.index = k.index
+    op_name, src = launch_text(trace, k)
     grid = (fmt(k["grid_x"], "%d") + "×" + fmt(k["grid_y"], "%d") + "×" + fmt(k["grid_z"], "%d"))
     grid = grid.where(k["grid_x"].notna(), "?")
     coll = k["collective"].fillna("").astype(str) if "collective" in k else ""
@@ -284,7 +324,11 @@ def memory_bars(trace: Trace) -> pd.DataFrame:
     if m.empty:
         return pd.DataFrame(columns=BAR_COLUMNS)
     hover = ("<b>" + short_names(m["name"]) + "</b><br>" + m["kind"].astype(str) + " · "
-             + DUR + " · " + fmt(m["bytes"] / 1e6, "%.2f") + " MB")
+             + DUR + " · " + fmt(m["bytes"] / 1e6, "%.2f") + " MB · stream "
+             + m["stream"].astype(str))
+    op_name, src = launch_text(trace, m)
+    hover = (hover + np.where(op_name != "", "<br>op " + op_name, "")
+             + np.where(src != "", "<br>line " + src, ""))
     return pd.DataFrame({
         "rank": trace.rank, "stream": m["stream"].astype(int), "ts": m["ts"], "end": m["end"],
         "category": "memory", "hover": hover, "name": m["name"].astype(str), "is_nccl": False,

@@ -1,0 +1,197 @@
+"""Ground truth: tracekit on every committed reference run in traces/, judged by its manifest.
+
+Each run was recorded by `cli.py profile` on two H200s with one set of trainer switches
+(traces/README.md). What must be found follows from the switches alone, so a detector that
+starts missing a pathology, or starts blaming the fixed code, fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import statistics
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tracekit.analysis import analyze_run
+from tracekit.finding import Finding
+
+REPO = Path(__file__).resolve().parents[1]
+TRACES = REPO / "traces"
+RUNS = sorted(p for p in TRACES.iterdir() if (p / "manifest.json").exists())
+
+
+@cache
+def analysed(run_dir: Path) -> tuple[dict, list[Finding]]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    _, findings = analyze_run(run_dir, progress=False)
+    return manifest, findings
+
+
+def steps_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+def line_of(path: str, marker: str) -> int:
+    """The line of the trainer's source holding `marker` (so tests follow code moves)."""
+    lines = (REPO / path).read_text().splitlines()
+    hits = [i + 1 for i, text in enumerate(lines) if marker in text]
+    assert len(hits) == 1, f"{marker!r} found {len(hits)} times in {path}"
+    return hits[0]
+
+
+def function_span(path: str, name: str) -> range:
+    tree = ast.parse((REPO / path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    raise AssertionError(f"no function {name} in {path}")
+
+
+def of_kind(findings: list[Finding], kind: str) -> list[Finding]:
+    return [f for f in findings if f.kind == kind]
+
+
+def tie_copy_blamed(finding: Finding) -> bool:
+    return finding.evidence.get("culprit_label") == "tie:lm_head->embed" or (
+        finding.cause.source is not None
+        and finding.cause.source.line == line_of("trainer/optim.py", TIE_COPY_STATEMENT)
+    )
+
+
+TIE_COPY_STATEMENT = "embed.data.copy_(head.data.T)"
+
+
+def test_reference_runs_exist() -> None:
+    names = {p.name for p in RUNS}
+    assert {"fixed-2gpu", "pathologies-2gpu", "switch-bank-index", "switch-tie-eager",
+            "switch-work-order", "switch-loader-wait"} <= names
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_select_backward_exactly_when_banks_are_indexed(run_dir: Path) -> None:
+    manifest, findings = analysed(run_dir)
+    found = of_kind(findings, "select_backward")
+    if manifest["switches"]["bank_access"] != "index":
+        assert not found
+        return
+    assert {f.rank for f in found} == {0, 1}
+    forward = function_span("trainer/model.py", "forward")
+    for finding in found:
+        assert "select_backward" in (finding.culprit.kernel or "")
+        source = finding.cause.source
+        assert source is not None and source.file == "trainer/model.py"
+        # The compiled model's kernels name the forward function; exact lines point at the
+        # bank-indexing statement itself.
+        assert source.line in forward
+        if source.line_exact:
+            assert source.line == line_of("trainer/model.py", "self.attn[i], self.mlp[i]")
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_sm_contention_blames_the_eager_tie_copy(run_dir: Path) -> None:
+    manifest, findings = analysed(run_dir)
+    tie_findings = [f for f in of_kind(findings, "sm_contention") if tie_copy_blamed(f)]
+    if manifest["switches"]["tie_copy"] != "eager":
+        assert not tie_findings
+        return
+    assert tie_findings
+    copy_line = line_of("trainer/optim.py", TIE_COPY_STATEMENT)
+    for finding in tie_findings:
+        assert "elementwise_kernel" in (finding.culprit.kernel or "")
+        assert finding.culprit.blocks_per_sm is not None and finding.culprit.blocks_per_sm >= 1
+        assert finding.cause.source is not None
+        assert (finding.cause.source.file, finding.cause.source.line) == (
+            "trainer/optim.py", copy_line)
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_slow_step_names_the_loader_wait(run_dir: Path) -> None:
+    manifest, findings = analysed(run_dir)
+    wait_step = manifest["switches"]["loader_wait_step"]
+    data_waits = [f for f in of_kind(findings, "slow_step")
+                  if f.step == wait_step and "data:wait_shard" in f.title]
+    if manifest["switches"]["prefetch"]:
+        assert not data_waits
+        return
+    assert {f.rank for f in data_waits} == {0, 1}
+    wait_line = line_of("trainer/train.py", "loader.switch_shard()")
+    for finding in data_waits:
+        assert finding.severity == "high"
+        assert finding.cause.source is not None
+        assert (finding.cause.source.file, finding.cause.source.line) == (
+            "trainer/train.py", wait_line)
+        # Cost against the wall clock: the wait step's excess over the run's median profiled
+        # step in steps.jsonl (rank 0's clock, synchronised each step). Both measure the same
+        # stall, one from the trace and one from time.perf_counter; 15% covers the profiler's
+        # own per-step jitter (profiled steps vary by +-4 ms around ~33 ms here).
+        log = {s["step"]: s["wall_ms"] for s in steps_log(run_dir)}
+        others = [ms for step, ms in log.items() if step != wait_step and step >= 1]
+        excess_us = (log[wait_step] - statistics.median(others)) * 1000
+        assert finding.cost_us == pytest.approx(excess_us, rel=0.15)
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_comm_gap_findings_name_the_ordering(run_dir: Path) -> None:
+    _, findings = analysed(run_dir)
+    for finding in of_kind(findings, "comm_gap"):
+        ordering = finding.cause.ordering or ""
+        assert "comm:" in ordering or "issued" in ordering or "behind" in ordering, ordering
+
+
+def small_gather_gap_us(findings: list[Finding]) -> float:
+    small = ("all_gather:lm_head", "all_gather:ve", "all_gather:scalars")
+    return sum(f.cost_us for f in of_kind(findings, "comm_gap")
+               if any(s in f.title for s in small))
+
+
+def test_big_first_work_order_opens_gaps_before_small_parameter_gathers() -> None:
+    """big-first updates attn/mlp before any small parameter, so the small parameters'
+    all_gathers are issued late, behind the banks' update. Measured: 7.1 and 8.7 ms of such gaps
+    in the two big-first runs against 2.9-3.4 ms in the four small-first ones."""
+    by_order: dict[str, list[float]] = {}
+    for run_dir in RUNS:
+        manifest, findings = analysed(run_dir)
+        by_order.setdefault(manifest["switches"]["work_order"], []).append(
+            small_gather_gap_us(findings))
+    assert min(by_order["big-first"]) > 1.5 * max(by_order["small-first"]), by_order
+
+
+@pytest.mark.parametrize("name", ["fixed-2gpu"])
+def test_fixed_runs_have_no_high_pathology_findings(name: str) -> None:
+    _, findings = analysed(TRACES / name)
+    high = [f for f in findings if f.severity == "high"
+            and f.kind in ("select_backward", "sm_contention", "slow_step")]
+    assert not high, [f.title for f in high]
+
+
+@pytest.mark.xfail(strict=True, reason="the fixed trainer's profiled steps are CPU-bound in the "
+                   "eager NorMuon update (with_stack): comm_gap before all_gather(mlp)")
+def test_fixed_run_has_no_high_findings_at_all() -> None:
+    _, findings = analysed(TRACES / "fixed-2gpu")
+    assert not [f for f in findings if f.severity == "high"]
+
+
+def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:
+    """A switch's findings may not claim more time per step than switching it costs.
+
+    The eager tie copy and the indexed banks cost well under a millisecond per step on this
+    preset, inside the run-to-run spread of profiled steps (medians of 29.8-39.4 ms across
+    runs with the same code), so the check is one-sided: the per-step cost the findings
+    attribute to the switch stays under the measured step-time difference plus that spread.
+    """
+    fixed_ms = statistics.median(s["wall_ms"] for s in steps_log(TRACES / "fixed-2gpu")
+                                 if s["profiled"])
+    spread_ms = 10.0
+    for name, select in [("switch-tie-eager", tie_copy_blamed),
+                         ("switch-bank-index", lambda f: f.kind == "select_backward")]:
+        _, findings = analysed(TRACES / name)
+        profiled = [s["wall_ms"] for s in steps_log(TRACES / name) if s["profiled"]]
+        diff_ms = statistics.median(profiled) - fixed_ms
+        per_rank_us = max(sum(f.cost_us for f in findings if select(f) and f.rank == r)
+                          for r in (0, 1))
+        per_step_ms = per_rank_us / 1000 / len(profiled)
+        assert per_step_ms > 0
+        assert per_step_ms <= max(diff_ms, 0.0) + spread_ms

@@ -1,0 +1,249 @@
+"""Read a trace in slices of its `traceEvents` array, so memory stays bounded and big files
+can be parsed on several cores.
+
+Parsing a whole 500 MB trace with one `json.loads` holds every event as a Python dict at once
+(several times the file's size). Instead the (gunzipped) text is streamed, cut into slices of
+about `SLICE_BYTES` at event boundaries, and each slice is parsed and reduced to plain columns
+before the next one is read: peak memory is one slice's dicts plus the columns. On a
+multi-core machine the slices of one file are parsed by a pool of forked processes.
+
+Cutting is safe without a JSON tokenizer: inside a JSON string a newline is always escaped and
+a quote always follows a backslash, so the separators we cut at (`},\\n  {` as Kineto writes
+events, or `},{"` / `}, {"` in compact JSON) occur only between values. A cut between nested
+values inside one event is possible in principle; it makes a slice invalid JSON, and then the
+whole file is read again by the ordinary path (`NotSliceable`), which also produces the
+one-line errors for broken files.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import multiprocessing
+import os
+import re
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tracekit.load import extract
+from tracekit.load.extract import Columns
+from tracekit.load.read import GZIP_MAGIC, _parse
+
+SLICE_BYTES = 16 * 2**20
+MIN_SLICE_BYTES = 2 * 2**20
+READ_BYTES = 4 * 2**20
+HEADER_LIMIT = 64 * 2**20
+"""traceEvents must start within this much text (Kineto puts only metadata before it)."""
+PARALLEL_MIN_BYTES = 24 * 2**20
+"""Files with less JSON than this are parsed in one process (forking costs more)."""
+MAX_WORKERS = 15
+MIN_CPUS_FOR_POOL = 3
+SEPARATORS = (b"},\n  {", b'},{"', b'}, {"')
+EVENTS_KEY = re.compile(rb'(?<!\\)"traceEvents"\s*:\s*\[')
+
+
+class NotSliceable(Exception):
+    """The text cannot be read in slices (unusual layout, broken file): read it whole."""
+
+
+def text_chunks(path: Path) -> Iterator[bytes]:
+    """The file's JSON text in pieces, gunzipped on the fly when it is gzip."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    try:
+        if magic == GZIP_MAGIC:
+            with gzip.open(path, "rb") as gz:
+                while chunk := gz.read(READ_BYTES):
+                    yield chunk
+        else:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(READ_BYTES):
+                    yield chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        raise NotSliceable(str(exc)) from None
+
+
+class EventSlices:
+    """Iterate over JSON array texts, each holding a run of consecutive events; after the
+    iteration, `meta` holds the document's other top-level keys."""
+
+    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES) -> None:
+        self.path = path
+        self.slice_bytes = slice_bytes
+        self.meta: dict[str, Any] | None = None
+        self.text_bytes = 0
+
+    def __iter__(self) -> Iterator[bytearray]:
+        chunks = text_chunks(self.path)
+        buf = bytearray()
+        header = self._read_header(chunks, buf)
+        separator: bytes | None = None
+        for chunk in chunks:
+            buf += chunk
+            self.text_bytes += len(chunk)
+            if separator is None:
+                separator = _separator(buf)
+            if separator is not None and len(buf) >= self.slice_bytes:
+                cut = buf.rfind(separator)
+                if cut > 0:
+                    yield _array_text(buf, cut + 1)
+                    del buf[:cut + 2]
+        yield from self._finish(header, buf, separator)
+
+    def _read_header(self, chunks: Iterator[bytes], buf: bytearray) -> bytes:
+        """Text up to and including the events array's `[` (moved out of `buf`)."""
+        for chunk in chunks:
+            buf += chunk
+            self.text_bytes += len(chunk)
+            match = EVENTS_KEY.search(buf)
+            if match:
+                header = bytes(buf[:match.end()])
+                del buf[:match.end()]
+                return header
+            if len(buf) > HEADER_LIMIT:
+                break
+        raise NotSliceable("no traceEvents array near the start")
+
+    def _finish(self, header: bytes, buf: bytearray, separator: bytes | None
+                ) -> Iterator[bytearray]:
+        """The last events, and the document's remaining keys.
+
+        Parsing from the start of the last event, the parser stops at the array's `]` and
+        reports where the trailing text starts: exactly the end of the array.
+        """
+        last = buf.rfind(separator) if separator else -1
+        tail_from = last + 2 if last >= 0 else 0
+        try:
+            _parse(b"[" + bytes(buf[tail_from:]))
+            raise NotSliceable("nothing after the events array")
+        except ValueError as exc:
+            position = getattr(exc, "pos", None)
+        if not isinstance(position, int) or position < 2:
+            raise NotSliceable("cannot find the end of the events array")
+        close = tail_from + position - 2
+        while close > tail_from and buf[close:close + 1] != b"]":
+            close -= 1  # the reported position may lie past whitespace after the "]"
+        if buf[close:close + 1] != b"]":
+            raise NotSliceable("cannot find the end of the events array")
+        if buf[:close].strip():
+            yield _array_text(buf, close)
+        try:
+            meta = _parse(header + b"]" + bytes(buf[close + 1:]))
+        except ValueError:
+            raise NotSliceable("the text around the events array is not valid JSON") from None
+        if not isinstance(meta, dict) or meta.get("traceEvents") != []:
+            raise NotSliceable("unexpected document layout")
+        meta.pop("traceEvents")
+        self.meta = meta
+
+
+def _array_text(buf: bytearray, end: int) -> bytearray:
+    """`[` + buf[:end] + `]`, copied once."""
+    text = bytearray(b"[")
+    with memoryview(buf) as view, view[:end] as part:
+        text += part  # released before the caller resizes buf
+    text += b"]"
+    return text
+
+
+def _separator(buf: bytearray) -> bytes | None:
+    probe = bytes(buf[:65536])
+    for separator in SEPARATORS:
+        if separator in probe:
+            return separator
+    if len(buf) > 65536:
+        raise NotSliceable("no event separator found")
+    return None
+
+
+def extract_slice(text: bytes | bytearray) -> dict[str, Columns]:
+    """Columns of one slice (a JSON array of events). Runs in the loader or a pool worker."""
+    was_enabled = gc.isenabled()
+    gc.disable()  # see tracekit.load.run.gc_paused
+    try:
+        events = _parse(text)
+        del text
+        if not isinstance(events, list):
+            raise NotSliceable("slice is not an array")
+        return extract.extract_all(events)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def worker_count(path: Path, processes: int | None) -> int:
+    """Extra processes to parse one file with, besides this one: none for small files,
+    without fork, or when `processes` <= 1; else `processes` - 1 (default: one per CPU)."""
+    if (processes is not None and processes <= 1) \
+            or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if text_size(path) < PARALLEL_MIN_BYTES:
+        return 0
+    if processes is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        # With fewer CPUs the extra process mostly competes with this one (which also
+        # gunzips and assembles) and with whatever else the machine runs.
+        processes = cpus if cpus >= MIN_CPUS_FOR_POOL else 1
+    return max(0, min(processes - 1, MAX_WORKERS))
+
+
+def text_size(path: Path) -> int:
+    """The JSON text's size: the file's, or for gzip the size its trailer records (exact below
+    4 GiB for one gzip member; never taken as less than the compressed size)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(2) != GZIP_MAGIC or size < 18:
+            return size
+        fh.seek(-4, os.SEEK_END)
+        recorded = int.from_bytes(fh.read(4), "little")
+    return max(recorded, size)
+
+
+def extract_file(path: Path, workers: int = 0) -> tuple[dict[str, Any], dict[str, Columns]]:
+    """(top-level keys other than traceEvents, raw columns of all events) of one file, with
+    `workers` extra processes.
+
+    Raises NotSliceable (or ValueError from a slice that is not valid JSON) when the file must
+    be read whole instead.
+    """
+    slice_bytes = SLICE_BYTES
+    if workers > 0:
+        # About four slices per process, so the processes finish at about the same time.
+        guess = text_size(path)
+        slice_bytes = int(min(SLICE_BYTES, max(MIN_SLICE_BYTES, guess // (4 * (workers + 1)))))
+    slices = EventSlices(path, slice_bytes)
+    if workers <= 0:
+        parts = [extract_slice(text) for text in slices]
+    else:
+        parts = _extract_in_pool(slices, workers)
+    if slices.meta is None:
+        raise NotSliceable("incomplete document")
+    if not parts:
+        parts = [extract.extract_all([])]
+    return slices.meta, extract.concat(parts)
+
+
+def _extract_in_pool(slices: EventSlices, workers: int) -> list[dict[str, Columns]]:
+    """Slices parsed by `workers` forked processes plus this one, which takes every
+    (workers+1)-th slice between reading the others. At most two slices per worker wait in
+    the queue, so this process never holds much more text than that."""
+    context = multiprocessing.get_context("fork")
+    parts: list[Future[dict[str, Columns]] | dict[str, Columns]] = []
+    in_flight: deque[Future[dict[str, Columns]]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for i, text in enumerate(slices):
+            if i % (workers + 1) == workers:
+                parts.append(extract_slice(text))
+            else:
+                future = pool.submit(extract_slice, text)
+                parts.append(future)
+                in_flight.append(future)
+            del text
+            while len(in_flight) > 2 * workers:
+                in_flight.popleft().result()
+        return [p.result() if isinstance(p, Future) else p for p in parts]
