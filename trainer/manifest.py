@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class RunManifest:
     status: str = "running"
     end_time: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # Where the program ran: tracekit resolves the traces' source frames against these.
+    cwd: str = field(default_factory=os.getcwd)
+    sys_path: list[str] = field(default_factory=lambda: [p for p in sys.path if p])
 
     def write(self, run_dir: Path) -> Path:
         """Write (or, at the end of the run, rewrite) our own manifest in the run directory."""

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from tracekit.errors import UserError
-from tracekit.load.run import TraceJob, load_run, load_trace_file, read_manifest, source_roots
+from tracekit.load.run import load_run
 from tracekit.trace import Run, Trace
 
 __all__ = ["load", "load_trace"]
@@ -24,10 +24,12 @@ def load(path: str | os.PathLike[str], *, link: bool = True, progress: bool = Tr
          workers: int | None = None) -> Run:
     """Load a trace file (.json, .json.gz, .pt.trace.json[.gz]) or a run directory of rank files.
 
-    Rank files are parsed in parallel, one process per file (`workers` caps the processes).
-    With `link` (the default) every trace is also passed through `tracekit.link.link_trace`.
-    A progress bar is shown on stderr when `progress` is set and stderr is a terminal or there
-    are several files. Bad input raises `UserError` with a one-line message.
+    Rank files are parsed in parallel, one process per file (`workers` caps the processes); a
+    single big file is parsed in slices, on several processes when the machine has 3+ CPUs
+    (`workers` caps those too; 1 = this process only). With `link` (the default) every trace
+    is also passed through `tracekit.link.link_trace`. A progress bar is shown on stderr when
+    `progress` is set and stderr is a terminal or there are several files. Bad input raises
+    `UserError` with a one-line message.
     """
     return load_run(path, link=link, progress=progress, workers=workers)
 
@@ -40,6 +42,3 @@ def load_trace(path: str | os.PathLike[str], *, link: bool = True) -> Trace:
     run = load_run(file, link=link, progress=False)
     return run.traces[0]
 
-
-# Re-exported for callers that drive the pieces themselves.
-_ = (TraceJob, load_trace_file, read_manifest, source_roots)

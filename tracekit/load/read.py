@@ -17,13 +17,13 @@ from tracekit.errors import UserError
 try:  # orjson is several times faster than json on multi-megabyte traces
     import orjson
 
-    def _parse(raw: bytes) -> Any:
+    def parse_json(raw: bytes) -> Any:
         return orjson.loads(raw)
 
     _DECODE_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
 except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
-    def _parse(raw: bytes) -> Any:
+    def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
 
     _DECODE_ERRORS = (json.JSONDecodeError, ValueError, UnicodeDecodeError)
@@ -53,7 +53,7 @@ def read_bytes(path: Path) -> bytes:
 def parse_document(raw: bytes, path: Path) -> dict[str, Any]:
     """Parse JSON text into a trace document, checking it has a `traceEvents` list."""
     try:
-        doc = _parse(raw)
+        doc = parse_json(raw)
     except _DECODE_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: invalid JSON ({message})") from None

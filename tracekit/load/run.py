@@ -53,13 +53,13 @@ def load_trace_file(job: TraceJob) -> Trace:
     """
     with gc_paused():
         try:
-            workers = worker_count(job.path, job.processes)
-            meta, columns = extract_file(job.path, workers)
-            trace = trace_from_frames(build_frames(columns), meta, job.path, job.rank)
-        except (NotSliceable, ValueError, FileNotFoundError, IsADirectoryError):
+            meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
+        except (NotSliceable, ValueError, OSError):
             doc = read_document(job.path)
             trace = build_trace(doc, job.path, rank=job.rank)
             del doc
+        else:
+            trace = trace_from_frames(build_frames(columns), meta, job.path, job.rank)
         if job.link:
             from tracekit.link import link_trace
 
@@ -103,9 +103,9 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        from tracekit.load.read import _parse
+        from tracekit.load.read import parse_json
 
-        manifest = _parse(path.read_bytes())
+        manifest = parse_json(path.read_bytes())
     except Exception:  # an unreadable manifest must not stop the analysis of the traces
         return None
     return manifest if isinstance(manifest, dict) else None
@@ -116,14 +116,14 @@ def read_steps_log(directory: Path) -> pd.DataFrame | None:
     path = directory / STEPS_LOG_NAME
     if not path.is_file():
         return None
-    from tracekit.load.read import _parse
+    from tracekit.load.read import parse_json
 
     rows = []
     for line in path.read_bytes().splitlines():
         if not line.strip():
             continue
         try:
-            row = _parse(line)
+            row = parse_json(line)
         except Exception:  # a half-written last line of an interrupted run
             continue
         if isinstance(row, dict):

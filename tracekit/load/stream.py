@@ -31,7 +31,7 @@ from typing import Any
 
 from tracekit.load import extract
 from tracekit.load.extract import Columns
-from tracekit.load.read import GZIP_MAGIC, _parse
+from tracekit.load.read import GZIP_MAGIC, parse_json
 
 SLICE_BYTES = 16 * 2**20
 MIN_SLICE_BYTES = 2 * 2**20
@@ -115,10 +115,12 @@ class EventSlices:
         Parsing from the start of the last event, the parser stops at the array's `]` and
         reports where the trailing text starts: exactly the end of the array.
         """
+        if separator is None:  # the whole text came in one piece
+            separator = _separator(buf, strict=False)
         last = buf.rfind(separator) if separator else -1
         tail_from = last + 2 if last >= 0 else 0
         try:
-            _parse(b"[" + bytes(buf[tail_from:]))
+            parse_json(b"[" + bytes(buf[tail_from:]))
             raise NotSliceable("nothing after the events array")
         except ValueError as exc:
             position = getattr(exc, "pos", None)
@@ -132,7 +134,7 @@ class EventSlices:
         if buf[:close].strip():
             yield _array_text(buf, close)
         try:
-            meta = _parse(header + b"]" + bytes(buf[close + 1:]))
+            meta = parse_json(header + b"]" + bytes(buf[close + 1:]))
         except ValueError:
             raise NotSliceable("the text around the events array is not valid JSON") from None
         if not isinstance(meta, dict) or meta.get("traceEvents") != []:
@@ -150,12 +152,14 @@ def _array_text(buf: bytearray, end: int) -> bytearray:
     return text
 
 
-def _separator(buf: bytearray) -> bytes | None:
+def _separator(buf: bytearray, strict: bool = True) -> bytes | None:
+    """The event separator this text uses (None if not seen yet). Strict: past 64 KB of
+    events without one, the text cannot be sliced."""
     probe = bytes(buf[:65536])
     for separator in SEPARATORS:
         if separator in probe:
             return separator
-    if len(buf) > 65536:
+    if strict and len(buf) > 65536:
         raise NotSliceable("no event separator found")
     return None
 
@@ -165,7 +169,7 @@ def extract_slice(text: bytes | bytearray) -> dict[str, Columns]:
     was_enabled = gc.isenabled()
     gc.disable()  # see tracekit.load.run.gc_paused
     try:
-        events = _parse(text)
+        events = parse_json(text)
         del text
         if not isinstance(events, list):
             raise NotSliceable("slice is not an array")
