@@ -287,6 +287,7 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
     result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
                          None)
+    started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -305,7 +306,9 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
         text = out.read()
     found = [line for line in text.splitlines() if line.startswith("BENCH_RESULT ")]
     if not found:
-        result.error = result.error or (text.strip().splitlines() or ["no output"])[-1][:200]
+        last = (text.strip().splitlines() or ["no output"])[-1][:160]
+        result.error = result.error or (f"failed after {time.perf_counter() - started:.0f} s "
+                                        f"(exit {proc.returncode}): {last}")
         return result
     data = json.loads(found[-1].split(" ", 1)[1])
     result.wall_s = data["wall_s"]

@@ -348,7 +348,7 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
         m.note += len(s_notes)
     lanes = tl.lanes
     y_max = float(lanes["y"].max()) if len(lanes) else 0.0
-    height = int(150 + (y_max + 1) * LANE_PX + 60)
+    height = int(150 + (y_max + 1) * LANE_PX + 120)
     x_range: list[float] | None = None
     if tl.window_ms and np.isfinite(tl.window_ms).all():
         x_range = list(tl.window_ms)
@@ -356,9 +356,10 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
         title={"text": title or figure_title(run, tl, step), "x": 0.01, "xanchor": "left",
                "font": {"size": 16}},
         height=max(height, 360), template="plotly_white", hovermode="closest", hoverdistance=30,
-        dragmode="zoom", margin={"l": 10, "r": 20, "t": 120, "b": 50},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0,
-                "font": {"size": 11}},
+        dragmode="zoom", margin={"l": 10, "r": 20, "t": 120, "b": 120},
+        # Below the time axis: above the plot the legend wraps into the two-line title.
+        legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.005,
+                "x": 0.0, "font": {"size": 11}},
         shapes=s_shapes + f_shapes, annotations=s_notes + f_notes,
         hoverlabel={"font": {"family": "monospace", "size": 11}, "align": "left"},
         uirevision="timeline")
