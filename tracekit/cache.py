@@ -37,11 +37,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tracekit.trace import Trace
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 CACHE_DIR_NAME = ".tkcache"
 KEY_FILE = "key.json"
 HASH_SPAN_BYTES = 1 << 20
@@ -95,13 +96,24 @@ def _read_frame(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
 
     Parquet stores text as strings, and pandas 3 reads strings as its `str` dtype; the loader
     builds text columns as `object` (with None for missing), so those are turned back, keeping
-    cached and freshly parsed frames identical for every consumer.
+    cached and freshly parsed frames identical for every consumer. They are read dictionary-
+    encoded so each distinct name becomes ONE Python str shared by its rows (kernel and op
+    names repeat thousands of times): a str object per row would cost gigabytes on big traces.
     """
-    frame = pd.read_parquet(path)
-    for column, dtype in dtypes.items():
-        if dtype == "object" and column in frame and frame[column].dtype != object:
-            values = frame[column].to_numpy(dtype=object, na_value=None)
-            frame[column] = pd.Series(values, index=frame.index, dtype=object)
+    import pyarrow.parquet as pq
+
+    text_columns = [c for c, t in dtypes.items() if t == "object"]
+    frame = pq.read_table(path, read_dictionary=text_columns).to_pandas()
+    for column in text_columns:
+        if column not in frame or not isinstance(frame[column].dtype, pd.CategoricalDtype):
+            continue
+        categorical = frame[column].cat
+        names = categorical.categories.to_numpy(dtype=object)
+        codes = categorical.codes.to_numpy()
+        values = np.empty(len(codes), dtype=object)  # None where missing
+        present = codes >= 0
+        values[present] = names[codes[present]]
+        frame[column] = pd.Series(values, index=frame.index, dtype=object)
     return frame
 
 

@@ -93,6 +93,29 @@ def test_linked_trace_round_trips(trace_copy: Path) -> None:
     _assert_same(linked, cached)
 
 
+EXTERNAL = Path("/work/shared/traces-external")
+
+
+@pytest.mark.parametrize("name", ["cpu_only_rank34.pt.trace.json.gz", "amd_mi250_single.json.gz",
+                                  "a100_event_sync_multistream.json.gz"])
+def test_other_traces_round_trip(name: str, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU-only, AMD and multi-stream traces: empty frames and all-None text columns too."""
+    source = EXTERNAL / name
+    if not source.is_file():
+        pytest.skip(f"{source} not available")
+    monkeypatch.setenv(cache.CACHE_ENV, "1")
+    target = tmp_path / name
+    shutil.copy2(source, target)
+    from tracekit.load import load
+
+    trace = load(target, progress=False).traces[0]
+    save_cache(trace)
+    cached = load_cached(target)
+    assert cached is not None
+    _assert_same(trace, cached)
+
+
 def test_touch_invalidates(trace_copy: Path) -> None:
     save_cache(_parse(trace_copy))
     assert load_cached(trace_copy) is not None
@@ -142,8 +165,11 @@ def test_unwritable_location_is_skipped_silently(trace_copy: Path, tmp_path: Pat
     assert load_cached(trace_copy) is None
 
 
-def test_read_only_directory_is_left_alone(trace_copy: Path) -> None:
+def test_read_only_directory_is_left_alone(trace_copy: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cache.CACHE_ENV, "0")  # load() itself caches: parse without it
     trace = _parse(trace_copy)
+    monkeypatch.setenv(cache.CACHE_ENV, "1")
     run_dir = trace_copy.parent
     run_dir.chmod(0o555)
     try:

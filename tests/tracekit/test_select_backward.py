@@ -91,6 +91,38 @@ def test_planted_compiled_names_the_inductor_kernel() -> None:
         assert f.count >= 5  # at least once per profiled step
 
 
+def test_planted_compiled_points_at_the_indexing_line() -> None:
+    """Inductor fuses the select_backward into a kernel launched from the compiled graph's
+    backward, whose frame gives only forward_index's def line: narrowed to `bank[i]`."""
+    run = load_planted("select_backward_compiled")
+    line = planted_line("select_backward")
+    for f in detect(run):
+        source = f.cause.source
+        assert source is not None and source.file.endswith("record_planted_traces.py")
+        assert source.function == "forward_index"
+        assert (source.line, source.line_exact) == (line, True)
+
+
+def test_compiled_trainer_points_at_the_bank_subscript() -> None:
+    """The trainer's compiled GPT.forward also indexes Python containers by variables
+    (value_embeds[ve_index], attn_layers[i], self.ve_layers[i]): only the bank subscript can be
+    the aten::select behind the kernel."""
+    run_dir = REPO / "traces" / "switch-bank-index"
+    if not run_dir.is_dir():
+        pytest.skip(f"{run_dir} not recorded")
+    model = REPO / "trainer" / "model.py"
+    hits = [n for n, text in enumerate(model.read_text().splitlines(), start=1)
+            if "self.attn[i], self.mlp[i]" in text]
+    assert len(hits) == 1
+    findings = detect(load(run_dir, progress=False))
+    assert {f.rank for f in findings} == {0, 1}
+    for f in findings:
+        assert "select_backward" in (f.culprit.kernel or "")
+        source = f.cause.source
+        assert source is not None and source.file == "trainer/model.py"
+        assert (source.function, source.line, source.line_exact) == ("forward", hits[0], True)
+
+
 MODEL_SRC = '''\
 import torch
 

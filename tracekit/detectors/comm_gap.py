@@ -41,7 +41,7 @@ finished; CPU in cpu:busy (scripts/train.py:167)".
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -239,7 +239,12 @@ def display_name(name: str) -> str:
 @dataclass
 class CpuSpans:
     """Every op, user label and Python frame of a trace as flat arrays (built once per trace),
-    so that "what covered [lo, hi) on thread T" is a few numpy comparisons per gap."""
+    so that "what covered [lo, hi) on thread T" is a few numpy comparisons per gap.
+
+    Python frames run to hundreds of thousands, so each thread's spans are also kept sorted by
+    start (`by_tid`): a window query then touches only the spans starting shortly before it,
+    plus the few long ones (see `ThreadSpans`), instead of scanning every span per gap.
+    """
 
     kind: np.ndarray
     row: np.ndarray
@@ -247,30 +252,87 @@ class CpuSpans:
     tid: np.ndarray
     ts: np.ndarray
     end: np.ndarray
+    is_python: np.ndarray
+    is_annotation: np.ndarray
+    by_tid: dict[int, ThreadSpans]
 
     @classmethod
     def of(cls, trace: Trace) -> CpuSpans:
-        parts = []
+        kinds, rows, names, tids, starts, ends = [], [], [], [], [], []
         for kind, frame in (("op", trace.ops), ("annotation", trace.annotations),
                             ("python", trace.python)):
             if not len(frame):
                 continue
-            keep = ~frame["name"].astype(str).str.match(INTERNAL_LABEL).to_numpy(bool)
+            # Names repeat (a few hundred distinct among 10^5 frames): convert and match the
+            # distinct ones, then broadcast back.
+            codes, uniques = pd.factorize(frame["name"], use_na_sentinel=False)
+            distinct = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype(str)
+            internal = distinct.str.match(INTERNAL_LABEL).to_numpy(bool)
+            keep = ~internal[codes]
             if kind == "annotation":
                 keep &= (frame["side"] == "cpu").to_numpy()
-            sel = frame[keep]
-            parts.append(pd.DataFrame({"kind": kind, "row": sel.index.to_numpy(),
-                                       "name": sel["name"].astype(str).to_numpy(),
-                                       "tid": sel["tid"].to_numpy(dtype=np.int64),
-                                       "ts": sel["ts"].to_numpy(dtype=np.float64),
-                                       "end": sel["end"].to_numpy(dtype=np.float64)}))
-        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            {"kind": [], "row": [], "name": [], "tid": [], "ts": [], "end": []})
-        return cls(*(table[c].to_numpy() for c in ("kind", "row", "name", "tid", "ts", "end")))
+            kinds.append(np.full(int(keep.sum()), kind, dtype=object))
+            rows.append(frame.index.to_numpy()[keep])
+            names.append(distinct.to_numpy()[codes[keep]])
+            tids.append(frame["tid"].to_numpy(dtype=np.int64)[keep])
+            starts.append(frame["ts"].to_numpy(dtype=np.float64)[keep])
+            ends.append(frame["end"].to_numpy(dtype=np.float64)[keep])
+        if not kinds:
+            kinds, rows, names = [np.zeros(0, object)], [np.zeros(0, np.int64)], \
+                [np.zeros(0, object)]
+            tids, starts, ends = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
+        kind_all = np.concatenate(kinds)
+        tid_all, ts_all, end_all = np.concatenate(tids), np.concatenate(starts), \
+            np.concatenate(ends)
+        by_tid = {int(t): ThreadSpans.of(np.flatnonzero(tid_all == t), ts_all, end_all)
+                  for t in np.unique(tid_all)}
+        return cls(kind=kind_all, row=np.concatenate(rows), name=np.concatenate(names),
+                   tid=tid_all, ts=ts_all, end=end_all, is_python=kind_all == "python",
+                   is_annotation=kind_all == "annotation", by_tid=by_tid)
+
+    def overlapping(self, tid: int, lo: float, hi: float) -> np.ndarray:
+        """Indices (ascending) of the spans on thread `tid` with ts < hi and end > lo."""
+        thread = self.by_tid.get(int(tid))
+        if thread is None:
+            return np.zeros(0, dtype=np.int64)
+        candidates = thread.candidates(lo, hi)
+        return candidates[(self.ts[candidates] < hi) & (self.end[candidates] > lo)]
+
+
+@dataclass
+class ThreadSpans:
+    """One thread's spans split by duration, for window queries without a full scan.
+
+    Short spans (at most `short_max` long) that overlap [lo, hi) start in [lo - short_max, hi),
+    one searchsorted range of the start-sorted short spans; the long ones (the top 1%: outer
+    Python frames, the training loop) are few and checked directly. The answer is exact.
+    """
+
+    short_rows: np.ndarray
+    short_ts: np.ndarray
+    short_max: float
+    long_rows: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray, ts: np.ndarray, end: np.ndarray) -> ThreadSpans:
+        dur = end[rows] - ts[rows]
+        finite = dur[np.isfinite(dur)]
+        short_max = float(np.quantile(finite, 0.99)) if len(finite) else 0.0
+        is_long = dur > short_max
+        short = rows[~is_long]
+        order = np.argsort(ts[short], kind="stable")
+        return cls(short_rows=short[order], short_ts=ts[short][order], short_max=short_max,
+                   long_rows=rows[is_long])
+
+    def candidates(self, lo: float, hi: float) -> np.ndarray:
+        """Sorted span indices that may overlap [lo, hi) (a superset; callers filter)."""
+        first = np.searchsorted(self.short_ts, lo - self.short_max, side="left")
+        last = np.searchsorted(self.short_ts, hi, side="left")
+        return np.sort(np.concatenate([self.short_rows[first:last], self.long_rows]))
 
 
 def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
-                 launch_ts: float, params: GapParams, roots: list[Path]) -> CpuActivity | None:
+                 launch_ts: float, params: GapParams, files: SourceFiles) -> CpuActivity | None:
     """The most specific op/label/frame on thread `tid` covering >= dominant_frac of [lo, hi).
 
     Most specific = the shortest such span (a loop inside `step()` rather than `step()`); a
@@ -279,7 +341,7 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     linked source, else from the innermost Python frames (see `python_source`).
     """
     width = max(hi - lo, 1e-9)
-    hit = np.flatnonzero((spans.tid == tid) & (spans.ts < hi) & (spans.end > lo))
+    hit = spans.overlapping(tid, lo, hi)
     if not len(hit):
         return None
     ov = np.minimum(spans.end[hit], hi) - np.maximum(spans.ts[hit], lo)
@@ -287,7 +349,7 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     dominant = np.flatnonzero(ov >= params.dominant_frac * width)
     if len(dominant):
         shortest = dominant[np.argmin(dur[dominant])]
-        labels = dominant[(spans.kind[hit[dominant]] == "annotation")
+        labels = dominant[spans.is_annotation[hit[dominant]]
                           & (dur[dominant] <= 1.1 * dur[shortest])]
         pick = labels[np.argmin(dur[labels])] if len(labels) else shortest
     else:
@@ -296,14 +358,14 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     kind, row = str(spans.kind[i]), int(spans.row[i])
     source = source_of_op(trace.ops, row) if kind == "op" else None
     if source is None:
-        source = python_source(trace, spans, tid, lo, hi, params.dominant_frac, roots)
+        source = python_source(trace, spans, tid, lo, hi, params.dominant_frac, files)
     issuing = bool(spans.ts[i] <= launch_ts <= spans.end[i])
     return CpuActivity(name=str(spans.name[i]), kind=kind, ts=float(spans.ts[i]),
                        end=float(spans.end[i]), source=source, issuing=issuing)
 
 
 def python_source(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
-                  dominant_frac: float, roots: list[Path]) -> SourceLine | None:
+                  dominant_frac: float, files: SourceFiles) -> SourceLine | None:
     """The user's line the thread spent the window in, from with_stack Python frames.
 
     Take the innermost frame covering >= dominant_frac of the window and the nearest user frame
@@ -318,8 +380,8 @@ def python_source(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     if not len(py):
         return None
     width = max(hi - lo, 1e-9)
-    hit = np.flatnonzero((spans.kind == "python") & (spans.tid == tid) & (spans.ts < hi)
-                         & (spans.end > lo))
+    hit = spans.overlapping(tid, lo, hi)
+    hit = hit[spans.is_python[hit]]
     ov = np.minimum(spans.end[hit], hi) - np.maximum(spans.ts[hit], lo)
     rows = spans.row[hit[ov >= dominant_frac * width]].astype(np.int64)
     if not len(rows):
@@ -344,7 +406,7 @@ def python_source(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     file, def_line = str(py.at[caller, "file"]), int(py.at[caller, "line"])
     function = str(py.at[caller, "function"])
     callees = [builtin_name(str(py.at[row, "function"])) for row in reversed(chain[:pos])]
-    path = resolve_file(file, tuple(roots))
+    path = files.resolve(file)
     line = next((found for callee in callees
                  if (found := call_line(path, def_line, function, callee)) is not None), None)
     return SourceLine(file=file, line=line or def_line, function=function,
@@ -383,6 +445,23 @@ def resolve_file(file: str, roots: tuple[Path, ...]) -> Path | None:
     return None
 
 
+@dataclass
+class SourceFiles:
+    """Where relative source paths are looked for, each file's lookup done once per detect call.
+
+    Resolving globs a directory level per root; per gap that cost more than the analysis itself.
+    Not cached across calls: files may appear or change between analyses in one process.
+    """
+
+    roots: tuple[Path, ...]
+    found: dict[str, Path | None] = field(default_factory=dict)
+
+    def resolve(self, file: str) -> Path | None:
+        if file not in self.found:
+            self.found[file] = resolve_file(file, self.roots)
+        return self.found[file]
+
+
 @lru_cache(maxsize=256)
 def _parsed(path: Path) -> ast.Module | None:
     try:
@@ -398,15 +477,39 @@ def call_line(path: Path | None, def_line: int, function: str, callee: str) -> i
     changed since the trace was recorded), or the function calls `callee` nowhere.
     """
     tree = _parsed(path) if path else None
-    if tree is None:
+    if tree is None or path is None:
         return None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function \
-                and node.lineno == def_line:
-            lines = sorted(call.lineno for call in ast.walk(node) if isinstance(call, ast.Call)
-                           and _called_name(call.func) == callee)
-            return lines[0] if lines else None
-    return None
+    calls = _calls_in_function(path, function, def_line)
+    return None if calls is None else calls.get(callee)
+
+
+@lru_cache(maxsize=256)
+def _functions(path: Path) -> dict[tuple[str, int], ast.FunctionDef | ast.AsyncFunctionDef]:
+    """(name, def line) -> the first such function of the parsed file, in ast.walk order.
+
+    Indexed once per file: walking the whole tree for every gap dominated the detector.
+    """
+    tree = _parsed(path)
+    found: dict[tuple[str, int], ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.setdefault((node.name, node.lineno), node)
+    return found
+
+
+@lru_cache(maxsize=1024)
+def _calls_in_function(path: Path, function: str, def_line: int) -> dict[str, int] | None:
+    """Called name -> first line it is called on, in the function; None if no such function."""
+    node = _functions(path).get((function, def_line))
+    if node is None:
+        return None
+    first: dict[str, int] = {}
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            name = _called_name(call.func)
+            if name is not None and call.lineno < first.get(name, call.lineno + 1):
+                first[name] = call.lineno
+    return first
 
 
 def _called_name(func: ast.expr) -> str | None:
@@ -434,7 +537,7 @@ def _ms(us: float) -> str:
 
 
 def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuSpans | None,
-                 params: GapParams, roots: list[Path]) -> dict[str, Any]:
+                 params: GapParams, files: SourceFiles) -> dict[str, Any]:
     """Culprit, cause and wording for one gap (called only for the reported few)."""
     k = trace.kernels
     nxt = collective_label(trace, int(gap["row"]), launch)
@@ -444,7 +547,7 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
     extra: dict[str, Any] = {}
     if kind == LATE_LAUNCH and spans is not None:
         activity = cpu_activity(trace, spans, int(gap["launch_tid"]), float(gap["prev_end"]),
-                                float(gap["launch_ts"]), float(gap["launch_ts"]), params, roots)
+                                float(gap["launch_ts"]), float(gap["launch_ts"]), params, files)
         after = float(gap["launch_ts"]) - float(gap["prev_end"])
         if activity:
             where = f" ({activity.source.file}:{activity.source.line})" if activity.source else ""
@@ -506,9 +609,9 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
         return []
     gaps = classify_gaps(trace, gaps.reset_index(drop=True), params)
     launch = launch_columns(trace)
-    roots = _roots(run, trace)
+    files = SourceFiles(tuple(_roots(run, trace)))
     spans = CpuSpans.of(trace) if (gaps["kind"] == LATE_LAUNCH).any() else None
-    described = [describe_gap(trace, gap, launch, spans, params, roots)
+    described = [describe_gap(trace, gap, launch, spans, params, files)
                  for _, gap in gaps.iterrows()]
     gaps = gaps.assign(key=[d["key"] for d in described], described=range(len(described)))
     findings = []

@@ -14,10 +14,12 @@ fused into Inductor kernels whose names contain `select_backward`
 
 What is reported: one finding per rank and per cause. For eager code the cause is the FORWARD
 line that indexes the bank (the select_backward op's forward op, linked through the fwdbwd flow,
-and that op's user source line). For Inductor kernels, whose forward op the trace does not link,
-the cause is the kernel name. There is no threshold: every select_backward costs at least the
-zero-fill, which is pure waste, so every occurrence is reported; severity (from the cost per
-step relative to the median step) says whether it matters.
+and that op's user source line). Inductor kernels are grouped by kernel name; their source is the
+compiled function, narrowed by the linker to its one tensor subscript with a variable index
+(`SourceIndex.narrow_for_op`), else its def line with line_exact false. There is no
+threshold: every select_backward costs at least the zero-fill, which is pure waste, so every
+occurrence is reported; severity (from the cost per step relative to the median step) says
+whether it matters.
 
 - cost_us: the GPU time of every kernel and memset/memcpy launched under the select_backward ops
   (all of it is avoidable: with unbind the slice gradient needs no extra kernel at all). On a
@@ -44,6 +46,7 @@ import pandas as pd
 from tracekit.detectors import register
 from tracekit.detectors.slow_step import median_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.link import op_stack
 from tracekit.trace import Run, Trace
 
 SELECT_BACKWARD_OP = "aten::select_backward"
@@ -75,16 +78,6 @@ def ancestor_matching(ops: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
         current[pending] = np.where(hit, -1, parent[cur])
         pending = pending[(~hit) & (current[pending] >= 0)]
     return found
-
-
-def op_stack(ops: pd.DataFrame, row: int) -> list[str]:
-    """Names from the outermost op down to `row` (one op: a short Python walk is fine)."""
-    names: list[str] = []
-    parents = ops["parent"].to_numpy()
-    while row >= 0 and len(names) < 64:
-        names.append(str(ops.at[row, "name"]))
-        row = int(parents[row])
-    return names[::-1]
 
 
 def gpu_work_by_op(trace: Trace) -> pd.DataFrame:
@@ -273,7 +266,7 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
     source = source_of(ops, occ.forward_row) if occ.forward_row >= 0 else None
     if source is None and len(occ.op_rows):
         source = source_of(ops, int(occ.op_rows[0]))
-    stack = op_stack(ops, int(occ.op_rows[0])) if len(occ.op_rows) else []
+    stack = op_stack(trace, int(occ.op_rows[0])) if len(occ.op_rows) else []
     where = f"{source.file}:{source.line}" if source else occ.key
     what = "Inductor kernel " + occ.key if occ.compiled else f"bank indexing at {where}"
     unit = "GPU" if on_gpu else "CPU"

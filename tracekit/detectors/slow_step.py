@@ -117,8 +117,23 @@ def categorise(label: str, default: str) -> str:
     return default
 
 
-def in_window(frame: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
-    return frame[(frame["ts"] >= start) & (frame["ts"] < end)]
+def window_rows(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """All (window i, row j) with lo[i] <= ts[j] < hi[i]; a window's rows in frame order.
+
+    One sort of the frame and two searchsorted per window, instead of a full-frame filter per
+    step (the frame order is kept so that sums and "longest instance" ties come out as before).
+    A window with a NaN bound holds nothing (a comparison with NaN is false).
+    """
+    order = np.argsort(ts, kind="stable")
+    first = np.searchsorted(ts[order], lo, side="left")
+    last = np.searchsorted(ts[order], hi, side="left")
+    counts = np.where(np.isnan(lo) | np.isnan(hi), 0, np.maximum(last - first, 0))
+    window = np.repeat(np.arange(len(lo)), counts)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = order[np.repeat(first, counts) + offsets]
+    keep = np.lexsort((rows, window))
+    return window[keep], rows[keep]
 
 
 def op_self_time(trace: Trace) -> pd.Series:
@@ -135,46 +150,72 @@ def op_self_time(trace: Trace) -> pd.Series:
     return self_time.clip(lower=0.0)
 
 
-def sum_by(frame: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
-    """Time per name, with the row of the longest instance (to point at one)."""
-    if frame.empty:
-        return pd.DataFrame(columns=["total", "row"])
-    data = pd.DataFrame({"name": frame["name"].to_numpy(), "v": values.to_numpy(),
-                         "row": frame.index.to_numpy()})
-    grouped = data.groupby("name")
-    longest = data.loc[grouped["v"].idxmax(), ["name", "row"]].set_index("name")["row"]
-    return pd.DataFrame({"total": grouped["v"].sum(), "row": longest})
+EMPTY_COLUMNS = ["total", "row"]
 
 
-def busy_us(kernels: pd.DataFrame, start: float, end: float) -> float:
-    """Union of kernel intervals inside [start, end) (overlapping streams counted once)."""
-    k = kernels[(kernels["end"] > start) & (kernels["ts"] < end)].sort_values("ts")
-    if k.empty:
+def sum_by_window(frame: pd.DataFrame, values: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray) -> list[pd.DataFrame]:
+    """Per window [lo, hi) of event starts: time per name (`total`) and the row of its longest
+    instance (`row`, to point at one), indexed by name in sorted order; one groupby for all
+    windows."""
+    out = [pd.DataFrame(columns=EMPTY_COLUMNS) for _ in range(len(lo))]
+    if frame.empty or not len(lo):
+        return out
+    window, rows = window_rows(frame["ts"].to_numpy(dtype=np.float64), lo, hi)
+    if not len(rows):
+        return out
+    data = pd.DataFrame({"window": window, "name": frame["name"].to_numpy()[rows],
+                         "v": values[rows], "row": frame.index.to_numpy()[rows]})
+    grouped = data.groupby(["window", "name"])
+    table = pd.DataFrame({"total": grouped["v"].sum(),
+                          "row": data["row"].to_numpy()[grouped["v"].idxmax().to_numpy()]})
+    for w, part in table.groupby(level="window", sort=False):
+        out[int(w)] = part.droplevel("window")
+    return out
+
+
+def busy_us(ts: np.ndarray, ends: np.ndarray, start: float, end: float) -> float:
+    """Union of kernel intervals inside [start, end) (overlapping streams counted once).
+
+    `ts`/`ends` are the kernels sorted by start, so a window needs no sort of its own.
+    """
+    inside = (ends > start) & (ts < end)
+    if not inside.any():
         return 0.0
-    ts = k["ts"].clip(lower=start).to_numpy()
-    ends = np.maximum.accumulate(k["end"].clip(upper=end).to_numpy())
-    gaps = np.clip(ts[1:] - ends[:-1], 0, None)
-    return float(ends[-1] - ts[0] - gaps.sum())
+    starts = np.maximum(ts[inside], start)
+    reach = np.maximum.accumulate(np.minimum(ends[inside], end))
+    gaps = np.clip(starts[1:] - reach[:-1], 0, None)
+    return float(reach[-1] - starts[0] - gaps.sum())
 
 
-def step_profile(trace: Trace, row: pd.Series, self_time: pd.Series) -> dict[str, pd.DataFrame]:
-    """Time per label inside one step: annotations, op self time, runtime calls, kernels."""
-    c0, c1 = row["cpu_ts"], row["cpu_end"]
+def step_profiles(trace: Trace, rows: pd.DataFrame,
+                  self_time: pd.Series) -> list[dict[str, pd.DataFrame]]:
+    """Time per label inside each step of `rows` (step_table rows): annotations, op self
+    time, runtime calls, kernels and GPU idle; every frame is split by step in one pass."""
+    c0, c1 = rows["cpu_ts"].to_numpy(np.float64), rows["cpu_end"].to_numpy(np.float64)
+    has_gpu = ~np.isnan(rows["gpu_us"].to_numpy(np.float64))
+    g0 = np.where(has_gpu, rows["gpu_from"].to_numpy(np.float64), np.nan)
+    g1 = np.where(has_gpu, rows["gpu_end"].to_numpy(np.float64), np.nan)
     annotations = trace.annotations
     cpu_ann = annotations[(annotations["side"] == "cpu")
                           & ~annotations["name"].str.startswith("ProfilerStep#")]
-    cpu_ann = in_window(cpu_ann, c0, c1)
-    ops = in_window(trace.ops, c0, c1)
-    launches = in_window(trace.launches, c0, c1)
-    out = {"annotations": sum_by(cpu_ann, cpu_ann["dur"]),
-           "ops": sum_by(ops, self_time.loc[ops.index]),
-           "launches": sum_by(launches, launches["dur"])}
-    if not np.isnan(row["gpu_us"]):
-        kernels = in_window(trace.kernels, row["gpu_from"], row["gpu_end"])
-        out["kernels"] = sum_by(kernels, kernels["dur"])
-        idle = row["gpu_us"] - busy_us(trace.kernels, row["gpu_from"], row["gpu_end"])
-        out["idle"] = pd.DataFrame({"total": [idle], "row": [-1]}, index=["GPU idle"])
-    return out
+    ops, launches, kernels = trace.ops, trace.launches, trace.kernels
+    tables = {"annotations": sum_by_window(cpu_ann, cpu_ann["dur"].to_numpy(), c0, c1),
+              "ops": sum_by_window(ops, self_time.to_numpy(), c0, c1),
+              "launches": sum_by_window(launches, launches["dur"].to_numpy(), c0, c1),
+              "kernels": sum_by_window(kernels, kernels["dur"].to_numpy(), g0, g1)}
+    order = np.argsort(kernels["ts"].to_numpy(np.float64), kind="stable")
+    k_ts = kernels["ts"].to_numpy(np.float64)[order]
+    k_end = kernels["end"].to_numpy(np.float64)[order]
+    profiles = []
+    for i, gpu_us in enumerate(rows["gpu_us"].to_numpy(np.float64)):
+        out = {name: tables[name][i] for name in ("annotations", "ops", "launches")}
+        if has_gpu[i]:
+            out["kernels"] = tables["kernels"][i]
+            idle = gpu_us - busy_us(k_ts, k_end, g0[i], g1[i])
+            out["idle"] = pd.DataFrame({"total": [idle], "row": [-1]}, index=["GPU idle"])
+        profiles.append(out)
+    return profiles
 
 
 def excess_candidates(slow: dict[str, pd.DataFrame],
@@ -382,10 +423,14 @@ def trace_findings(trace: Trace, factor: float, min_excess_us: float,
     by_step = table.set_index("step")
     self_time = op_self_time(trace)
     findings = []
-    for slow in slow_steps(table, factor, min_excess_us):
-        candidates = excess_candidates(step_profile(trace, by_step.loc[slow.step], self_time),
-                                       step_profile(trace, by_step.loc[slow.reference_step],
-                                                    self_time))
+    slow_list = slow_steps(table, factor, min_excess_us)
+    # Every slow step and its reference (often one step for all) profiled in one pass.
+    needed = list(dict.fromkeys(s for slow in slow_list for s in (slow.step,
+                                                                   slow.reference_step)))
+    profiles = dict(zip(needed, step_profiles(trace, by_step.loc[needed], self_time),
+                        strict=True))
+    for slow in slow_list:
+        candidates = excess_candidates(profiles[slow.step], profiles[slow.reference_step])
         chosen = choose(candidates)
         excess = slow.time_us - slow.median_us
         if chosen is None:

@@ -55,6 +55,7 @@ import pandas as pd
 
 from tracekit.detectors import register
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.link import op_stack
 from tracekit.overlap import Coverage
 from tracekit.trace import Run, Trace
 
@@ -247,16 +248,6 @@ def user_label(trace: Trace, tid: int, ts: float) -> str | None:
     return LabelIndex.of(trace).at(tid, ts)
 
 
-def op_stack(ops: pd.DataFrame, row: int) -> list[str]:
-    """Op names from the outermost op down to `row` (a walk up one op's parents)."""
-    names: list[str] = []
-    parents = ops["parent"].to_numpy()
-    while 0 <= row < len(ops) and len(names) < 64:
-        names.append(str(ops.at[row, "name"]))
-        row = int(parents[row])
-    return names[::-1]
-
-
 def source_of_op(ops: pd.DataFrame, row: int) -> SourceLine | None:
     """The linker's user source line of op `row`, or of its nearest ancestor that has one."""
     if "src_file" not in ops:
@@ -280,7 +271,9 @@ def kernel_source(trace: Trace, row: int) -> tuple[str | None, list[str], Source
     op_row = int(kernels.at[row, "op_idx"]) if "op_idx" in kernels else -1
     if op_row < 0 or op_row >= len(trace.ops):
         return None, [], None
-    return (str(trace.ops.at[op_row, "name"]), op_stack(trace.ops, op_row),
+    # The link's op_stack, not a walk up `parent`: that interleaves the record_function
+    # labels (ProfilerStep#N, optimizer.step, tie:...) that say where in the step it ran.
+    return (str(trace.ops.at[op_row, "name"]), op_stack(trace, op_row),
             source_of_op(trace.ops, op_row))
 
 

@@ -33,6 +33,7 @@ DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "cuLaunchKernelEx", "hipMo
 REFINABLE = frozenset({"other", "elementwise", "reduction"})
 """Name-based categories that a Triton launch overrides (never gemm, attention, nccl)."""
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_STACK_DEPTH = 256
 
 
 def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> Trace:
@@ -140,27 +141,36 @@ def link_warnings(trace: Trace) -> list[str]:
 
 
 def op_stack(trace: Trace, op_idx: int) -> list[str]:
-    """Names of the op's enclosing ops and CPU annotations, outermost first, ending with it."""
-    if op_idx is None or op_idx < 0:
+    """Names of the op's enclosing ops and CPU annotations, outermost first, ending with it:
+    ["ProfilerStep#8", "optimizer.step", "tie:lm_head->embed", "aten::copy_"].
+
+    Ops nest through `parent`; CPU user annotations (record_function labels, ProfilerStep#N)
+    are a separate frame, so they are merged in by time: those on the op's thread whose span
+    holds the op's span. At equal start and duration an annotation counts as the outer one
+    (record_function opens before the ops it wraps), and ops keep their parent order.
+    """
+    if op_idx is None or op_idx < 0 or op_idx >= len(trace.ops):
         return []
     ops = trace.ops
     parent = ops["parent"].to_numpy()
-    names = ops["name"].to_numpy(dtype=object)
     chain: list[int] = []
     row = int(op_idx)
-    while row >= 0:
+    while row >= 0 and len(chain) < MAX_STACK_DEPTH:
         chain.append(row)
         row = int(parent[row])
     chain.reverse()
-    entries = [(float(ops["ts"].iat[r]), -float(ops["dur"].iat[r]), str(names[r])) for r in chain]
+    ts, dur = ops["ts"].to_numpy(dtype=float), ops["dur"].to_numpy(dtype=float)
+    names = ops["name"].to_numpy(dtype=object)
+    entries = [(ts[r], -dur[r], 1, depth, str(names[r])) for depth, r in enumerate(chain)]
     ann = trace.annotations
-    t = float(ops["ts"].iat[op_idx])
-    end = float(ops["end"].iat[op_idx])
-    around = ann[(ann["side"] == "cpu") & (ann["tid"] == ops["tid"].iat[op_idx])
-                 & (ann["ts"] <= t) & (ann["end"] >= end)]
-    entries += [(float(a.ts), -float(a.dur), str(a.name)) for a in around.itertuples()]
-    entries.sort()
-    return [name for _, _, name in entries]
+    if len(ann):
+        start, end = ts[op_idx], float(ops["end"].iat[op_idx])
+        around = ann[(ann["side"] == "cpu") & (ann["tid"] == ops["tid"].iat[op_idx])
+                     & (ann["ts"] <= start) & (ann["end"] >= end)]
+        entries += [(float(a_ts), -float(a_dur), 0, 0, str(a_name)) for a_ts, a_dur, a_name
+                    in zip(around["ts"], around["dur"], around["name"], strict=True)]
+    entries.sort(key=lambda entry: entry[:4])
+    return [entry[4] for entry in entries]
 
 
 def kernel_source(trace: Trace) -> pd.DataFrame:

@@ -4,6 +4,12 @@ For every op: the innermost Python frame of user code (see `tracekit.load.userfr
 encloses it on the same thread. The frame gives file, function and def line; `source.py` narrows
 the def line to the statement when the file is readable. Backward ops have no user frame of
 their own (the autograd engine runs them), so they take their forward op's line.
+
+Compiled code: an Inductor kernel's cpu_op (`triton_poi_fused_add_select_backward_2`) runs in
+backward and takes the line of its forward op, the compiled graph's call, which names only the
+def line of the compiled function. When the kernel's name says it fuses a select_backward, the
+forward statement behind it is a tensor indexed by a variable (`bank[i]`): narrowed with
+`SourceIndex.narrow_for_op(..., "aten::select")`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from tracekit.load.intervals import innermost_containing, propagate_down
 from tracekit.trace import Trace
 
 SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]
+COMPILED_OP_PATTERNS: dict[str, str] = {"select_backward": "aten::select"}
+"""A fused-kernel name part -> the forward aten op that leads to it (whose statement we seek).
+A bare `select` in a forward kernel's name is left alone: Inductor decomposes `unbind` into
+selects too, so it does not point at a subscript."""
 
 
 def user_frames(trace: Trace, tid: np.ndarray | None = None,
@@ -106,7 +116,30 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     out["src_from_fwd"] = from_fwd
     out["src_line"] = out["src_line"].astype(np.int64)
     out["src_line_exact"] = out["src_line_exact"].astype(bool)
+    _narrow_compiled(ops, out, index)
     return out
+
+
+def _narrow_compiled(ops: pd.DataFrame, out: pd.DataFrame, index: SourceIndex) -> None:
+    """Narrow the def line of Inductor kernel ops whose name names a fused op that a forward
+    statement causes (see COMPILED_OP_PATTERNS), in place; once per distinct frame."""
+    names = ops["name"].astype(str)
+    # Inductor kernels are plain identifiers; aten ops and autograd nodes have "::" or spaces.
+    kernel_like = ~names.str.contains(r"::|\s", regex=True)
+    unsure = (out["src_line"].to_numpy() >= 0) & ~out["src_line_exact"].to_numpy(dtype=bool)
+    for part, op_name in COMPILED_OP_PATTERNS.items():
+        hit = np.flatnonzero(kernel_like.to_numpy() & unsure
+                             & names.str.contains(part, regex=False).to_numpy())
+        if hit.size == 0:
+            continue
+        keys = out.iloc[hit][["src_file", "src_line", "src_function"]]
+        codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+        answers = [index.narrow_for_op(str(f), int(dl), str(fn), op_name)
+                   for f, dl, fn in uniques]
+        out.loc[out.index[hit], "src_line"] = np.array([a.line for a in answers],
+                                                       dtype=np.int64)[codes]
+        out.loc[out.index[hit], "src_line_exact"] = np.array([a.exact for a in answers],
+                                                             dtype=bool)[codes]
 
 
 def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,

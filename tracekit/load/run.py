@@ -49,22 +49,32 @@ def load_trace_file(job: TraceJob) -> Trace:
 
     The file is streamed in slices (bounded memory, parallel on big files); a file that
     cannot be sliced, including every broken one, is read whole, which also gives the
-    one-line error.
+    one-line error. The built frames are cached beside the trace (tracekit.cache) before
+    linking: linking reads the user's source files, which may change between analyses.
     """
-    with gc_paused():
-        try:
-            meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
-        except (NotSliceable, ValueError, OSError):
-            doc = read_document(job.path)
-            trace = build_trace(doc, job.path, rank=job.rank)
-            del doc
-        else:
-            trace = trace_from_frames(build_frames(columns), meta, job.path, job.rank)
-        if job.link:
-            from tracekit.link import link_trace
+    from tracekit.cache import load_cached, save_cache
 
-            link_trace(trace, source_roots=list(job.source_roots))
+    trace = load_cached(job.path)
+    if trace is None or trace.linked:
+        with gc_paused():
+            trace = read_trace_file(job)
+        save_cache(trace)
+    if job.link:
+        from tracekit.link import link_trace
+
+        link_trace(trace, source_roots=list(job.source_roots))
     return trace
+
+
+def read_trace_file(job: TraceJob) -> Trace:
+    try:
+        meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
+    except (NotSliceable, ValueError, OSError):
+        doc = read_document(job.path)
+        trace = build_trace(doc, job.path, rank=job.rank)
+        del doc
+        return trace
+    return trace_from_frames(build_frames(columns), meta, job.path, job.rank)
 
 
 @contextmanager
