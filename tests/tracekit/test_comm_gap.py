@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from planted import load_planted, planted_site
 from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
 from tracekit.detectors.comm_gap import (
@@ -19,7 +19,6 @@ from tracekit.detectors.comm_gap import (
 from tracekit.load import load
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts/record_planted_traces.py"
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"
 NELEMS = 8 * 1024 * 1024
@@ -113,23 +112,6 @@ def test_call_line_finds_the_call_or_gives_up(tmp_path: Path) -> None:
 
 # ---- the planted H200 traces --------------------------------------------------------------------
 
-def planted_line(tag: str) -> tuple[int, int, str]:
-    """(line, def line of the enclosing function, its name) of the `# planted: <tag>` line."""
-    text = SCRIPT.read_text()
-    line = next(i + 1 for i, t in enumerate(text.splitlines()) if f"# planted: {tag}" in t)
-    enclosing = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)
-                 and n.lineno <= line <= (n.end_lineno or n.lineno)]
-    inner = max(enclosing, key=lambda n: n.lineno)
-    return line, inner.lineno, inner.name
-
-
-def planted_run(name: str):  # noqa: ANN201
-    path = ROOT / "tests/data/gpu" / name
-    if not path.exists():
-        pytest.skip(f"{path} not recorded")
-    return load(path, progress=False)
-
-
 def stale(run, function: str, def_line: int) -> bool:  # noqa: ANN001
     """True when the traces were recorded from an older version of the script (the profiler
     names frames by their def line, and the script's def line for `function` is not among them).
@@ -139,9 +121,9 @@ def stale(run, function: str, def_line: int) -> bool:  # noqa: ANN001
 
 
 def test_planted_late_launch_and_wait_on_compute() -> None:
-    run = planted_run("comm_gap_late")
+    run = load_planted("comm_gap_late")
     findings = detect(run)
-    late_line, late_def, late_fn = planted_line("comm_gap late launch")
+    late_line, late_def, late_fn = planted_site("comm_gap late launch")
     for rank in (0, 1):
         mine = [f for f in findings if f.rank == rank]
         late = [f for f in mine if f.evidence["classification"] == LATE_LAUNCH]
@@ -162,7 +144,7 @@ def test_planted_late_launch_and_wait_on_compute() -> None:
         assert "nvjet" in wait[0].culprit.kernel  # the GEMM that held the compute stream
         assert wait[0].evidence["culprit_label"] == "compute:before_comm"
         assert wait[0].cost_us / wait[0].count > 2_000
-        wait_line, wait_def, wait_fn = planted_line("comm_gap waits on compute")
+        wait_line, wait_def, wait_fn = planted_site("comm_gap waits on compute")
         assert wait[0].cause.source.function == wait_fn
 
 
@@ -172,11 +154,11 @@ def test_planted_back_to_back_has_no_planted_causes() -> None:
     than a 32 MB all_reduce runs; the cooperative GEMM and the .float() copy issued after the
     collectives hold every SM while the last ones wait), but none of the planted causes: no
     CPU work outside issuing the collectives, and nothing the collectives depend on."""
-    findings = detect(planted_run("comm_gap_none"))
+    findings = detect(load_planted("comm_gap_none"))
     for f in findings:
         assert f.evidence["classification"] != WAITING_ON_COMPUTE
         if f.evidence["classification"] == LATE_LAUNCH:
             assert f.evidence["cpu_activity"]["issuing_the_collective"]
             assert f.cost_us / f.count < 300
-    late_total = sum(f.cost_us for f in detect(planted_run("comm_gap_late")))
+    late_total = sum(f.cost_us for f in detect(load_planted("comm_gap_late")))
     assert sum(f.cost_us for f in findings) < late_total / 2

@@ -10,44 +10,13 @@ from pathlib import Path
 import pytest
 
 from tracekit.detectors.select_backward import detect
-from tracekit.link import link_trace
 from tracekit.load import load
-from tracekit.trace import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from planted import REPO, load_planted, planted_line  # noqa: E402
 from synth import SynthTrace, write_run  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-GPU_DATA = REPO / "tests" / "data" / "gpu"
-SCRIPT = REPO / "scripts" / "record_planted_traces.py"
 FILL = re.compile(r"FillFunctor")
-
-
-def planted_line(marker: str) -> int:
-    """Line number of `# planted: <marker>` in the recording script."""
-    for number, text in enumerate(SCRIPT.read_text().splitlines(), start=1):
-        if f"# planted: {marker}" in text:
-            return number
-    raise AssertionError(f"no planted marker {marker!r} in {SCRIPT}")
-
-
-def needs(scenario: str) -> Path:
-    path = GPU_DATA / scenario
-    if not path.is_dir():
-        pytest.skip(f"{path} not recorded yet")
-    return path
-
-
-def load_planted(scenario: str) -> Run:
-    """A planted run, linked with the recording script's directory as a source root.
-
-    The script ran as `scripts/record_planted_traces.py`, so its frames name the file relative
-    to scripts/ (its sys.path entry); say so, as a manifest's sys_path would.
-    """
-    run = load(needs(scenario), link=False, progress=False)
-    for trace in run.traces:
-        link_trace(trace, source_roots=[SCRIPT.parent, REPO])
-    return run
 
 
 def test_planted_index_found_at_the_indexing_line() -> None:

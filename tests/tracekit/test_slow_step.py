@@ -9,42 +9,11 @@ import pandas as pd
 import pytest
 
 from tracekit.detectors.slow_step import detect, median_step_us
-from tracekit.link import link_trace
 from tracekit.load import load
-from tracekit.trace import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from planted import GPU_DATA, load_planted, planted_line  # noqa: E402
 from synth import SynthTrace, write_run  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-GPU_DATA = REPO / "tests" / "data" / "gpu"
-SCRIPT = REPO / "scripts" / "record_planted_traces.py"
-
-
-def planted_line(marker: str) -> int:
-    for number, text in enumerate(SCRIPT.read_text().splitlines(), start=1):
-        if f"# planted: {marker}" in text:
-            return number
-    raise AssertionError(f"no planted marker {marker!r} in {SCRIPT}")
-
-
-def needs(scenario: str) -> Path:
-    path = GPU_DATA / scenario
-    if not path.is_dir():
-        pytest.skip(f"{path} not recorded yet")
-    return path
-
-
-def load_planted(scenario: str) -> Run:
-    """A planted run, linked with the recording script's directory as a source root.
-
-    The script ran as `scripts/record_planted_traces.py`, so its frames name the file relative
-    to scripts/ (its sys.path entry); say so, as a manifest's sys_path would.
-    """
-    run = load(needs(scenario), link=False, progress=False)
-    for trace in run.traces:
-        link_trace(trace, source_roots=[SCRIPT.parent, REPO])
-    return run
 
 
 def test_planted_wait_found_at_step_8() -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from planted import load_planted, planted_site
 from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
 from tracekit.detectors.sm_contention import detect, short_kernel_name
 from tracekit.load import load
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_DATA = ROOT / "tests/data/gpu"
-SCRIPT = ROOT / "scripts/record_planted_traces.py"
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32"
 NELEMS = 64 * 1024 * 1024
@@ -130,27 +128,9 @@ def test_short_kernel_name() -> None:
 
 # ---- the planted H200 traces (scripts/record_planted_traces.py) ------------------------------
 
-def planted_line(tag: str) -> tuple[int, int, str]:
-    """(line, def line of the enclosing function, its name) of the `# planted: <tag>` line."""
-    lines = SCRIPT.read_text().splitlines()
-    line = next(i + 1 for i, text in enumerate(lines) if f"# planted: {tag}" in text)
-    tree = ast.parse(SCRIPT.read_text())
-    enclosing = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-                 and n.lineno <= line <= (n.end_lineno or n.lineno)]
-    inner = max(enclosing, key=lambda n: n.lineno)
-    return line, inner.lineno, inner.name
-
-
-def planted_run(name: str):  # noqa: ANN201
-    path = GPU_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} not recorded")
-    return load(path, progress=False)
-
-
 def test_planted_eager_copy_starves_nccl() -> None:
-    findings = detect(planted_run("sm_contention_eager"))
-    line, def_line, function = planted_line("sm_contention")
+    findings = detect(load_planted("sm_contention_eager"))
+    line, def_line, function = planted_site("sm_contention")
     assert {f.rank for f in findings} == {0, 1}
     for f in findings:
         assert f.kind == "sm_contention" and f.step in range(6, 11)
@@ -171,9 +151,9 @@ def test_planted_eager_copy_starves_nccl() -> None:
 
 
 def test_planted_bounded_triton_copy_is_quiet() -> None:
-    assert detect(planted_run("sm_contention_triton")) == []
+    assert detect(load_planted("sm_contention_triton")) == []
 
 
 @pytest.mark.parametrize("name", ["select_backward_unbind", "slow_step_none", "comm_gap_late"])
 def test_quiet_where_nothing_fills_the_sms_beside_nccl(name: str) -> None:
-    assert detect(planted_run(name)) == []
+    assert detect(load_planted(name)) == []

@@ -536,9 +536,47 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
+def late_activity(trace: Trace, gap: pd.Series, spans: CpuSpans | None, params: GapParams,
+                  files: SourceFiles) -> CpuActivity | None:
+    """What the launching thread did between the previous collective's end and the launch
+    (late launches only; None otherwise)."""
+    if gap["kind"] != LATE_LAUNCH or spans is None:
+        return None
+    return cpu_activity(trace, spans, int(gap["launch_tid"]), float(gap["prev_end"]),
+                        float(gap["launch_ts"]), float(gap["launch_ts"]), params, files)
+
+
+def culprit_row(gap: pd.Series) -> int:
+    """The kernel row a non-late gap is blamed on (-1 when none)."""
+    return int({WAITING_ON_COMPUTE: gap["compute_row"], SM_STARVATION: gap["suspect_row"],
+                COMPUTE_SATURATION: gap["filler_row"]}.get(gap["kind"], -1))
+
+
+def gap_key(trace: Trace, gap: pd.Series, spans: CpuSpans | None,
+            activity: CpuActivity | None) -> str:
+    """What gaps are merged by: the source line (or name) of the CPU work or culprit kernel.
+
+    The same key as `describe_gap` gives, without building the wording, op stacks and labels
+    that only the reported (worst) gap of each group needs.
+    """
+    if gap["kind"] == LATE_LAUNCH and spans is not None:
+        source = activity.source if activity else None
+        return (source_key(source) or (activity.name if activity else "")) + \
+            ("|issuing" if activity and activity.issuing else "")
+    row = culprit_row(gap)
+    if row < 0:
+        return ""
+    k = trace.kernels
+    op_row = int(k.at[row, "op_idx"]) if "op_idx" in k else -1
+    # kernel_source's source line: the linker's line of the kernel's op (or an ancestor's).
+    source = source_of_op(trace.ops, op_row) if 0 <= op_row < len(trace.ops) else None
+    return source_key(source) or str(k.at[row, "name"])
+
+
 def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuSpans | None,
-                 params: GapParams, files: SourceFiles) -> dict[str, Any]:
-    """Culprit, cause and wording for one gap (called only for the reported few)."""
+                 activity: CpuActivity | None) -> dict[str, Any]:
+    """Culprit, cause and wording for one gap (called only for the worst gap of each group;
+    `gap_key` is what groups them)."""
     k = trace.kernels
     nxt = collective_label(trace, int(gap["row"]), launch)
     prev = collective_label(trace, int(gap["prev_row"]), launch)
@@ -546,8 +584,6 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
     culprit, op, stack, source, what = Culprit(), None, [], None, ""
     extra: dict[str, Any] = {}
     if kind == LATE_LAUNCH and spans is not None:
-        activity = cpu_activity(trace, spans, int(gap["launch_tid"]), float(gap["prev_end"]),
-                                float(gap["launch_ts"]), float(gap["launch_ts"]), params, files)
         after = float(gap["launch_ts"]) - float(gap["prev_end"])
         if activity:
             where = f" ({activity.source.file}:{activity.source.line})" if activity.source else ""
@@ -561,11 +597,8 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
         else:
             what = "no CPU activity recorded on the launching thread"
         ordering = f"{nxt} issued {_ms(after)} after {prev} finished; {what}"
-        key = (source_key(source) or (activity.name if activity else "")) + \
-            ("|issuing" if activity and activity.issuing else "")
     else:
-        row = int({WAITING_ON_COMPUTE: gap["compute_row"], SM_STARVATION: gap["suspect_row"],
-                   COMPUTE_SATURATION: gap["filler_row"]}.get(kind, -1))
+        row = culprit_row(gap)
         if row >= 0:
             culprit = culprit_of(trace, row)
             op, stack, source = kernel_source(trace, row)
@@ -585,10 +618,9 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
                         f"held every SM, after {prev} finished")
         else:
             ordering = f"{nxt} started {_ms(float(gap['gap']))} after {prev} finished"
-        key = source_key(source) or (culprit.kernel or "")
     return {"culprit": culprit, "cause": Cause(op=op, op_stack=stack, source=source,
                                                ordering=ordering),
-            "key": key, "next": nxt, "prev": prev, "what": what, "extra": extra}
+            "next": nxt, "prev": prev, "what": what, "extra": extra}
 
 
 TITLES = {
@@ -611,13 +643,16 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
     launch = launch_columns(trace)
     files = SourceFiles(tuple(_roots(run, trace)))
     spans = CpuSpans.of(trace) if (gaps["kind"] == LATE_LAUNCH).any() else None
-    described = [describe_gap(trace, gap, launch, spans, params, files)
-                 for _, gap in gaps.iterrows()]
-    gaps = gaps.assign(key=[d["key"] for d in described], described=range(len(described)))
+    rows = [gap for _, gap in gaps.iterrows()]
+    activities = [late_activity(trace, gap, spans, params, files) for gap in rows]
+    gaps = gaps.assign(key=[gap_key(trace, gap, spans, activity)
+                            for gap, activity in zip(rows, activities, strict=True)],
+                       described=range(len(rows)))
     findings = []
     for (kind, _), group in gaps.groupby(["kind", "key"], sort=False):
         worst = group.sort_values("idle").iloc[-1]
-        d = described[int(worst["described"])]
+        at = int(worst["described"])
+        d = describe_gap(trace, rows[at], launch, spans, activities[at])
         total = float(group["idle"].sum())
         steps = sorted({int(s) for s in group["step"] if s >= 0})
         per_step = total / max(1, len(steps))
