@@ -18,7 +18,6 @@ from tracekit.detectors.comm_gap import (
 )
 from tracekit.load import load
 
-ROOT = Path(__file__).resolve().parents[2]
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"
 NELEMS = 8 * 1024 * 1024

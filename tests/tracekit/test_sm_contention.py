@@ -11,7 +11,6 @@ from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest
 from tracekit.detectors.sm_contention import detect, short_kernel_name
 from tracekit.load import load
 
-ROOT = Path(__file__).resolve().parents[2]
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32"
 NELEMS = 64 * 1024 * 1024
