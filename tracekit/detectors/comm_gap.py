@@ -236,6 +236,10 @@ def display_name(name: str) -> str:
     return text
 
 
+SPAN_KINDS = ("op", "annotation", "python")
+"""CpuSpans.kind codes, in the order the frames are stacked."""
+
+
 @dataclass
 class CpuSpans:
     """Every op, user label and Python frame of a trace as flat arrays (built once per trace),
@@ -247,6 +251,7 @@ class CpuSpans:
     """
 
     kind: np.ndarray
+    """Index into SPAN_KINDS (small ints: comparing 10^5 strings per query would dominate)."""
     row: np.ndarray
     name: np.ndarray
     tid: np.ndarray
@@ -259,26 +264,24 @@ class CpuSpans:
     @classmethod
     def of(cls, trace: Trace) -> CpuSpans:
         kinds, rows, names, tids, starts, ends = [], [], [], [], [], []
-        for kind, frame in (("op", trace.ops), ("annotation", trace.annotations),
-                            ("python", trace.python)):
+        for kind, frame in enumerate((trace.ops, trace.annotations, trace.python)):
             if not len(frame):
                 continue
-            # Names repeat (a few hundred distinct among 10^5 frames): convert and match the
-            # distinct ones, then broadcast back.
+            # Names repeat (a few hundred distinct among 10^5 Python frames): torch's own labels
+            # are recognised among the distinct names, then broadcast back.
             codes, uniques = pd.factorize(frame["name"], use_na_sentinel=False)
             distinct = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype(str)
-            internal = distinct.str.match(INTERNAL_LABEL).to_numpy(bool)
-            keep = ~internal[codes]
-            if kind == "annotation":
+            keep = ~distinct.str.match(INTERNAL_LABEL).to_numpy(bool)[codes]
+            if SPAN_KINDS[kind] == "annotation":
                 keep &= (frame["side"] == "cpu").to_numpy()
-            kinds.append(np.full(int(keep.sum()), kind, dtype=object))
+            kinds.append(np.full(int(keep.sum()), kind, dtype=np.int8))
             rows.append(frame.index.to_numpy()[keep])
             names.append(distinct.to_numpy()[codes[keep]])
             tids.append(frame["tid"].to_numpy(dtype=np.int64)[keep])
             starts.append(frame["ts"].to_numpy(dtype=np.float64)[keep])
             ends.append(frame["end"].to_numpy(dtype=np.float64)[keep])
         if not kinds:
-            kinds, rows, names = [np.zeros(0, object)], [np.zeros(0, np.int64)], \
+            kinds, rows, names = [np.zeros(0, np.int8)], [np.zeros(0, np.int64)], \
                 [np.zeros(0, object)]
             tids, starts, ends = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
         kind_all = np.concatenate(kinds)
@@ -287,8 +290,9 @@ class CpuSpans:
         by_tid = {int(t): ThreadSpans.of(np.flatnonzero(tid_all == t), ts_all, end_all)
                   for t in np.unique(tid_all)}
         return cls(kind=kind_all, row=np.concatenate(rows), name=np.concatenate(names),
-                   tid=tid_all, ts=ts_all, end=end_all, is_python=kind_all == "python",
-                   is_annotation=kind_all == "annotation", by_tid=by_tid)
+                   tid=tid_all, ts=ts_all, end=end_all,
+                   is_python=kind_all == SPAN_KINDS.index("python"),
+                   is_annotation=kind_all == SPAN_KINDS.index("annotation"), by_tid=by_tid)
 
     def overlapping(self, tid: int, lo: float, hi: float) -> np.ndarray:
         """Indices (ascending) of the spans on thread `tid` with ts < hi and end > lo."""
@@ -355,7 +359,7 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     else:
         pick = np.lexsort((dur, -ov))[0]
     i = hit[pick]
-    kind, row = str(spans.kind[i]), int(spans.row[i])
+    kind, row = SPAN_KINDS[spans.kind[i]], int(spans.row[i])
     source = source_of_op(trace.ops, row) if kind == "op" else None
     if source is None:
         source = python_source(trace, spans, tid, lo, hi, params.dominant_frac, files)

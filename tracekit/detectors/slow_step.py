@@ -46,6 +46,7 @@ import pandas as pd
 
 from tracekit.detectors import register
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.link import op_stack
 from tracekit.trace import Run, Trace
 
 COMPILE_PATTERN = re.compile(r"torch-compiled region|compiledfunction|dynamo|inductor|compile",
@@ -365,6 +366,7 @@ def cause_of(trace: Trace, chosen: Candidate) -> tuple[Cause, Culprit]:
                           blocks_per_sm=float(k["blocks_per_sm"]))
         op_row = int(k["op_idx"]) if "op_idx" in k and k["op_idx"] >= 0 else -1
         return Cause(op=str(trace.ops.at[op_row, "name"]) if op_row >= 0 else None,
+                     op_stack=op_stack(trace, op_row) if op_row >= 0 else [],
                      source=op_source(trace, op_row)), culprit
     if chosen.frame in ("ops", "launches", "annotations"):
         frame = getattr(trace, chosen.frame)

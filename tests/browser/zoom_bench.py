@@ -1,0 +1,116 @@
+"""Measure how fast a timeline page draws and zooms in headless chromium (software WebGL).
+
+    python tests/browser/zoom_bench.py --kernels 100000 200000
+
+For each size: the synthetic benchmark run (`tracekit.timeline.bench`) is written as a page,
+opened in headless chromium, and timed from navigation to Plotly's first render; then the plot
+is zoomed (`Plotly.relayout`) onto a 10 ms window and timed until that redraw, and any
+level-of-detail update it starts, has finished and a frame has gone by; then zoomed back out.
+The numbers are upper bounds for a desktop browser: SwiftShader rasterises on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repo, when not installed
+from chrome import chromium, open_timeline, severe_logs  # noqa: E402
+
+# WebGL draws are queued to the GPU process (here SwiftShader, on the CPU) and finish after
+# the JS returns; reading one pixel back waits for them, so timings include the rasterising.
+GL_SYNC_JS = """
+function tracekitGlSync(gd) {
+  var px = new Uint8Array(4);
+  (gd._fullLayout._glcanvas || {each: function () {}}).each(function (d) {
+    var gl = d.regl ? d.regl._gl : null;
+    if (gl) { gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); }
+  });
+}
+"""
+
+# Relayout, then wait for the page's level-of-detail update (a promise the page keeps while
+# it redraws, absent on pages without LOD), the GL work and one animation frame: the time
+# until the new view is on screen. Returns [ms, bars drawn]; bars drawn counts the non-NaN
+# segments of the visible bar traces (those whose meta is "bar-hover").
+RELAYOUT_JS = GL_SYNC_JS + """
+var done = arguments[arguments.length - 1];
+var gd = document.querySelector('.plotly-graph-div');
+var t0 = performance.now();
+Plotly.relayout(gd, arguments[0]).then(function () {
+  return gd._tracekitLod ? gd._tracekitLod.pending : null;
+}).then(function () {
+  tracekitGlSync(gd);
+  requestAnimationFrame(function () {
+    var ms = performance.now() - t0, bars = 0;
+    gd._fullData.forEach(function (t) {
+      if (t.meta !== 'bar-hover' || t.visible !== true) { return; }
+      for (var i = 0; i < t.x.length; i += 3) { if (t.x[i] === t.x[i]) { bars += 1; } }
+    });
+    done([ms, bars]);
+  });
+}).catch(function (e) { done(['error', String(e)]); });
+"""
+
+
+def relayout(driver: Any, update: dict) -> tuple[float, int]:
+    """Apply a Plotly.relayout and return (seconds until redrawn, bars drawn after it)."""
+    result = driver.execute_async_script(RELAYOUT_JS, update)
+    if result[0] == "error":
+        raise RuntimeError(f"relayout failed: {result[1]}")
+    return result[0] / 1000.0, int(result[1])
+
+
+def full_range(driver: Any) -> list[float]:
+    return driver.execute_script(
+        "return document.querySelector('.plotly-graph-div')._fullLayout.xaxis.range.slice();")
+
+
+def measure_page(driver: Any, page: Path, window_ms: float = 10.0) -> dict[str, float]:
+    """First draw, zoom to a `window_ms` window in the middle, zoom back out: seconds each."""
+    start = time.perf_counter()
+    open_timeline(driver, page, timeout_s=600)
+    driver.execute_script(GL_SYNC_JS + "tracekitGlSync(document.querySelector("
+                          "'.plotly-graph-div'));")
+    first = time.perf_counter() - start
+    lo, hi = full_range(driver)
+    mid = (lo + hi) / 2
+    zoom_in, bars_in = relayout(driver, {"xaxis.range": [mid, mid + window_ms]})
+    pan, _ = relayout(driver, {"xaxis.range": [mid + window_ms, mid + 2 * window_ms]})
+    zoom_out, bars_out = relayout(driver, {"xaxis.range": [lo, hi]})
+    errors = severe_logs(driver)
+    if errors:
+        raise RuntimeError(f"console errors: {errors[:3]}")
+    return {"first_draw_s": first, "zoom_in_s": zoom_in, "pan_s": pan, "zoom_out_s": zoom_out,
+            "bars_in_window": bars_in, "bars_zoomed_out": bars_out,
+            "page_mb": page.stat().st_size / 1e6}
+
+
+def main() -> None:
+    from tracekit.timeline import write_timeline_html
+    from tracekit.timeline.bench import synthetic_run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", type=int, nargs="+", default=[100_000, 200_000])
+    parser.add_argument("--window-ms", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.kernels:
+            page = write_timeline_html(synthetic_run(n, ranks=2), [], Path(tmp) / f"{n}.html")
+            # A fresh browser per page: one page's GPU memory must not slow the next.
+            with chromium(Path(tmp) / f"profile-{n}") as driver:
+                driver.set_script_timeout(600)
+                r = measure_page(driver, page, args.window_ms)
+            print(f"{n:>7,} kernels, {r['page_mb']:.1f} MB: first draw {r['first_draw_s']:.2f} s,"
+                  f" zoom to {args.window_ms:g} ms {r['zoom_in_s']:.2f} s "
+                  f"({r['bars_in_window']:,} bars drawn), pan {r['pan_s']:.2f} s, zoom out "
+                  f"{r['zoom_out_s']:.2f} s ({r['bars_zoomed_out']:,} bars drawn)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
