@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -389,3 +390,13 @@ def test_progress_bar_over_rank_files(tmp_path: Path, capsys: pytest.CaptureFixt
     assert run.ranks == [0, 1]
     # The bar is transient: it leaves nothing behind that could precede an error line.
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_run_files_beside_the_traces_are_not_traces(tmp_path: Path) -> None:
+    """findings.json (even empty, mid-write) and manifest.json are the run's, not rank traces."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data/gpu/slow_step_none", run_dir)
+    (run_dir / "findings.json").write_text("")
+    (run_dir / "manifest.json").write_text("{}")
+    run = load(run_dir, progress=False)
+    assert sorted(t.rank for t in run.traces) == [0, 1]

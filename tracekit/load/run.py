@@ -94,9 +94,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# What the trainer and `analyze` write beside the traces of a run.
+RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json")
+
+
 def is_trace_name(path: Path) -> bool:
     name = path.name
-    return name.endswith(TRACE_SUFFIXES) and name != MANIFEST_NAME
+    return name.endswith(TRACE_SUFFIXES) and name not in RUN_FILES
 
 
 def discover(directory: Path) -> list[Path]:
