@@ -284,7 +284,8 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
     work = WORKERS[contender.replace(" warm", "")]
     code = HARNESS.format(files=files, run_dir=info["run_dir"],
                           imports=IMPORTS.get(contender.replace(" warm", ""), ""), work=work)
-    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, **env_extra}
     result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
                          None)
     started = time.perf_counter()

@@ -5,10 +5,17 @@ makes zoom/pan crawl, while one Scattergl trace per category (segments separated
 the whole run in a handful of GPU buffers. Hover is on each bar's two ends (the
 line's vertices).
 Everything few in number (findings, steps) uses layout shapes and annotations.
+
+Level of detail (pages of more than LOD_MIN_BARS bars): software WebGL, as in CI browsers and
+remote desktops, takes seconds per redraw of 100k+ bars. So such pages start from an overview,
+each lane's bars of a category merged where the gap between them is under 1/LOD_MERGE_DIVISOR
+of the time span (under a pixel), and carry every bar compactly for the page's script, which
+redraws only the bars near the visible window after each zoom or pan (see page.LOD_SCRIPT).
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +47,16 @@ BAR_PX = 16
 # Outlines drawn per finding: enough to see the pattern, few enough to stay SVG-cheap.
 MAX_OUTLINES_PER_FINDING = 40
 SEVERITY_COLOUR = {"high": "#b30000", "medium": "#c76a00", "low": "#555555"}
+# Level of detail: pages with more bars than LOD_MIN_BARS draw an overview first; a zoom draws
+# every bar when at most LOD_DETAIL_MAX are near the window, else bars merged where the gap
+# between them is under 1/LOD_MERGE_DIVISOR of the visible span. Redraws of ~20k bars take
+# about a second in software WebGL; smaller pages keep every bar, exactly as before.
+LOD_MIN_BARS = 40_000
+LOD_DETAIL_MAX = 20_000
+LOD_MERGE_DIVISOR = 3000
+# Hover text of a merged segment; the page fills in {n} and {dur} (the bars' summed time).
+MERGED_TEXT = ("<b>{n} %s bars</b> merged at this zoom: zoom in to see each<br>"
+               "busy {dur} in total")
 
 
 @dataclass
@@ -94,21 +111,30 @@ def durations_text(dur_us: np.ndarray) -> np.ndarray:
 
 @dataclass
 class HoverTable:
-    """Hover texts stored once each: bars point at them by number (HTML page mode)."""
+    """Hover texts stored once each: bars point at them by number (HTML page mode).
+
+    Also carries, for level-of-detail pages, every bar of each overview trace (`detail`), since
+    this table is what the figure hands on to the page.
+    """
 
     texts: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
+    detail: list[dict] = field(default_factory=list)
+    """Per overview trace: its index and its bars sorted by start, as base64 arrays."""
+
+    def code(self, text: str) -> int:
+        """The number of one text, adding it when new."""
+        found = self.index.get(text)
+        if found is None:
+            found = self.index[text] = len(self.texts)
+            self.texts.append(text)
+        return found
 
     def codes(self, hover: pd.Series) -> np.ndarray:
         """Numbers of each bar's text, adding new texts (vectorised through factorize)."""
         local_codes, uniques = pd.factorize(hover.astype(str), use_na_sentinel=False)
-        mapping = np.empty(len(uniques), dtype=np.int64)
-        for i, text in enumerate(uniques):  # one per distinct text, not per bar
-            code = self.index.get(text)
-            if code is None:
-                code = self.index[text] = len(self.texts)
-                self.texts.append(text)
-            mapping[i] = code
+        mapping = np.array([self.code(text) for text in uniques],  # per distinct text
+                           dtype=np.int64)
         return mapping[local_codes]
 
 
@@ -119,11 +145,66 @@ def per_vertex(values: np.ndarray, fill: object) -> np.ndarray:
     return out
 
 
-def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.Scattergl]:
+def b64(values: np.ndarray, dtype: str) -> str:
+    """Little-endian bytes of an array as base64 (the page decodes it into a typed array)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def merge_close(x0: np.ndarray, x1: np.ndarray, y: np.ndarray, gap: float,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Group each lane's bars that are under `gap` apart; returns (bar order, group starts).
+
+    `order` sorts the bars by lane then start; group k is order[starts[k]:starts[k + 1]].
+    A lane's furthest end so far (not the previous bar's end) decides the gap, so a long bar
+    that covers later short ones keeps them in its group.
+    """
+    order = np.lexsort((x0, y))
+    xs0, xs1, ys = x0[order], x1[order], y[order]
+    reach = pd.Series(xs1).groupby(ys).cummax().to_numpy()
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (ys[1:] != ys[:-1]) | (xs0[1:] - reach[:-1] > gap)
+    return order, np.flatnonzero(new)
+
+
+def overview(x0: np.ndarray, x1: np.ndarray, y: np.ndarray, dur_us: np.ndarray,
+             codes: np.ndarray, merged_code: int, gap: float) -> dict[str, np.ndarray]:
+    """Merged segments: x0, x1, y, summed duration, bar count, and hover code of each.
+
+    A segment of one bar keeps that bar's hover; a merged one points at `merged_code`.
+    """
+    order, starts = merge_close(x0, x1, y, gap)
+    n = np.diff(np.append(starts, len(order)))
+    first = order[starts]
+    return {"x0": x0[first], "x1": np.maximum.reduceat(x1[order], starts), "y": y[first],
+            "dur": np.add.reduceat(dur_us[order], starts), "n": n.astype(np.float64),
+            "code": np.where(n == 1, codes[first], merged_code).astype(np.float64)}
+
+
+def detail_payload(index: int, x0: np.ndarray, x1: np.ndarray, y: np.ndarray,
+                   dur_us: np.ndarray, codes: np.ndarray, merged_code: int) -> dict:
+    """Every bar of one trace sorted by start, for the page's zoomed-in redraws.
+
+    Starts sorted let the page find the bars near a window by binary search; `max_len` bounds
+    how far before the window a bar that reaches into it can start.
+    """
+    order = np.argsort(x0, kind="stable")
+    wide = "<f4" if coords(np.concatenate([x0, x1])).dtype == np.float32 else "<f8"
+    return {"index": index, "n": len(x0), "x_bytes": int(wide[-1]), "merged_code": merged_code,
+            "max_len": float((x1 - x0).max()) if len(x0) else 0.0,
+            "x0": b64(x0[order], wide), "x1": b64(x1[order], wide),
+            "y": b64(y[order], "<f4"), "dur": b64(dur_us[order], "<f4"),
+            "code": b64(codes[order], "<i4")}
+
+
+def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None,
+               merge_gap: float | None = None) -> list[go.Scattergl]:
     """One WebGL line trace per category; hovering a bar's either end shows its details.
 
     Without a HoverTable the vertices carry their full hover text (plotly's own tooltip, for
     notebooks); with one they carry [text number, duration] and the page draws the tooltip.
+    With a HoverTable and `merge_gap` (ms), each trace is the overview (bars under merge_gap
+    apart merged; vertices carry [text number, duration, bar count]) and its every bar goes
+    to `hover.detail` for the page's level of detail.
     (A marker trace at each bar's middle would hover long bars better, but markers of the
     `line-ns` kind cost 5x the lines' render time in software WebGL, as CI browsers use.)
     """
@@ -146,11 +227,28 @@ def bar_traces(bars: pd.DataFrame, hover: HoverTable | None = None) -> list[go.S
                 dtype=object)
             traces.append(go.Scattergl(**line, text=per_vertex(text, None),
                                        hovertemplate="%{text}<extra></extra>"))
-        else:
+        elif merge_gap is None:
             codes = per_vertex(hover.codes(b["hover"]).astype(np.float64), -1.0)
             data = np.column_stack([codes, per_vertex(dur_us, 0.0)]).astype(np.float32)
             traces.append(go.Scattergl(**line, customdata=data, hoverinfo="none"))
+        else:
+            traces.append(overview_trace(line, b, dur_us, hover, label, len(traces), merge_gap))
     return traces
+
+
+def overview_trace(line: dict, b: pd.DataFrame, dur_us: np.ndarray, hover: HoverTable,
+                   label: str, index: int, merge_gap: float) -> go.Scattergl:
+    """A category's overview trace; its bars in full go to `hover.detail` (see bar_traces)."""
+    x0, x1, y = (b[c].to_numpy(dtype=float) for c in ("x0", "x1", "y"))
+    codes = hover.codes(b["hover"])
+    merged_code = hover.code(MERGED_TEXT % escape(label))
+    hover.detail.append(detail_payload(index, x0, x1, y, dur_us, codes, merged_code))
+    seg = overview(x0, x1, y, dur_us, codes, merged_code, merge_gap)
+    xs, ys = segments(seg["x0"], seg["x1"], seg["y"])
+    data = np.column_stack([per_vertex(seg["code"], -1.0), per_vertex(seg["dur"], 0.0),
+                            per_vertex(seg["n"], 0.0)]).astype(np.float32)
+    return go.Scattergl(**{**line, "x": coords(xs), "y": ys.astype(np.float32)},
+                        customdata=data, hoverinfo="none")
 
 
 def finding_rows(bars: pd.DataFrame, f: Finding, lo_ms: float, hi_ms: float) -> pd.DataFrame:
@@ -336,7 +434,17 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
     Pass a HoverTable to store hover texts once (the HTML page); without, plotly's tooltips.
     """
     marks = finding_marks(tl, findings)
-    fig = go.Figure(bar_traces(tl.bars, hover))
+    lod = hover is not None and len(tl.bars) > LOD_MIN_BARS
+    x_range: list[float] | None = None
+    if tl.window_ms and np.isfinite(tl.window_ms).all():
+        x_range = list(tl.window_ms)
+    elif lod:
+        # Explicit, so that double-click resets to the whole run: autorange would fit the
+        # bars drawn at the time, only those near a zoomed window.
+        lo, hi = float(tl.bars["x0"].min()), float(tl.bars["x1"].max())
+        x_range = [lo - (hi - lo) * 0.01, hi + (hi - lo) * 0.01]
+    merge_gap = (x_range[1] - x_range[0]) / LOD_MERGE_DIVISOR if lod and x_range else None
+    fig = go.Figure(bar_traces(tl.bars, hover, merge_gap))
     if marks:
         fig.add_trace(legend_only("finding: culprit kernel", CULPRIT_COLOUR, "solid"))
         if any(len(m.victims) for m in marks):
@@ -349,9 +457,6 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
     lanes = tl.lanes
     y_max = float(lanes["y"].max()) if len(lanes) else 0.0
     height = int(150 + (y_max + 1) * LANE_PX + 120)
-    x_range: list[float] | None = None
-    if tl.window_ms and np.isfinite(tl.window_ms).all():
-        x_range = list(tl.window_ms)
     fig.update_layout(
         title={"text": title or figure_title(run, tl, step), "x": 0.01, "xanchor": "left",
                "font": {"size": 16}},

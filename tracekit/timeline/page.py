@@ -1,7 +1,8 @@
 """The self-contained HTML page: the figure (plotly.js embedded) and a findings table.
 
 Clicking a table row zooms the plot onto that finding through `Plotly.relayout`; the page needs
-no network, so it can be mailed or attached to an issue.
+no network, so it can be mailed or attached to an issue. Large runs also get the level-of-detail
+script (LOD_SCRIPT), which redraws the bars near the visible window after each zoom or pan.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from tracekit.timeline.figure import FindingMark, HoverTable, cost_text
+from tracekit.timeline.figure import (
+    LOD_DETAIL_MAX,
+    LOD_MERGE_DIVISOR,
+    FindingMark,
+    HoverTable,
+    cost_text,
+)
 
 PLOT_DIV = "tracekit-timeline"
 
@@ -73,6 +80,8 @@ SCRIPT = """
     var p = ev.points && ev.points[0];
     if (!p || p.data.meta !== "bar-hover" || !p.customdata) { return; }
     var text = texts[Math.round(p.customdata[0])] || "";
+    // A third number (level-of-detail pages) is how many bars a merged segment holds.
+    if (p.customdata.length > 2) { text = text.replace("{n}", String(p.customdata[2])); }
     tip.innerHTML = text.replace("{dur}", Number(p.customdata[1]).toFixed(1) + " us");
     var x = ev.event ? ev.event.clientX : 0, y = ev.event ? ev.event.clientY : 0;
     tip.style.display = "block";
@@ -88,6 +97,85 @@ SCRIPT = """
       if (initial) { Plotly.relayout(gd, initial); }
     });
   }
+})();
+"""
+
+# Level of detail (figure.py explains when): each bar trace starts as the overview; after any
+# relayout, the bars near the visible window (one window width either side, so a pan shows
+# bars at once) are drawn one by one when at most detail_max of them, else merged where under
+# 1/merge_divisor of the visible span apart. Bars sorted by start are found by binary search,
+# back to max_len before the window for those reaching into it. gd._tracekitLod.pending is
+# the promise of the redraw in flight (for tests and measurements).
+LOD_SCRIPT = """
+(function () {
+  var gd = document.getElementById(%(div)s);
+  var lod = JSON.parse(document.getElementById("tracekit-lod").textContent);
+  function decode(text, Type) {
+    var raw = atob(text), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) { bytes[i] = raw.charCodeAt(i); }
+    return new Type(bytes.buffer);
+  }
+  var traces = lod.traces.map(function (t) {
+    var X = t.x_bytes === 8 ? Float64Array : Float32Array;
+    return {index: t.index, mergedCode: t.merged_code, maxLen: t.max_len,
+            x0: decode(t.x0, X), x1: decode(t.x1, X), y: decode(t.y, Float32Array),
+            dur: decode(t.dur, Float32Array), code: decode(t.code, Int32Array)};
+  });
+  // Index of the first start above v (after: true) or at or above v.
+  function search(starts, v, after) {
+    var lo = 0, hi = starts.length;
+    while (lo < hi) {
+      var mid = (lo + hi) >> 1;
+      if (starts[mid] < v || (after && starts[mid] === v)) { lo = mid + 1; } else { hi = mid; }
+    }
+    return lo;
+  }
+  // A trace's bars in [lo, hi] as NaN-separated segments, each lane's bars under `gap` apart
+  // merged (gap -Infinity: none); customdata per vertex: [text number, us, bar count].
+  function draw(t, first, last, lo, gap) {
+    var xs = [], ys = [], cd = [], sep = [-1, 0, 0], open = new Map();
+    function flush(s, y) {
+      var c = [s[3] === 1 ? s[4] : t.mergedCode, s[2], s[3]];
+      xs.push(s[0], s[1], NaN); ys.push(y, y, NaN); cd.push(c, c, sep);
+    }
+    for (var i = first; i < last; i++) {
+      var a = t.x0[i], b = t.x1[i], y = t.y[i];
+      if (b < lo) { continue; }
+      var s = open.get(y);
+      if (s && a - s[1] <= gap) {
+        s[1] = Math.max(s[1], b); s[2] += t.dur[i]; s[3] += 1;
+      } else {
+        if (s) { flush(s, y); }
+        open.set(y, [a, b, t.dur[i], 1, t.code[i]]);
+      }
+    }
+    open.forEach(flush);
+    return {x: new Float64Array(xs), y: new Float32Array(ys), customdata: cd};
+  }
+  var r0 = gd.layout.xaxis.range;
+  var state = {pending: null, lo: r0[0], hi: r0[1], width: r0[1] - r0[0], merged: true};
+  gd._tracekitLod = state;
+  function update() {
+    var r = gd._fullLayout.xaxis.range;
+    var lo = Math.min(r[0], r[1]), hi = Math.max(r[0], r[1]), w = hi - lo;
+    var sameScale = !state.merged || Math.abs(w - state.width) <= 1e-9 * w;
+    if (lo >= state.lo && hi <= state.hi && sameScale) { return; }
+    var plo = lo - w, phi = hi + w, total = 0;
+    var spans = traces.map(function (t) {
+      var span = [search(t.x0, plo - t.maxLen, false), search(t.x0, phi, true)];
+      total += span[1] - span[0];
+      return span;
+    });
+    var gap = total > lod.detail_max ? w / lod.merge_divisor : -Infinity;
+    var update = {x: [], y: [], customdata: []};
+    traces.forEach(function (t, k) {
+      var d = draw(t, spans[k][0], spans[k][1], plo, gap);
+      update.x.push(d.x); update.y.push(d.y); update.customdata.push(d.customdata);
+    });
+    state.lo = plo; state.hi = phi; state.width = w; state.merged = gap > -Infinity;
+    state.pending = Plotly.restyle(gd, update, traces.map(function (t) { return t.index; }));
+  }
+  gd.on("plotly_relayout", update);
 })();
 """
 
@@ -120,6 +208,19 @@ def json_for_script(value: object) -> str:
     return json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
 
 
+def lod_data(hover: HoverTable) -> str:
+    """The level-of-detail bars as a JSON script element ("" on pages without LOD)."""
+    if not hover.detail:
+        return ""
+    data = {"traces": hover.detail, "detail_max": LOD_DETAIL_MAX,
+            "merge_divisor": LOD_MERGE_DIVISOR}
+    return f"<script type='application/json' id='tracekit-lod'>{json_for_script(data)}</script>"
+
+
+def lod_script(hover: HoverTable) -> str:
+    return f"<script>{LOD_SCRIPT % {'div': json.dumps(PLOT_DIV)}}</script>" if hover.detail else ""
+
+
 def page_html(fig: go.Figure, marks: list[FindingMark], title: str, hover: HoverTable) -> str:
     """The whole page as one string (plotly.js inlined: works offline)."""
     plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id=PLOT_DIV,
@@ -131,6 +232,7 @@ def page_html(fig: go.Figure, marks: list[FindingMark], title: str, hover: Hover
         f"{plot}<div id='tracekit-tip'></div>"
         "<script type='application/json' id='tracekit-hover'>"
         f"{json_for_script(hover.texts)}</script>"
+        f"{lod_data(hover)}"
         "<h2>Findings <button id='reset-view' type='button'>reset view</button></h2>"
         "<p class='help'>Click a row to zoom onto it. On the plot, the yellow band is the "
         "finding's time window, a solid black outline marks the culprit kernel(s) and a dotted "
@@ -138,6 +240,7 @@ def page_html(fig: go.Figure, marks: list[FindingMark], title: str, hover: Hover
         "blocks/SM, launching op and source line.</p>"
         f"{findings_table(marks)}"
         f"<script>{SCRIPT % {'div': json.dumps(PLOT_DIV)}}</script>"
+        f"{lod_script(hover)}"
         "</body></html>\n")
 
 
