@@ -56,6 +56,7 @@ def chromium(profile_dir: Path, width: int = 1600, height: int = 1000) -> Iterat
     driver = webdriver.Chrome(service=service, options=options)
     try:
         driver.set_page_load_timeout(120)
+        driver.set_script_timeout(300)
         yield driver
     finally:
         driver.quit()
@@ -84,3 +85,77 @@ def severe_logs(driver: Any) -> list[str]:
     """Console messages at level SEVERE (uncaught errors, failed loads)."""
     return [entry["message"] for entry in driver.get_log("browser")
             if entry.get("level") == "SEVERE"]
+
+
+# WebGL draws are queued to the GPU process (here SwiftShader, on the CPU) and finish after
+# the JS returns; reading one pixel back waits for them, so timings include the rasterising.
+GL_SYNC_JS = """
+function tracekitGlSync(gd) {
+  var px = new Uint8Array(4);
+  (gd._fullLayout._glcanvas || {each: function () {}}).each(function (d) {
+    var gl = d.regl ? d.regl._gl : null;
+    if (gl) { gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); }
+  });
+}
+"""
+
+# Relayout, then wait for the page's level-of-detail update (a promise the page keeps while
+# it redraws, absent on pages without LOD), the GL work and one animation frame: the time
+# until the new view is on screen. Returns [ms, bars drawn]; bars drawn counts the non-NaN
+# segments of the visible bar traces (those whose meta is "bar-hover").
+RELAYOUT_JS = GL_SYNC_JS + """
+var done = arguments[arguments.length - 1];
+var gd = document.querySelector('.plotly-graph-div');
+var t0 = performance.now();
+Plotly.relayout(gd, arguments[0]).then(function () {
+  return gd._tracekitLod ? gd._tracekitLod.pending : null;
+}).then(function () {
+  tracekitGlSync(gd);
+  requestAnimationFrame(function () {
+    var ms = performance.now() - t0, bars = 0;
+    gd._fullData.forEach(function (t) {
+      if (t.meta !== 'bar-hover' || t.visible !== true) { return; }
+      for (var i = 0; i < t.x.length; i += 3) { if (t.x[i] === t.x[i]) { bars += 1; } }
+    });
+    done([ms, bars]);
+  });
+}).catch(function (e) { done(['error', String(e)]); });
+"""
+
+
+def relayout(driver: Any, update: dict) -> tuple[float, int]:
+    """Apply a Plotly.relayout and return (seconds until redrawn, bars drawn after it)."""
+    result = driver.execute_async_script(RELAYOUT_JS, update)
+    if result[0] == "error":
+        raise RuntimeError(f"relayout failed: {result[1]}")
+    return result[0] / 1000.0, int(result[1])
+
+
+DRAWN_BARS_JS = """
+var gd = document.querySelector('.plotly-graph-div');
+return gd._fullData.filter(function (t) {
+  return t.meta === 'bar-hover' && t.visible === true;
+}).map(function (t) {
+  var bars = [];
+  for (var i = 0; i < t.x.length; i += 3) {
+    if (t.x[i] !== t.x[i]) { continue; }
+    var c = t.customdata ? Array.from(t.customdata[i]) : [];
+    bars.push([t.x[i], t.x[i + 1], t.y[i]].concat(c));
+  }
+  return {category: t.legendgroup, bars: bars};
+});
+"""
+
+
+def drawn_bars(driver: Any) -> dict[str, list[list[float]]]:
+    """Per category: the segments drawn now, [x0, x1, y, *customdata] each."""
+    return {t["category"]: t["bars"] for t in driver.execute_script(DRAWN_BARS_JS)}
+
+
+def lod_settled(driver: Any) -> None:
+    """Wait until the page's level-of-detail redraw in flight (if any) has finished."""
+    driver.execute_async_script(
+        "var done = arguments[arguments.length - 1];"
+        "var gd = document.querySelector('.plotly-graph-div');"
+        "Promise.resolve(gd._tracekitLod ? gd._tracekitLod.pending : null)"
+        ".then(function () { done(true); });")

@@ -11,16 +11,27 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("plotly")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chrome import chromium, find_browser, open_timeline, severe_logs  # noqa: E402
+from chrome import (  # noqa: E402
+    chromium,
+    drawn_bars,
+    find_browser,
+    lod_settled,
+    open_timeline,
+    relayout,
+    severe_logs,
+)
 
 from tracekit.analysis import analyze_run  # noqa: E402
+from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
 from tracekit.timeline import write_timeline_html  # noqa: E402
 from tracekit.timeline.bench import synthetic_run  # noqa: E402
+from tracekit.timeline.lanes import build_timeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
 GPU = Path(__file__).resolve().parents[1] / "data" / "gpu"
@@ -130,3 +141,98 @@ def test_many_kernels_page_loads(browser, tmp_path: Path) -> None:
     legend = " ".join(rendered_text(browser, ".legendtext"))
     assert "GEMM (3,000)" in legend
     print(f"\n20k kernels: {page.stat().st_size / 1e6:.1f} MB, rendered in {took:.1f} s")
+
+
+def hover_texts(driver) -> list[str]:
+    return driver.execute_script(
+        "return JSON.parse(document.getElementById('tracekit-hover').textContent);")
+
+
+def tip_at(driver, x_ms: float, y_lane: float) -> str:
+    """Move the real mouse onto a point of the plot (axis units); the tooltip shown there."""
+    x, y = driver.execute_script(
+        "var gd = document.querySelector('.plotly-graph-div');"
+        "var fl = gd._fullLayout, r = gd.getBoundingClientRect();"
+        "return [r.left + fl._size.l + fl.xaxis.l2p(arguments[0]) + 2,"
+        "        r.top + fl._size.t + fl.yaxis.l2p(arguments[1])];", x_ms, y_lane)
+    driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 1, "y": 1})
+    driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        tip = driver.execute_script(
+            "var t = document.getElementById('tracekit-tip');"
+            "return t.style.display === 'block' ? t.innerHTML : '';")
+        if tip:
+            return tip
+        time.sleep(0.1)
+    return ""
+
+
+def test_large_run_zooms_from_overview_to_every_bar(browser, tmp_path: Path) -> None:
+    """Level of detail: a merged overview first, every bar of a zoomed window, right hover.
+
+    After a zoom the page must draw exactly the bars that reach into the window padded by one
+    window width each side (as stored: float32 ms), each with its own hover text.
+    """
+    run = synthetic_run(40_000, ranks=2)
+    tl = build_timeline(run)
+    bars = tl.bars.assign(x0=tl.bars["x0"].astype(np.float32).astype(float),
+                          x1=tl.bars["x1"].astype(np.float32).astype(float))
+    gemm = bars[(bars["category"] == "gemm") & (bars["rank"] == 0)].sort_values("x0")
+    target = gemm.iloc[len(gemm) // 2]
+    finding = Finding(kind="comm_gap", severity="high", rank=0, step=None,
+                      start_us=float(target["ts"]), dur_us=float(target["end"] - target["ts"]),
+                      cost_us=10.0, count=1, title="planted", cause=Cause(),
+                      culprit=Culprit(kernel=str(target["name"]), stream=int(target["stream"])))
+    page = write_timeline_html(run, [finding], tmp_path / "lod.html")
+    took = open_timeline(browser, page, timeout_s=180)
+    assert took < 60  # the overview; drawing every bar takes ~8 s per 100k kernels here
+    assert severe_logs(browser) == []
+    overview = drawn_bars(browser)
+    assert sum(len(b) for b in overview.values()) < len(bars) / 4
+    texts = hover_texts(browser)
+
+    lo = float(round((bars["x0"].min() + bars["x1"].max()) / 2))
+    hi = lo + 10.0
+    took, _ = relayout(browser, {"xaxis.range": [lo, hi]})
+    drawn = drawn_bars(browser)
+    near = bars[(bars["x1"] >= lo - 10.0) & (bars["x0"] <= hi + 10.0)]
+    assert 0 < len(near) < len(bars) / 10
+    for cat, expected in near.groupby("category"):
+        got = drawn.get(cat, [])
+        assert len(got) == len(expected), cat
+        assert all(b[5] == 1 for b in got)  # single bars, none merged
+        got_pairs = sorted((round(b[0], 5), round(b[2], 3), texts[int(b[3])]) for b in got)
+        want = sorted(zip(expected["x0"].round(5), expected["y"].round(3), expected["hover"],
+                          strict=True))
+        assert got_pairs == want, cat
+    assert set(drawn) - set(near["category"]) <= {c for c, b in drawn.items() if not b}
+
+    # Hover a GEMM bar of the window (the one furthest from its lane's previous bar, zoomed so
+    # no other bar's end is near): the tooltip is that kernel's, with its own duration.
+    lane = bars[bars["y"] == target["y"]].sort_values("x0")
+    lane = lane.assign(gap=lane["x0"] - lane["x1"].cummax().shift())
+    pick = lane[(lane["category"] == "gemm") & lane["x0"].between(lo, hi)]
+    bar = pick.loc[pick["gap"].idxmax()]
+    relayout(browser, {"xaxis.range": [bar["x0"] - 0.02, bar["x0"] + 0.02]})
+    tip = tip_at(browser, float(bar["x0"]), float(bar["y"]))
+    dur = float(np.float32(bar["end"] - bar["ts"]))
+    assert "sm90_xmma_gemm" in tip and f"{dur:.1f} us" in tip, tip
+
+    # Back out to the whole run: merged segments again, whose hover says so.
+    _, count = relayout(browser, {"xaxis.range": [lo - 1000.0, hi + 1000.0]})
+    assert count < len(bars) / 4
+    merged = [b for seg in drawn_bars(browser).values() for b in seg if b[5] > 1]
+    assert merged and all("merged" in texts[int(b[3])] for b in merged)
+
+    # The findings table still zooms, and the zoomed view is drawn bar by bar.
+    browser.find_element("id", "finding-row-1").click()
+    deadline = time.time() + 20
+    while x_range(browser)[1] - x_range(browser)[0] > 100 and time.time() < deadline:
+        time.sleep(0.1)
+    lod_settled(browser)
+    view = x_range(browser)
+    assert view[1] - view[0] < 1.0 and view[0] <= target["x0"] <= view[1]
+    shown = drawn_bars(browser)
+    assert shown["gemm"] and all(b[5] == 1 for seg in shown.values() for b in seg)
+    assert severe_logs(browser) == []

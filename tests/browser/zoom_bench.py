@@ -20,50 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repo, when not installed
-from chrome import chromium, open_timeline, severe_logs  # noqa: E402
-
-# WebGL draws are queued to the GPU process (here SwiftShader, on the CPU) and finish after
-# the JS returns; reading one pixel back waits for them, so timings include the rasterising.
-GL_SYNC_JS = """
-function tracekitGlSync(gd) {
-  var px = new Uint8Array(4);
-  (gd._fullLayout._glcanvas || {each: function () {}}).each(function (d) {
-    var gl = d.regl ? d.regl._gl : null;
-    if (gl) { gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); }
-  });
-}
-"""
-
-# Relayout, then wait for the page's level-of-detail update (a promise the page keeps while
-# it redraws, absent on pages without LOD), the GL work and one animation frame: the time
-# until the new view is on screen. Returns [ms, bars drawn]; bars drawn counts the non-NaN
-# segments of the visible bar traces (those whose meta is "bar-hover").
-RELAYOUT_JS = GL_SYNC_JS + """
-var done = arguments[arguments.length - 1];
-var gd = document.querySelector('.plotly-graph-div');
-var t0 = performance.now();
-Plotly.relayout(gd, arguments[0]).then(function () {
-  return gd._tracekitLod ? gd._tracekitLod.pending : null;
-}).then(function () {
-  tracekitGlSync(gd);
-  requestAnimationFrame(function () {
-    var ms = performance.now() - t0, bars = 0;
-    gd._fullData.forEach(function (t) {
-      if (t.meta !== 'bar-hover' || t.visible !== true) { return; }
-      for (var i = 0; i < t.x.length; i += 3) { if (t.x[i] === t.x[i]) { bars += 1; } }
-    });
-    done([ms, bars]);
-  });
-}).catch(function (e) { done(['error', String(e)]); });
-"""
-
-
-def relayout(driver: Any, update: dict) -> tuple[float, int]:
-    """Apply a Plotly.relayout and return (seconds until redrawn, bars drawn after it)."""
-    result = driver.execute_async_script(RELAYOUT_JS, update)
-    if result[0] == "error":
-        raise RuntimeError(f"relayout failed: {result[1]}")
-    return result[0] / 1000.0, int(result[1])
+from chrome import GL_SYNC_JS, chromium, open_timeline, relayout, severe_logs  # noqa: E402
 
 
 def full_range(driver: Any) -> list[float]:
@@ -104,7 +61,6 @@ def main() -> None:
             page = write_timeline_html(synthetic_run(n, ranks=2), [], Path(tmp) / f"{n}.html")
             # A fresh browser per page: one page's GPU memory must not slow the next.
             with chromium(Path(tmp) / f"profile-{n}") as driver:
-                driver.set_script_timeout(600)
                 r = measure_page(driver, page, args.window_ms)
             print(f"{n:>7,} kernels, {r['page_mb']:.1f} MB: first draw {r['first_draw_s']:.2f} s,"
                   f" zoom to {args.window_ms:g} ms {r['zoom_in_s']:.2f} s "

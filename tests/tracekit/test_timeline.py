@@ -17,7 +17,14 @@ from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
 from tracekit.load import load  # noqa: E402
 from tracekit.timeline import timeline_figure, write_timeline_html  # noqa: E402
 from tracekit.timeline.bench import synthetic_run  # noqa: E402
-from tracekit.timeline.figure import HoverTable, bar_traces, finding_marks, make_figure  # noqa: E402
+from tracekit.timeline.figure import (  # noqa: E402
+    LOD_MIN_BARS,
+    HoverTable,
+    bar_traces,
+    finding_marks,
+    make_figure,
+    merge_close,
+)
 from tracekit.timeline.lanes import build_timeline, parse_window  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +144,68 @@ def test_hover_table_stores_each_text_once() -> None:
     assert len(table.texts) < len(tl.bars) / 3  # the steps repeat the same launches
     codes = np.concatenate([np.asarray(t.customdata)[0::3, 0] for t in traces])
     assert codes.max() < len(table.texts)
+
+
+def test_merge_close_groups_each_lane_by_gap_and_furthest_end() -> None:
+    # Lane 0: a long bar covering a short one, then a bar 0.5 after the long one ends (merged
+    # at gap 1), then one 5 later (new). Lane 1's bar starts a group of its own.
+    x0 = np.array([0.0, 1.0, 10.5, 16.0, 0.2])
+    x1 = np.array([10.0, 2.0, 11.0, 17.0, 0.3])
+    y = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    order, starts = merge_close(x0, x1, y, gap=1.0)
+    groups = [sorted(order[a:b].tolist()) for a, b in zip(starts, [*starts[1:], len(order)],
+                                                          strict=True)]
+    assert groups == [[0, 1, 2], [3], [4]]
+
+
+def decode(payload: dict, key: str, dtype: str) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(payload[key]), dtype=dtype)
+
+
+def test_large_page_draws_an_overview_that_covers_every_bar() -> None:
+    run = synthetic_run(40_000, ranks=2)
+    tl = build_timeline(run)
+    assert len(tl.bars) > LOD_MIN_BARS
+    table = HoverTable()
+    fig, _ = make_figure(run, tl, [], hover=table)
+    bars = [t for t in fig.data if t.meta == "bar-hover"]
+    drawn = sum(len(t.x) // 3 for t in bars)
+    assert drawn < len(tl.bars) / 4  # the overview is far smaller than the run
+    assert fig.layout.xaxis.range is not None  # double-click resets to the whole run
+    assert sum(d["n"] for d in table.detail) == len(tl.bars)
+    for trace, payload in zip(bars, table.detail, strict=True):
+        cat = trace.legendgroup
+        mine = tl.bars[tl.bars["category"] == cat].sort_values("x0", kind="stable")
+        x_bytes = payload["x_bytes"]
+        starts = decode(payload, "x0", f"<f{x_bytes}")
+        assert np.allclose(starts, mine["x0"], atol=1e-4) and (np.diff(starts) >= 0).all()
+        codes = decode(payload, "code", "<i4")
+        assert [table.texts[c] for c in codes[:50]] == mine["hover"].head(50).tolist()
+        # Every bar lies inside an overview segment of its own lane.
+        x = np.asarray(trace.x, dtype=float).reshape(-1, 3)
+        y = np.asarray(trace.y, dtype=float).reshape(-1, 3)[:, 0]
+        for lane, lane_bars in mine.groupby("y"):
+            seg = x[y == np.float32(lane)]  # y is drawn as float32
+            seg = seg[np.argsort(seg[:, 0])]
+            at = np.searchsorted(seg[:, 0], lane_bars["x0"].to_numpy() + 1e-3, side="right") - 1
+            assert (at >= 0).all()
+            assert (seg[at, 1] >= lane_bars["x1"].to_numpy() - 1e-3).all()
+        # Merged segments say how many bars they hold; those counts add up to the category.
+        data = np.asarray(trace.customdata, dtype=float).reshape(-1, 3, 3)[:, 0, :]
+        assert data[:, 2].sum() == len(mine)
+        merged = data[data[:, 2] > 1]
+        assert len(merged) and all("merged" in table.texts[int(c)] for c in merged[:, 0])
+
+
+def test_small_page_has_no_level_of_detail(tmp_path: Path) -> None:
+    run = synthetic_run(6000, ranks=2)
+    table = HoverTable()
+    fig, _ = make_figure(run, build_timeline(run), [], hover=table)
+    assert table.detail == [] and fig.layout.xaxis.range is None
+    out = write_timeline_html(run, [], tmp_path / "small.html")
+    assert "tracekit-lod" not in out.read_text()
 
 
 def test_findings_outline_culprit_and_victim(contention) -> None:

@@ -189,9 +189,10 @@ def detail_payload(index: int, x0: np.ndarray, x1: np.ndarray, y: np.ndarray,
     """
     order = np.argsort(x0, kind="stable")
     wide = "<f4" if coords(np.concatenate([x0, x1])).dtype == np.float32 else "<f8"
+    starts, ends = x0[order].astype(wide), x1[order].astype(wide)  # as the page will see them
     return {"index": index, "n": len(x0), "x_bytes": int(wide[-1]), "merged_code": merged_code,
-            "max_len": float((x1 - x0).max()) if len(x0) else 0.0,
-            "x0": b64(x0[order], wide), "x1": b64(x1[order], wide),
+            "max_len": float((ends - starts).max()) if len(x0) else 0.0,
+            "x0": b64(starts, wide), "x1": b64(ends, wide),
             "y": b64(y[order], "<f4"), "dur": b64(dur_us[order], "<f4"),
             "code": b64(codes[order], "<i4")}
 
