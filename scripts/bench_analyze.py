@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = Path("/work/shared/traces-external/a100_nccl_2ranks_rank0.json.gz")
+DEFAULT_SOURCE = ROOT.parent / "shared/traces-external/a100_nccl_2ranks_rank0.json.gz"
 FALLBACK_SOURCE = ROOT / "tests/data/gpu/comm_gap_late/rank0.pt.trace.json.gz"
 ID_ARGS = ("External id", "correlation", "Python id", "Python parent id", "Ev Idx")
 

@@ -46,3 +46,15 @@ def load_planted(scenario: str) -> Run:
     for trace in run.traces:
         link_trace(trace, source_roots=[SCRIPT.parent, REPO])
     return run
+
+
+def external_traces() -> Path:
+    """Other people's traces (../shared/traces-external beside the checkout)."""
+    for candidate in (REPO.parent / "shared" / "traces-external",
+                      Path("/work/shared/traces-external")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "traces-external"
+
+
+EXTERNAL = external_traces()

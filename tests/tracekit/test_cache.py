@@ -93,7 +93,7 @@ def test_linked_trace_round_trips(trace_copy: Path) -> None:
     _assert_same(linked, cached)
 
 
-EXTERNAL = Path("/work/shared/traces-external")
+from planted import EXTERNAL  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["cpu_only_rank34.pt.trace.json.gz", "amd_mi250_single.json.gz",

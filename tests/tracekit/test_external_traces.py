@@ -12,7 +12,8 @@ from tracekit.load import load, load_trace
 from tracekit.trace import Trace
 
 REPO = Path(__file__).resolve().parents[2]
-EXTERNAL = Path("/work/shared/traces-external")
+from planted import EXTERNAL  # noqa: E402
+
 if not EXTERNAL.is_dir():  # a checkout without the shared folder
     EXTERNAL = REPO / "tests" / "data" / "external"
 GPU_DATA = REPO / "tests" / "data" / "gpu"

@@ -26,7 +26,8 @@ pytest.importorskip("hta")
 from tracekit.hta import breakdown  # noqa: E402  (HTA is optional)
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTERNAL = Path("/work/shared/traces-external")
+from planted import EXTERNAL  # noqa: E402
+
 TRACES = [
     EXTERNAL / "a100_nccl_2ranks_rank0.json.gz",
     EXTERNAL / "sampled_128ranks_rank0.json.gz",

@@ -15,11 +15,11 @@ from tracekit.report import render_json, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from planted import EXTERNAL  # noqa: E402
 from synth import SynthTrace, write_run  # noqa: E402
 
 import cli as cli_module  # noqa: E402
 
-EXTERNAL = Path("/work/shared/traces-external")
 FINDING_KEYS = {"kind", "severity", "rank", "step", "start_us", "dur_us", "cost_us", "count",
                 "title", "culprit", "cause", "evidence", "suggestion"}
 CULPRIT_KEYS = {"kernel", "stream", "grid", "blocks_per_sm"}
