@@ -5,7 +5,8 @@
 The run is made directly as frames (the `tracekit.trace` schema), not as JSON, so the numbers
 measure the timeline alone. Its shape imitates a training step: a compute stream of short
 kernels of every category, a comm stream of fewer, longer NCCL kernels, a main and an autograd
-CPU thread of ops that launched them.
+CPU thread of ops that launched them. For how fast the page draws and zooms in a browser,
+see tests/browser/zoom_bench.py (headless chromium).
 """
 
 from __future__ import annotations

@@ -167,13 +167,13 @@ LOD_SCRIPT = """
       return span;
     });
     var gap = total > lod.detail_max ? w / lod.merge_divisor : -Infinity;
-    var update = {x: [], y: [], customdata: []};
+    var change = {x: [], y: [], customdata: []};
     traces.forEach(function (t, k) {
       var d = draw(t, spans[k][0], spans[k][1], plo, gap);
-      update.x.push(d.x); update.y.push(d.y); update.customdata.push(d.customdata);
+      change.x.push(d.x); change.y.push(d.y); change.customdata.push(d.customdata);
     });
     state.lo = plo; state.hi = phi; state.width = w; state.merged = gap > -Infinity;
-    state.pending = Plotly.restyle(gd, update, traces.map(function (t) { return t.index; }));
+    state.pending = Plotly.restyle(gd, change, traces.map(function (t) { return t.index; }));
   }
   gd.on("plotly_relayout", update);
 })();
