@@ -351,3 +351,41 @@ def test_cli_terminal_report_and_errors(tmp_path: Path) -> None:
         # cli.main turns a UserError into "error: <message>" and exit status 2.
         assert isinstance(bad.exception, UserError), bad.output
         assert words in str(bad.exception) and "\n" not in str(bad.exception)
+
+
+TRACES = Path(__file__).resolve().parents[2] / "traces"
+
+
+@cache
+def analyzed_reference(name: str) -> tuple[Run, tuple[Finding, ...]]:
+    from tracekit.analysis import analyze_run
+
+    run, findings = analyze_run(TRACES / name, progress=False)
+    return run, tuple(findings)
+
+
+def reference_diff(base: str, new: str) -> RunDiff:
+    base_run, base_findings = analyzed_reference(base)
+    new_run, new_findings = analyzed_reference(new)
+    return diff_runs(base_run, list(base_findings), new_run, list(new_findings))
+
+
+def test_trainer_bank_index_fix_drops_the_select_backward_kernels() -> None:
+    """The trainer's own pair: switch-bank-index -> fixed-2gpu (compiled)."""
+    result = reference_diff("switch-bank-index", "fixed-2gpu")
+    gone = [k for k in result.kernels_disappeared if "select_backward" in k]
+    assert gone, result.kernels_disappeared
+    assert not [k for k in result.kernels_appeared if "select_backward" in k]
+    resolved = [r for r in result.findings.resolved if r.kind == "select_backward"]
+    assert resolved and sorted({rank for r in resolved for rank in r.ranks}) == [0, 1]
+    assert not [r for r in result.findings.introduced if r.kind == "select_backward"]
+
+
+def test_trainer_tie_copy_fix_swaps_eager_copies_for_the_triton_kernels() -> None:
+    result = reference_diff("switch-tie-eager", "fixed-2gpu")
+    assert {"transpose_copy_kernel", "transpose_add_kernel"} <= set(result.kernels_appeared)
+    copy_op = result.row("kernels_by_launching_op", "aten::copy_")
+    assert copy_op is not None and copy_op.new_us < copy_op.base_us
+    tie = [r for r in result.findings.resolved
+           if r.kind == "sm_contention" and r.source and "optim.py" in r.source]
+    assert tie, result.findings.resolved
