@@ -27,6 +27,7 @@ for run in "${runs[@]}"; do
       $(flags_for "$run") > "$out/$run.log" 2>&1
   echo "$run rc=$? $(( $(date +%s) - start ))s"
   tail -n 4 "$out/$run.log"
+  tar -C /tmp -cf "$out/runs.tar" runs  # after each run: a cut-off call still brings some back
 done
 du -sh /tmp/runs/* 2>/dev/null
 tar -C /tmp -cf "$out/runs.tar" runs
