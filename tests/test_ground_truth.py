@@ -143,50 +143,23 @@ def test_comm_gap_findings_name_the_ordering(run_dir: Path) -> None:
         assert "comm:" in ordering or "issued" in ordering or "behind" in ordering, ordering
 
 
-def small_gather_gap_us(findings: list[Finding]) -> float:
-    small = ("all_gather:lm_head", "all_gather:ve", "all_gather:scalars")
-    return sum(f.cost_us for f in of_kind(findings, "comm_gap")
-               if any(s in f.title for s in small))
-
-
-def test_big_first_work_order_opens_gaps_before_small_parameter_gathers() -> None:
-    """big-first updates attn/mlp before any small parameter, so the small parameters'
-    all_gathers are issued late, behind the banks' update. Measured: 7.1 and 8.7 ms of such gaps
-    in the two big-first runs against 2.9-3.4 ms in the four small-first ones."""
-    by_order: dict[str, list[float]] = {}
-    for run_dir in RUNS:
-        manifest, findings = analysed(run_dir)
-        by_order.setdefault(manifest["switches"]["work_order"], []).append(
-            small_gather_gap_us(findings))
-    assert min(by_order["big-first"]) > 1.5 * max(by_order["small-first"]), by_order
-
-
-@pytest.mark.parametrize("name", ["fixed-2gpu"])
-def test_fixed_runs_have_no_high_pathology_findings(name: str) -> None:
-    _, findings = analysed(TRACES / name)
-    high = [f for f in findings if f.severity == "high"
-            and f.kind in ("select_backward", "sm_contention", "slow_step")]
-    assert not high, [f.title for f in high]
-
-
-@pytest.mark.xfail(strict=True, reason="the fixed trainer's profiled steps are CPU-bound in the "
-                   "eager NorMuon update (with_stack): comm_gap before all_gather(mlp)")
-def test_fixed_run_has_no_high_findings_at_all() -> None:
+def test_fixed_run_has_no_high_findings() -> None:
     _, findings = analysed(TRACES / "fixed-2gpu")
-    assert not [f for f in findings if f.severity == "high"]
+    assert not [f.title for f in findings if f.severity == "high"]
 
 
 def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:
     """A switch's findings may not claim more time per step than switching it costs.
 
     The eager tie copy and the indexed banks cost well under a millisecond per step on this
-    preset, inside the run-to-run spread of profiled steps (medians of 29.8-39.4 ms across
-    runs with the same code), so the check is one-sided: the per-step cost the findings
-    attribute to the switch stays under the measured step-time difference plus that spread.
+    preset, inside the run-to-run spread of step times (unprofiled medians of 25.0-31.8 ms
+    across the six runs, whose code differs by one switch), so the check is one-sided: the
+    per-step cost the findings attribute to the switch stays under the measured step-time
+    difference plus that 7 ms spread.
     """
     fixed_ms = statistics.median(s["wall_ms"] for s in steps_log(TRACES / "fixed-2gpu")
                                  if s["profiled"])
-    spread_ms = 10.0
+    spread_ms = 7.0
     for name, select in [("switch-tie-eager", tie_copy_blamed),
                          ("switch-bank-index", lambda f: f.kind == "select_backward")]:
         _, findings = analysed(TRACES / name)
