@@ -34,16 +34,23 @@ def steps_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def line_of(path: str, marker: str) -> int:
-    """The line of the trainer's source holding `marker` (so tests follow code moves)."""
-    lines = (REPO / path).read_text().splitlines()
+def source_file(run_dir: Path, path: str) -> Path:
+    """The file as it was when the run was recorded: the run's own copy of the trainer's
+    source (`<run>/source/`), or the checkout's for runs without one."""
+    snapshot = run_dir / "source" / path
+    return snapshot if snapshot.is_file() else REPO / path
+
+
+def line_of(run_dir: Path, path: str, marker: str) -> int:
+    """The line of the recorded source holding `marker` (so tests follow code moves)."""
+    lines = source_file(run_dir, path).read_text().splitlines()
     hits = [i + 1 for i, text in enumerate(lines) if marker in text]
     assert len(hits) == 1, f"{marker!r} found {len(hits)} times in {path}"
     return hits[0]
 
 
-def function_span(path: str, name: str) -> range:
-    tree = ast.parse((REPO / path).read_text())
+def function_span(run_dir: Path, path: str, name: str) -> range:
+    tree = ast.parse(source_file(run_dir, path).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return range(node.lineno, (node.end_lineno or node.lineno) + 1)
@@ -54,10 +61,10 @@ def of_kind(findings: list[Finding], kind: str) -> list[Finding]:
     return [f for f in findings if f.kind == kind]
 
 
-def tie_copy_blamed(finding: Finding) -> bool:
+def tie_copy_blamed(run_dir: Path, finding: Finding) -> bool:
     return finding.evidence.get("culprit_label") == "tie:lm_head->embed" or (
         finding.cause.source is not None
-        and finding.cause.source.line == line_of("trainer/optim.py", TIE_COPY_STATEMENT)
+        and finding.cause.source.line == line_of(run_dir, "trainer/optim.py", TIE_COPY_STATEMENT)
     )
 
 
@@ -78,7 +85,7 @@ def test_select_backward_exactly_when_banks_are_indexed(run_dir: Path) -> None:
         assert not found
         return
     assert {f.rank for f in found} == {0, 1}
-    forward = function_span("trainer/model.py", "forward")
+    forward = function_span(run_dir, "trainer/model.py", "forward")
     for finding in found:
         assert "select_backward" in (finding.culprit.kernel or "")
         source = finding.cause.source
@@ -89,18 +96,18 @@ def test_select_backward_exactly_when_banks_are_indexed(run_dir: Path) -> None:
         if manifest["switches"].get("compile"):
             assert source.line_exact
         if source.line_exact:
-            assert source.line == line_of("trainer/model.py", "self.attn[i], self.mlp[i]")
+            assert source.line == line_of(run_dir, "trainer/model.py", "self.attn[i], self.mlp[i]")
 
 
 @pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
 def test_sm_contention_blames_the_eager_tie_copy(run_dir: Path) -> None:
     manifest, findings = analysed(run_dir)
-    tie_findings = [f for f in of_kind(findings, "sm_contention") if tie_copy_blamed(f)]
+    tie_findings = [f for f in of_kind(findings, "sm_contention") if tie_copy_blamed(run_dir, f)]
     if manifest["switches"]["tie_copy"] != "eager":
         assert not tie_findings
         return
     assert tie_findings
-    copy_line = line_of("trainer/optim.py", TIE_COPY_STATEMENT)
+    copy_line = line_of(run_dir, "trainer/optim.py", TIE_COPY_STATEMENT)
     for finding in tie_findings:
         assert "elementwise_kernel" in (finding.culprit.kernel or "")
         assert finding.culprit.blocks_per_sm is not None and finding.culprit.blocks_per_sm >= 1
@@ -119,7 +126,7 @@ def test_slow_step_names_the_loader_wait(run_dir: Path) -> None:
         assert not data_waits
         return
     assert {f.rank for f in data_waits} == {0, 1}
-    wait_line = line_of("trainer/train.py", "loader.switch_shard()")
+    wait_line = line_of(run_dir, "trainer/train.py", "loader.switch_shard()")
     for finding in data_waits:
         assert finding.severity == "high"
         assert finding.cause.source is not None
@@ -160,7 +167,8 @@ def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:
     fixed_ms = statistics.median(s["wall_ms"] for s in steps_log(TRACES / "fixed-2gpu")
                                  if s["profiled"])
     spread_ms = 7.0
-    for name, select in [("switch-tie-eager", tie_copy_blamed),
+    for name, select in [("switch-tie-eager",
+                          lambda f: tie_copy_blamed(TRACES / "switch-tie-eager", f)),
                          ("switch-bank-index", lambda f: f.kind == "select_backward")]:
         _, findings = analysed(TRACES / name)
         profiled = [s["wall_ms"] for s in steps_log(TRACES / name) if s["profiled"]]

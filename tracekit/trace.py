@@ -79,6 +79,9 @@ class Trace:
     warnings: list[str] = field(default_factory=list)
     """What the trace lacks and which analyses that disables, one sentence each."""
     linked: bool = False
+    source_roots: tuple[Path, ...] = ()
+    """Where link resolved the frames' source files, in order (the run's code snapshot first);
+    detectors that read source use the same roots."""
 
     @property
     def has_gpu(self) -> bool:

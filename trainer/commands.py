@@ -137,10 +137,12 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="generator seed (same seed, same shards)")] = 0,
 ) -> None:
     """Write synthetic shards in the fineweb/llm.c format (a learnable successor process)."""
-    from trainer.data import write_synthetic_shards
+    from trainer.data import MAX_VOCAB, write_synthetic_shards
 
     if shards < 1 or tokens < 2:
         raise UserError("--shards must be >= 1 and --tokens >= 2")
+    if not 2 <= vocab_size <= MAX_VOCAB:  # before any directory is created
+        raise UserError(f"--vocab-size must be in 2..{MAX_VOCAB}, not {vocab_size}")
     paths = write_synthetic_shards(out, [tokens] * shards, vocab_size, seed)
     print(f"wrote {len(paths)} shards of {tokens:,} tokens: {out}/synth_*.bin")
 
@@ -167,6 +169,8 @@ def run_job(
     from trainer.config import make_config
     from trainer.data import check_token_range, ensure_synthetic_shards, resolve_shards
     from trainer.launch import launch, plan_launch
+    from trainer.model import param_shapes
+    from trainer.optim import check_even_sharding
     from trainer.profiling import ProfileSpec, check_within_training, parse_steps
     from trainer.train import RunSpec, now_iso
 
@@ -194,16 +198,22 @@ def run_job(
     )
     if config.seq_len < 1 or config.batch_size < 1:
         raise UserError("--seq-len and --batch-size must be at least 1")
+    check_even_sharding(param_shapes(config, plan.world_size), plan.world_size)
     if options.nnodes > 1 and options.name is None:
         raise UserError("a multi-node run needs --name, the same on every node")
     run_dir = pick_run_dir(options.out_dir, options.name, kind, preset)
+    if options.node_rank == 0 and run_dir.exists():  # say so before minutes of synthetic data
+        raise UserError(already_exists(run_dir))
 
     if options.data is not None:
         shards = resolve_shards(options.data)
         check_token_range(shards[0], config.vocab_size)
     else:
+        # A switch step past the end of training never happens: size shard 0 for the steps
+        # that run, not for a --loader-wait-step of a million.
+        switch_step = min(config.loader_wait_step, config.num_steps)
         shards = ensure_synthetic_shards(config.vocab_size, config.batch_size, config.seq_len,
-                                         config.loader_wait_step, seed=SYNTH_SEED)
+                                         switch_step, seed=SYNTH_SEED)
     check_shards_fit(shards, config.batch_size * config.seq_len * plan.world_size,
                      config.vocab_size)
 
@@ -245,6 +255,10 @@ def pick_run_dir(out_dir: Path, name: str | None, kind: str, preset: str) -> Pat
     return candidate
 
 
+def already_exists(run_dir: Path) -> str:
+    return f"run directory {run_dir} already exists; choose another --name or --out-dir"
+
+
 def create_run_dir(run_dir: Path, shared_ok: bool) -> None:
     """Create the run directory; an existing one is a previous run and is never written into.
 
@@ -254,9 +268,7 @@ def create_run_dir(run_dir: Path, shared_ok: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=shared_ok)
     except FileExistsError:
-        raise UserError(
-            f"run directory {run_dir} already exists; choose another --name or --out-dir"
-        ) from None
+        raise UserError(already_exists(run_dir)) from None
     except OSError as err:
         raise UserError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
 

@@ -63,12 +63,16 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype("<u2", copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype("<u2", copy=False).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_header(path: Path) -> ShardInfo:
@@ -182,7 +186,11 @@ def write_synthetic_shards(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way (--out /dev/null), no permission, ...
+        raise UserError(f"cannot create shard directory {out_dir}: {err.strerror or err}") \
+            from None
     paths = [out_dir / f"{prefix}_{i:06d}.bin" for i in range(len(token_counts))]
     existing = [p for p in paths if p.exists()]
     if existing:
@@ -195,7 +203,10 @@ def write_synthetic_shards(
             tokens = synthetic_tokens(
                 count, vocab_size, seed, index, on_chunk=lambda n: progress.advance(task, n)
             )
-            write_shard(path, tokens)
+            try:
+                write_shard(path, tokens)
+            except OSError as err:  # read-only directory, disk full
+                raise UserError(f"cannot write shard {path}: {err.strerror or err}") from None
     return paths
 
 

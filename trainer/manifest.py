@@ -17,6 +17,9 @@ from typing import Any
 import torch
 
 MANIFEST_NAME = "manifest.json"
+SOURCE_DIR = "source"
+"""The run's copy of the trainer's code: traces name source lines of the code that ran, so
+tracekit resolves them here first, even after the checkout has moved on."""
 STEPS_NAME = "steps.jsonl"
 
 
@@ -108,3 +111,13 @@ def this_rank_info(rank: int, local_rank: int, device: torch.device) -> RankInfo
         name = f"CPU ({os.cpu_count()} cores)"
     return RankInfo(rank=rank, local_rank=local_rank, hostname=socket.gethostname(),
                     device=str(device), device_name=name)
+
+
+def snapshot_source(run_dir: Path) -> Path:
+    """Copy the trainer package's .py files into <run_dir>/source/trainer/ (about 130 KB)."""
+    package = Path(__file__).resolve().parent
+    target = run_dir / SOURCE_DIR / package.name
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(package.glob("*.py")):
+        (target / path.name).write_bytes(path.read_bytes())
+    return target

@@ -53,6 +53,20 @@ def value_embed_layers(num_layers: int, num_value_embeds: int) -> list[int | Non
     return layers
 
 
+def param_shapes(config: Config, world_size: int = 1) -> dict[str, tuple[int, ...]]:
+    """The shapes of GPT(config, world_size).param_table(), without allocating the weights
+    (the launcher checks them against the world size before any rank starts)."""
+    L, d, V = config.num_layers, config.model_dim, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "attn": (L, 4 * d, d),
+        "mlp": (padded_mlp_layers(L, world_size), 2, config.mlp_mult * d, d),
+        "scalars": (4 * L,),
+    }
+    shapes.update({f"ve{i}": (V, d) for i in range(config.num_value_embeds)})
+    shapes.update({"lm_head": (d, V), "embed": (V, d)})
+    return shapes
+
+
 def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """cos and sin, each (seq_len, head_dim // 2), float32."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -131,7 +145,13 @@ class GPT(nn.Module):
         return table
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward) of the matmuls and attention."""
+        """Training FLOPs per token (forward + backward): 6 x matmul weights + attention.
+
+        Matmul weights per layer: q, k, v, o (4 d^2) and the MLP (2 x mult x d^2), plus the LM
+        head (d x vocab); padded MLP layers and embedding lookups cost nothing. Attention: the
+        scores and the weighted sum are 4 T d forward FLOPs per token and layer, 12 T d with
+        backward, halved by the causal mask.
+        """
         cfg = self.config
         T = seq_len or cfg.seq_len
         d, L = cfg.model_dim, cfg.num_layers

@@ -21,6 +21,7 @@ which parameter a kernel belongs to.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,33 @@ class Slot:
     state: dict[str, Tensor] = field(default_factory=dict)
 
 
+def shard_units(shape: tuple[int, ...], spec: dict[str, Any]) -> int:
+    """How many rows (Adam) or matrices (NorMuon) of a parameter of this shape are split over
+    the ranks: the leading size of the optimizer's `full` view (see NorMuonAdam._make_slot)."""
+    if spec["optim"] == "normuon":
+        rows, cols = shape[-2] // spec.get("split_rows", 1), shape[-1]
+        return math.prod(shape) // (rows * cols)
+    return shape[0]
+
+
+def check_divides(name: str, units: int, world_size: int) -> None:
+    if units % world_size:
+        raise UserError(f"{name}: {units} rows/matrices do not shard evenly over {world_size} "
+                        "ranks; choose a number of processes that divides them")
+
+
+def check_even_sharding(shapes: dict[str, tuple[int, ...]], world_size: int,
+                        table: dict[str, dict[str, Any]] | None = None) -> None:
+    """Refuse, before any rank starts, a world size that some sharded parameter cannot be split
+    over (each rank would otherwise fail alone, inside torchrun). embed follows lm_head when
+    both exist and is never sharded itself."""
+    table = PARAM_TABLE if table is None else table
+    tied = TIE_LEADER in shapes and TIE_FOLLOWER in shapes
+    for name, shape in shapes.items():
+        if table[name]["comms"] == "sharded" and not (tied and name == TIE_FOLLOWER):
+            check_divides(name, shard_units(shape, table[name]), world_size)
+
+
 def _all_gather(output: Tensor, shard: Tensor) -> Any:
     # all_gather_single is the new name (torch >= 2.13); same arguments.
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -213,9 +241,7 @@ class NorMuonAdam:
             full = data.view(data.shape[0], -1) if data.dim() > 1 else data
         shard = full
         if spec["comms"] == "sharded" and self.world_size > 1:
-            if full.shape[0] % self.world_size:
-                raise UserError(f"{name}: {full.shape[0]} rows/matrices do not shard evenly "
-                                f"over {self.world_size} ranks")
+            check_divides(name, full.shape[0], self.world_size)
             per_rank = full.shape[0] // self.world_size
             shard = full[self.rank * per_rank: (self.rank + 1) * per_rank]
         slot = Slot(name, param, spec, full, shard)

@@ -33,6 +33,7 @@ from trainer.manifest import (
     RunManifest,
     git_state,
     nccl_version,
+    snapshot_source,
     this_rank_info,
 )
 from trainer.profiling import ProfileSpec, maybe_profile, trace_path
@@ -176,20 +177,6 @@ def lr_scale(step: int, num_steps: int) -> float:
     return min(1.0, remaining / cooldown_steps)
 
 
-def flops_per_token(model: Any, config: Config) -> float:
-    """Training FLOPs per token: 6 x matmul parameters + causal attention (6 x layers x T x d).
-
-    The model knows its own matmuls (GPT.flops_per_token); the formula here is the fallback.
-    Matmul parameters per layer: q, k, v, o (4 d^2) and the MLP (2 x mult x d^2); plus the LM
-    head (d x vocab). Embedding lookups cost no FLOPs.
-    """
-    if hasattr(model, "flops_per_token"):
-        return float(model.flops_per_token(config.seq_len))
-    d, layers = config.model_dim, config.num_layers
-    matmul_params = layers * (4 + 2 * config.mlp_mult) * d * d + d * config.vocab_size
-    return 6.0 * matmul_params + 6.0 * layers * config.seq_len * d
-
-
 def peak_flops(device_name: str) -> float | None:
     for key, value in PEAK_BF16_FLOPS.items():
         if key in device_name:
@@ -218,6 +205,7 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
     manifest = make_manifest(spec, ctx, config, num_params)  # a collective: every rank calls it
     if ctx.is_main:
         manifest.write(run_dir)
+        snapshot_source(run_dir)
         console.print(
             f"[bold]{spec.name}[/]: {config.preset} preset, {num_params / 1e6:.2f}M parameters, "
             f"{ctx.world_size} x {manifest.device_names[0]}, compile={config.compile}, "
@@ -270,7 +258,7 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
     if log is None:
         return None
     summary = summarize(log.records, config, ctx.world_size, manifest.device_names[0],
-                        profile_spec, flops_per_token(raw_model, config))
+                        profile_spec, raw_model.flops_per_token(config.seq_len))
     manifest.status = "complete"
     manifest.end_time = now_iso()
     manifest.summary = asdict(summary)

@@ -101,6 +101,25 @@ def test_terminal_report_and_markdown_name_the_cause(tmp_path: Path, capsys,
     assert "## slow_step" in markdown and "| high | 0 | 3 |" in markdown
 
 
+def test_markdown_into_new_directory_or_unwritable_target(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    """--markdown creates missing parent directories (as --html does); a target under a
+    regular file is one error line, not a traceback after the analysis."""
+    run_dir = slow_run(tmp_path, slow=False)
+    nested = tmp_path / "reports" / "today" / "r.md"
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step", "--markdown", str(nested)],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert nested.read_text().startswith("# tracekit findings")
+    blocker = tmp_path / "plain_file"
+    blocker.write_text("not a directory")
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step", "--markdown",
+                               str(blocker / "r.md")], capsys, monkeypatch)
+    assert code == 2
+    assert err.startswith("error: --markdown") and "Traceback" not in err + out
+    assert blocker.read_text() == "not a directory"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--kinds", "nope"], "unknown detector"),
     (["--rank", "7"], "rank 7"),

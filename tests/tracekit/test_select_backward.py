@@ -79,7 +79,7 @@ def test_compiled_trainer_points_at_the_bank_subscript() -> None:
     run_dir = REPO / "traces" / "switch-bank-index"
     if not run_dir.is_dir():
         pytest.skip(f"{run_dir} not recorded")
-    model = REPO / "trainer" / "model.py"
+    model = run_dir / "source" / "trainer" / "model.py"  # the code that ran
     hits = [n for n, text in enumerate(model.read_text().splitlines(), start=1)
             if "self.attn[i], self.mlp[i]" in text]
     assert len(hits) == 1

@@ -46,6 +46,9 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
         (["--gpus", "4"], ["--gpus 4", "has 0"]),
         (["--gpus", "1", "--cpu-procs", "2"], ["not both"]),
         (["--nnodes", "2"], ["--rdzv-endpoint"]),
+        # tiny: 2 layers x 4 attention matrices cannot be split over 3 ranks; refused before
+        # torchrun starts (each rank used to fail alone and torchrun printed its traceback).
+        (["--cpu-procs", "3"], ["attn", "8 rows/matrices", "3 ranks"]),
     ],
 )
 def test_bad_profile_requests(tmp_path: Path, extra: list[str], fragments: list[str]) -> None:
@@ -101,3 +104,29 @@ def test_data_synth_writes_shards_and_refuses_to_overwrite(tmp_path: Path) -> No
     before = shards[0].path.read_bytes()
     assert_one_line_error(run_cli(args, tmp_path), "already exists")
     assert shards[0].path.read_bytes() == before
+
+
+def test_data_synth_into_a_file_or_a_bad_vocabulary(tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("a user's file")
+    for out in (a_file, a_file / "below"):
+        done = run_cli(["data", "synth", "--out", str(out), "--tokens", "100"], tmp_path)
+        assert_one_line_error(done, "cannot create shard directory", str(out))
+    assert a_file.read_text() == "a user's file"
+    out = tmp_path / "shards"
+    done = run_cli(["data", "synth", "--out", str(out), "--vocab-size", "70000"], tmp_path)
+    assert_one_line_error(done, "--vocab-size", "70000")
+    assert not out.exists()
+
+
+def test_far_loader_wait_step_makes_no_giant_shard(tmp_path: Path) -> None:
+    """A switch step past the end of training sizes the synthetic shard 0 for the steps that
+    run (it used to ask numpy for wait_step x global batch tokens)."""
+    out, cache = tmp_path / "traces", tmp_path / "cache"
+    done = run_cli(["train", "--out-dir", str(out), "--name", "far", "--num-steps", "2",
+                    "--loader-wait-step", "1000000000"], cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sizes = [p.stat().st_size for p in cache.rglob("*.bin")]
+    assert sizes and max(sizes) < 10_000_000, sizes
+    lines = (out / "far" / "steps.jsonl").read_text().splitlines()
+    assert len(lines) == 2

@@ -93,3 +93,17 @@ def _op_names(mode: str) -> set[str]:
 def test_only_index_access_launches_select_backward() -> None:
     assert "aten::select_backward" in _op_names("index")
     assert "aten::select_backward" not in _op_names("unbind")
+
+
+def test_flops_per_token_counts_used_matmuls_and_causal_attention() -> None:
+    """6 x the matmul weights forward really uses (not the padded MLP layers, not the
+    embedding tables) + 6 L T d for causal attention (half of 12 L T d)."""
+    cfg = make_config("tiny", num_layers=3)
+    model = GPT(cfg, world_size=4)  # 4 MLP layers in the bank, 3 used
+    table = model.param_table()
+    used_mlp = table["mlp"][: cfg.num_layers].numel()
+    matmul_weights = table["attn"].numel() + used_mlp + table["lm_head"].numel()
+    L, d = cfg.num_layers, cfg.model_dim
+    for seq_len in (cfg.seq_len, 64):
+        expected = 6 * matmul_weights + 6 * L * seq_len * d
+        assert model.flops_per_token(seq_len) == expected

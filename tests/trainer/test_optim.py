@@ -15,11 +15,12 @@ import torch.multiprocessing as mp
 
 from tracekit.errors import UserError
 from trainer.config import Config, make_config
-from trainer.model import GPT
+from trainer.model import GPT, param_shapes
 from trainer.optim import (
     PARAM_TABLE,
     WORK_ORDERS,
     NorMuonAdam,
+    check_even_sharding,
     normuon_normalize,
     polar_express,
 )
@@ -209,3 +210,51 @@ def test_loss_decreases_over_twenty_steps() -> None:
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_torch_adamw(weight_decay: float) -> None:
+    """Bias correction, eps placement, decoupled weight decay and the lr schedule scale: the
+    Adam path must be torch.optim.AdamW with the table's betas."""
+    cfg = make_config("tiny", weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(4)
+    ours = torch.nn.Parameter(torch.randn(8, 5, generator=gen, dtype=torch.float64))
+    ref = torch.nn.Parameter(ours.detach().clone())
+    opt = NorMuonAdam({"ve0": ours}, cfg)
+    ref_opt = torch.optim.AdamW([ref], lr=cfg.adam_lr, betas=PARAM_TABLE["ve0"]["adam_betas"],
+                                eps=1e-8, weight_decay=weight_decay)
+    for step in range(6):
+        grad = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        scale = 1.0 - 0.15 * step
+        opt.set_lr_scale(scale)
+        ref_opt.param_groups[0]["lr"] = cfg.adam_lr * scale
+        opt.step()
+        ref_opt.step()
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 8])
+def test_sharding_check_matches_the_optimizer(world_size: int) -> None:
+    """The launcher's up-front check (shapes only) refuses exactly the world sizes the
+    optimizer itself would refuse on every rank."""
+    cfg = make_config("tiny", num_layers=3, num_value_embeds=2)
+    model = GPT(cfg, world_size=world_size)
+    shapes = param_shapes(cfg, world_size)
+    assert shapes == {n: tuple(p.shape) for n, p in model.param_table().items()}
+    params = model.param_table()
+    opt = NorMuonAdam(params, cfg)  # no process group: a world of one; then shard as rank 0
+    opt.world_size = world_size
+    expected = None
+    try:
+        for name in opt.issue_order:
+            opt._make_slot(name, params[name], PARAM_TABLE[name])
+    except UserError as err:
+        expected = str(err)
+    try:
+        check_even_sharding(shapes, world_size)
+        got = None
+    except UserError as err:
+        got = str(err)
+    assert got == expected
+    assert (got is None) == (world_size in (1, 2, 4))  # 12 attention matrices, d = 64

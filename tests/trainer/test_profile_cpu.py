@@ -85,6 +85,10 @@ def test_profile_steps_6_to_10(tmp_path: Path, procs: int) -> None:
     assert lines[-1]["loss"] < lines[0]["loss"]  # the synthetic data is learnable
     assert "summary: median step" in done.stdout
     assert f"traces: {run_dir}" in done.stdout
+    # The code that ran, for tracekit's source lines after the checkout moves on.
+    snapshot = run_dir / "source" / "trainer" / "model.py"
+    assert snapshot.read_text() == (Path(__file__).resolve().parents[2]
+                                    / "trainer" / "model.py").read_text()
 
 
 @pytest.mark.slow
@@ -93,7 +97,8 @@ def test_train_without_profiler(tmp_path: Path) -> None:
     done = run_cli(["train", "--num-steps", "3", "--out-dir", str(out), "--name", "t"],
                    tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (out / "t").iterdir()) == ["manifest.json", "steps.jsonl"]
+    assert sorted(p.name for p in (out / "t").iterdir()) == [
+        "manifest.json", "source", "steps.jsonl"]
     lines = (out / "t" / "steps.jsonl").read_text().splitlines()
     assert len(lines) == 3 and not any(json.loads(x)["profiled"] for x in lines)
 

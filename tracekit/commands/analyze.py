@@ -37,6 +37,16 @@ def check_markdown_target(path: Path) -> None:
         raise UserError(f"--markdown {path}: refusing to write a report over a .json/.gz file")
 
 
+def write_markdown(path: Path, text: str) -> None:
+    """Write the Markdown report, creating missing parent directories (as --html does); an
+    unwritable target is a one-line error, not a traceback after the whole analysis."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(f"--markdown {path}: cannot write ({exc.strerror or exc})") from None
+
+
 def frame_table(title: str, frame: Any, max_rows: int = 20) -> Any:
     """A rich Table of a DataFrame's first rows (numbers rounded for reading)."""
     from rich.table import Table
@@ -122,7 +132,7 @@ def register(app: typer.Typer) -> None:
         if breakdown:
             print_breakdown(path, to_stderr=json_out)
         if markdown is not None:
-            markdown.write_text(render_markdown(run, findings))
+            write_markdown(markdown, render_markdown(run, findings))
         if html is not None:
             from tracekit.timeline import write_timeline_html
 

@@ -682,7 +682,9 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
 
 
 def _roots(run: Run, trace: Trace) -> list[Path]:
-    """Where relative source paths are looked for (as the loader does for the linker)."""
+    """Where relative source paths are looked for: the linker's roots."""
+    if trace.source_roots:
+        return list(trace.source_roots)
     try:
         from tracekit.load.run import source_roots
     except ImportError:  # pragma: no cover

@@ -145,7 +145,9 @@ def op_self_time(trace: Trace) -> pd.Series:
     """
     ops = trace.ops
     child = ops.loc[ops["parent"] >= 0].groupby("parent")["dur"].sum()
-    runtime = trace.launches.groupby("external_id")["dur"].sum()
+    launches = trace.launches
+    # -1 is "no External id", not a shared one.
+    runtime = launches.loc[launches["external_id"] >= 0].groupby("external_id")["dur"].sum()
     self_time = ops["dur"] - child.reindex(ops.index).fillna(0.0).to_numpy()
     self_time -= ops["external_id"].map(runtime).fillna(0.0).to_numpy()
     return self_time.clip(lower=0.0)
@@ -255,24 +257,12 @@ def parse_source(path: str) -> ast.Module | None:
 
 
 @lru_cache(maxsize=256)
-def resolve_file(file: str) -> Path | None:
-    """The recorded file, found as recorded, under the working directory, or one level down.
+def resolve_file(file: str, roots: tuple[Path, ...]) -> Path | None:
+    """The recorded file, resolved against the linker's source roots (the run's snapshot of
+    its code first), the way the linker resolved it."""
+    from tracekit.link.source import SourceIndex
 
-    The profiler names files relative to their sys.path entry, so a script run as
-    `python scripts/x.py` shows as "x.py": looking one directory below the working directory
-    finds it without walking the whole tree.
-    """
-    path = Path(file)
-    if path.is_file():
-        return path
-    if path.is_absolute():
-        path = Path(*path.parts[1:])
-    for i in range(len(path.parts)):
-        tail = Path(*path.parts[i:])
-        if tail.is_file():
-            return tail
-    matches = sorted(Path.cwd().glob(f"*/{path}"))
-    return matches[0] if len(matches) == 1 else None
+    return SourceIndex(roots=roots or (Path.cwd(),)).resolve(file)
 
 
 def call_name(frame_name: str) -> str:
@@ -291,7 +281,7 @@ def with_blocks(func: ast.AST, literal: str) -> list[ast.With]:
                     for item in node.items for c in ast.walk(item.context_expr))]
 
 
-def narrow_line(file: str, def_line: int, function: str, called: str,
+def narrow_line(roots: tuple[Path, ...], file: str, def_line: int, function: str, called: str,
                 literal: str) -> int | None:
     """Statement line of a call to `called` inside `with ...("literal")` in the function.
 
@@ -299,7 +289,7 @@ def narrow_line(file: str, def_line: int, function: str, called: str,
     one function of that name holding such a `with`. Falls back to the `with` line itself;
     None when the source is unreadable or nothing matches.
     """
-    path = resolve_file(file)
+    path = resolve_file(file, roots)
     tree = parse_source(str(path)) if path else None
     if tree is None:
         return None
@@ -330,7 +320,8 @@ def annotation_source(trace: Trace, row: int) -> SourceLine | None:
     inside = py[(py["tid"] == ann["tid"]) & (py["ts"] >= ann["ts"]) & (py["end"] <= ann["end"])]
     inside = inside[inside["parent"] == frame.name] if "parent" in inside else inside
     longest = inside.sort_values("dur").iloc[-1]["name"] if len(inside) else ""
-    line = narrow_line(str(frame["file"]), int(frame["line"]), str(frame["function"]),
+    line = narrow_line(trace.source_roots, str(frame["file"]), int(frame["line"]),
+                       str(frame["function"]),
                        call_name(str(longest)), str(ann["name"]))
     return SourceLine(file=str(frame["file"]), line=line or int(frame["line"]),
                       function=str(frame["function"]), line_exact=line is not None)
@@ -377,7 +368,8 @@ def cause_of(trace: Trace, chosen: Candidate) -> tuple[Cause, Culprit]:
         elif chosen.frame == "annotations":
             source = annotation_source(trace, chosen.row)
         else:
-            owner = trace.ops.index[trace.ops["external_id"] == event["external_id"]]
+            owner = (trace.ops.index[trace.ops["external_id"] == event["external_id"]]
+                     if event["external_id"] >= 0 else [])
             source = op_source(trace, int(owner[0])) if len(owner) else None
         return Cause(op=chosen.label, op_stack=stack, source=source), Culprit()
     return Cause(op=None, ordering="no kernel ran on this rank's GPU"), Culprit()

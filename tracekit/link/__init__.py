@@ -59,6 +59,7 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     for frame in (trace.ops, trace.kernels, trace.gpu_mem):
         frame["src_path"] = as_column(display_paths(frame["src_file"], index))
     trace.warnings.extend(w for w in link_warnings(trace) if w not in trace.warnings)
+    trace.source_roots = tuple(source_roots)
     trace.linked = True
     return trace
 

@@ -94,6 +94,8 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# The copy of the program's source that the trainer keeps in a run directory.
+SOURCE_SNAPSHOT_DIR = "source"
 # What the trainer and `analyze` write beside the traces of a run.
 RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json")
 
@@ -150,9 +152,14 @@ def source_roots(run_dir: Path, manifest: dict[str, Any] | None) -> tuple[Path, 
 
     The profiler strips the sys.path entry from a frame's file, so the file is usually relative
     to the program's working directory: the manifest's cwd when recorded, the run directory's
-    parents (traces/<run>/ usually sits in the project), and the current directory.
+    parents (traces/<run>/ usually sits in the project), and the current directory. First of
+    all comes the run's own copy of the code that ran (`<run>/source/`, written by the trainer),
+    so line numbers stay right after the code changes.
     """
     roots: list[Path] = []
+    snapshot = run_dir / SOURCE_SNAPSHOT_DIR
+    if snapshot.is_dir():
+        roots.append(snapshot.resolve())
     if manifest:
         for key in ("cwd", "workdir", "project_root"):
             value = manifest.get(key)
