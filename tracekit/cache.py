@@ -18,8 +18,8 @@ file size, `st_mtime_ns`, a BLAKE2 hash of the first and last MiB of the file, a
 loader puts in the frames changes). Size + mtime catch almost every rewrite cheaply; the hash
 catches a rewrite that keeps both (a copy with `cp -p`, a coarse-mtime file system).
 
-A cache written after linking (`trace.linked`) holds the link columns too; a linked trace
-overwrites an unlinked cache of the same file, so the next load skips linking as well.
+The loader caches the frames before linking: linking reads the user's source files, which may
+change between analyses, so it always runs fresh on the cached frames.
 
 Caching is best effort: if pyarrow is missing (the GPU machines), the directory is not writable,
 the disk is full or `TRACEKIT_CACHE=0` is set, nothing is cached and nothing is reported.

@@ -55,7 +55,7 @@ def load_trace_file(job: TraceJob) -> Trace:
     from tracekit.cache import load_cached, save_cache
 
     trace = load_cached(job.path)
-    if trace is None or trace.linked:
+    if trace is None or trace.linked:  # a linked cache predates this loader: rebuild
         with gc_paused():
             trace = read_trace_file(job)
         save_cache(trace)
