@@ -17,6 +17,7 @@ import pytest
 
 from tracekit.analysis import analyze_run
 from tracekit.finding import Finding
+from tracekit.load.run import source_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / "traces"
@@ -35,10 +36,11 @@ def steps_log(run_dir: Path) -> list[dict]:
 
 
 def source_file(run_dir: Path, path: str) -> Path:
-    """The file as it was when the run was recorded: the run's own copy of the trainer's
-    source (`<run>/source/`), or the checkout's for runs without one."""
-    snapshot = run_dir / "source" / path
-    return snapshot if snapshot.is_file() else REPO / path
+    """The file as it was when the run was recorded: the run's copy of the trainer's code
+    (what tracekit resolves against), or the checkout's for runs without one."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    snapshot = source_snapshot(run_dir, manifest)
+    return snapshot / path if snapshot is not None else REPO / path
 
 
 def line_of(run_dir: Path, path: str, marker: str) -> int:

@@ -3,6 +3,7 @@ and on synthetic eager / CPU-only traces."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from tracekit.detectors.select_backward import detect
 from tracekit.load import load
+from tracekit.load.run import source_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planted import REPO, load_planted, planted_line  # noqa: E402
@@ -79,7 +81,8 @@ def test_compiled_trainer_points_at_the_bank_subscript() -> None:
     run_dir = REPO / "traces" / "switch-bank-index"
     if not run_dir.is_dir():
         pytest.skip(f"{run_dir} not recorded")
-    model = run_dir / "source" / "trainer" / "model.py"  # the code that ran
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    model = source_snapshot(run_dir, manifest) / "trainer" / "model.py"  # the code that ran
     hits = [n for n, text in enumerate(model.read_text().splitlines(), start=1)
             if "self.attn[i], self.mlp[i]" in text]
     assert len(hits) == 1

@@ -147,6 +147,14 @@ def read_steps_log(directory: Path) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+def source_snapshot(run_dir: Path, manifest: dict[str, Any] | None) -> Path | None:
+    """The run's copy of the code that ran: the manifest's `source_dir` (relative to the run,
+    so runs of one commit can share one copy), else `<run>/source/`; None when absent."""
+    named = (manifest or {}).get("source_dir")
+    candidate = run_dir / (named if isinstance(named, str) else SOURCE_SNAPSHOT_DIR)
+    return candidate.resolve() if candidate.is_dir() else None
+
+
 def source_roots(run_dir: Path, manifest: dict[str, Any] | None) -> tuple[Path, ...]:
     """Directories against which relative source paths in frames are resolved.
 
@@ -157,9 +165,9 @@ def source_roots(run_dir: Path, manifest: dict[str, Any] | None) -> tuple[Path, 
     so line numbers stay right after the code changes.
     """
     roots: list[Path] = []
-    snapshot = run_dir / SOURCE_SNAPSHOT_DIR
-    if snapshot.is_dir():
-        roots.append(snapshot.resolve())
+    snapshot = source_snapshot(run_dir, manifest)
+    if snapshot is not None:
+        roots.append(snapshot)
     if manifest:
         for key in ("cwd", "workdir", "project_root"):
             value = manifest.get(key)
