@@ -13,7 +13,8 @@ flags_for() {
     pathologies-2gpu) echo "--pathologies all" ;;
     switch-bank-index) echo "--bank-access index" ;;
     switch-tie-eager) echo "--tie-copy eager" ;;
-    switch-work-order) echo "--work-order big-first" ;;
+    switch-work-order|switch-work-order-repeat) echo "--work-order last-first" ;;
+    switch-big-first) echo "--work-order big-first" ;;
     switch-loader-wait) echo "--no-prefetch --loader-wait-step 6" ;;
     fixed-4gpu) echo "" ;;
     pathologies-4gpu) echo "--pathologies all" ;;

@@ -28,7 +28,8 @@ Pathologies = Annotated[str | None, typer.Option(
     help="all: turn every pathology switch on; none: all off (the default)")]
 BankAccess = Annotated[str | None, typer.Option(help="unbind (fast) | index (select_backward)")]
 TieCopy = Annotated[str | None, typer.Option(help="triton (fast) | eager (SM-saturating copies)")]
-WorkOrder = Annotated[str | None, typer.Option(help="small-first (fast) | big-first")]
+WorkOrder = Annotated[str | None, typer.Option(
+    help="small-first (fast) | big-first | last-first (opens comm gaps)")]
 Prefetch = Annotated[bool | None, typer.Option(
     "--prefetch/--no-prefetch", help="read the next shard in the background (default on)",
     show_default=False)]

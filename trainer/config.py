@@ -12,7 +12,7 @@ from tracekit.errors import UserError
 
 BANK_ACCESS = ("unbind", "index")
 TIE_COPY = ("triton", "eager")
-WORK_ORDERS = ("small-first", "big-first")
+WORK_ORDERS = ("small-first", "big-first", "last-first")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 PATHOLOGIES_ALL: dict[str, Any] = dict(
-    bank_access="index", tie_copy="eager", work_order="big-first", prefetch=False
+    bank_access="index", tie_copy="eager", work_order="last-first", prefetch=False
 )
 
 

@@ -92,6 +92,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "sharded": dict(tie_copy="eager", work_order="small-first"),
     "replicated": dict(tie_copy="eager", work_order="small-first"),
     "sharded_big_first_triton": dict(tie_copy="triton", work_order="big-first"),
+    "sharded_last_first_triton": dict(tie_copy="triton", work_order="last-first"),
 }
 
 
@@ -148,7 +149,7 @@ def test_sharded_equals_replicated(two_rank_results: Path) -> None:
 def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_rank_results: Path) -> None:
     single = _train(make_config("tiny"), rank=0, world_size=1, dtype=torch.float64)
     initial = GPT(make_config("tiny")).to(torch.float64).param_table()
-    for setting in ("sharded", "sharded_big_first_triton"):
+    for setting in ("sharded", "sharded_big_first_triton", "sharded_last_first_triton"):
         two = _load(two_rank_results, setting, 0)
         for name, value in single.items():
             assert not torch.equal(value, initial[name]), name  # it trained
@@ -162,11 +163,12 @@ def test_tie_stays_exact(tie_copy: str) -> None:
     assert torch.equal(params["embed"], params["lm_head"].T)
 
 
-def test_work_orders_give_the_same_result_alone() -> None:
+@pytest.mark.parametrize("order", ["big-first", "last-first"])
+def test_work_orders_give_the_same_result_alone(order: str) -> None:
     small = _train(make_config("tiny", work_order="small-first"), rank=0, world_size=1)
-    big = _train(make_config("tiny", work_order="big-first"), rank=0, world_size=1)
+    other = _train(make_config("tiny", work_order=order), rank=0, world_size=1)
     for name in small:
-        assert torch.equal(small[name], big[name]), name
+        assert torch.equal(small[name], other[name]), name
 
 
 def test_work_orders_cover_the_table() -> None:
