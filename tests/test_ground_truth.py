@@ -152,6 +152,39 @@ def test_comm_gap_findings_name_the_ordering(run_dir: Path) -> None:
         assert "comm:" in ordering or "issued" in ordering or "behind" in ordering, ordering
 
 
+def lm_head_gather_gaps(findings: list[Finding]) -> list[Finding]:
+    return [f for f in of_kind(findings, "comm_gap")
+            if "all_gather:lm_head" in str(f.evidence.get("next_collective"))]
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_comm_gap_names_the_gap_opening_work_order(run_dir: Path) -> None:
+    """last-first updates lm_head first, whose reduce-scatter is issued last: its all_gather
+    waits on the comm stream for the whole Adam update, every step, on every rank. In the
+    default order the small parameters' gathers keep the stream busy there."""
+    manifest, findings = analysed(run_dir)
+    gaps = lm_head_gather_gaps(findings)
+    if manifest["switches"]["work_order"] == "small-first":
+        assert not gaps, [f.title for f in gaps]
+        return
+    if manifest["switches"]["work_order"] != "last-first":
+        pytest.skip(f"no expectation for work order {manifest['switches']['work_order']}")
+    profiled = manifest["profiled_steps"]
+    for rank in (0, 1):
+        [gap] = [f for f in gaps if f.rank == rank]
+        assert gap.evidence["classification"] == "waiting_on_compute"
+        assert gap.evidence["culprit_label"] == "optim:adam:lm_head"
+        assert sorted(gap.evidence["steps"]) == profiled
+        # Its input: the update, which itself waited for the last reduce-scatter.
+        assert "comm:reduce_scatter:lm_head" in gap.evidence["previous_collective"]
+        assert gap.evidence["input_wait_us"] >= 100
+        ordering = gap.cause.ordering or ""
+        assert "comm:all_gather:lm_head" in ordering and "optim:adam:lm_head" in ordering
+        assert gap.cause.source is not None and gap.cause.source.file == "trainer/optim.py"
+        assert gap.cause.source.line in function_span(run_dir, "trainer/optim.py",
+                                                      "_adam_update")
+
+
 def test_fixed_run_has_no_high_findings() -> None:
     _, findings = analysed(TRACES / "fixed-2gpu")
     assert not [f.title for f in findings if f.severity == "high"]
@@ -160,18 +193,19 @@ def test_fixed_run_has_no_high_findings() -> None:
 def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:
     """A switch's findings may not claim more time per step than switching it costs.
 
-    The eager tie copy and the indexed banks cost well under a millisecond per step on this
-    preset, inside the run-to-run spread of step times (unprofiled medians of 25.0-31.8 ms
-    across the six runs, whose code differs by one switch), so the check is one-sided: the
-    per-step cost the findings attribute to the switch stays under the measured step-time
-    difference plus that 7 ms spread.
+    The eager tie copy, the indexed banks and the last-first work order cost well under a
+    millisecond per step on this preset, inside the run-to-run spread of step times
+    (unprofiled medians of 25.0-31.8 ms across the six runs, whose code differs by one switch),
+    so the check is one-sided: the per-step cost the findings attribute to the switch stays
+    under the measured step-time difference plus that 7 ms spread.
     """
     fixed_ms = statistics.median(s["wall_ms"] for s in steps_log(TRACES / "fixed-2gpu")
                                  if s["profiled"])
     spread_ms = 7.0
     for name, select in [("switch-tie-eager",
                           lambda f: tie_copy_blamed(TRACES / "switch-tie-eager", f)),
-                         ("switch-bank-index", lambda f: f.kind == "select_backward")]:
+                         ("switch-bank-index", lambda f: f.kind == "select_backward"),
+                         ("switch-work-order", lambda f: f in lm_head_gather_gaps([f]))]:
         _, findings = analysed(TRACES / name)
         profiled = [s["wall_ms"] for s in steps_log(TRACES / name) if s["profiled"]]
         diff_ms = statistics.median(profiled) - fixed_ms

@@ -8,6 +8,7 @@ import pytest
 from planted import load_planted, planted_site
 from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
+from tracekit.detectors import sm_contention
 from tracekit.detectors.comm_gap import (
     COMPUTE_SATURATION,
     LATE_LAUNCH,
@@ -20,6 +21,7 @@ from tracekit.load import load
 
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"
+UPDATE = "void at::native::vectorized_elementwise_kernel<4, addcdiv_kernel>(int)"
 NELEMS = 8 * 1024 * 1024
 
 
@@ -45,6 +47,17 @@ def gap_trace(scenario: str, steps: int = 3) -> SynthTrace:
             t.launch_kernel(name, launch_ts=k_launch, kernel_ts=base + 210, kernel_dur=1_500,
                             stream=7, grid=grid)
             b_launch, b_start = base + 50, base + 1_712
+        elif scenario in ("input_then_copy", "short_input_then_copy"):
+            # B's input (an SM-filling update, launched before B) ends, then a copy launched
+            # after B holds every SM.
+            input_dur, copy_dur = (800, 500) if scenario == "input_then_copy" else (100, 1_000)
+            t.annotation("optim:update", ts=base + 18, dur=10)
+            t.launch_kernel(UPDATE, launch_ts=base + 20, kernel_ts=base + 210,
+                            kernel_dur=input_dur, stream=7, grid=(12576, 1, 1))
+            t.annotation("tie:copy", ts=base + 58, dur=10)
+            t.launch_kernel(COPY, launch_ts=base + 60, kernel_ts=base + 212 + input_dur,
+                            kernel_dur=copy_dur, stream=7, grid=(150912, 1, 1))
+            b_launch, b_start = base + 50, base + 215 + input_dur + copy_dur
         else:  # back to back
             b_launch, b_start = base + 50, base + 205
         t.annotation("comm:all_reduce:b", ts=b_launch - 3, dur=10)
@@ -83,6 +96,30 @@ def test_sm_starvation_and_gemm_saturation(tmp_path: Path) -> None:
     [gemm] = findings_for(tmp_path, "gemm")
     assert gemm.evidence["classification"] == COMPUTE_SATURATION
     assert gemm.culprit.kernel == GEMM
+
+
+def test_wait_for_input_then_for_sms_is_split(tmp_path: Path) -> None:
+    """The collective's input is the last kernel launched before it on the compute stream; a
+    copy launched after it that then holds every SM is a second, separate wait."""
+    [f] = findings_for(tmp_path, "input_then_copy")
+    assert f.evidence["classification"] == WAITING_ON_COMPUTE
+    assert f.evidence["waited_for_kernel"] == UPDATE
+    assert f.evidence["input_wait_us"] == pytest.approx(810, abs=1)
+    assert f.evidence["wait_after_input_us"] == pytest.approx(505, abs=1)
+    assert "then 505 us more while elementwise_kernel (tie:copy) held every SM" \
+        in f.cause.ordering
+    [g] = findings_for(tmp_path, "short_input_then_copy")
+    assert g.evidence["classification"] == SM_STARVATION and g.culprit.kernel == COPY
+    assert "waited 110 us for its input" in g.cause.ordering
+
+
+def test_sm_contention_counts_only_the_wait_after_the_input(tmp_path: Path) -> None:
+    """The SM-filling update B waits for is B's input, not contention: only the copy's 500 us
+    count, not the 1315 us from B's readiness on the comm stream to its start."""
+    run = load(write_run(tmp_path / "split", [gap_trace("input_then_copy")]), progress=False)
+    [f] = sm_contention.detect(run)
+    assert f.culprit.kernel == COPY
+    assert f.cost_us == pytest.approx(3 * 500, abs=3)
 
 
 def test_back_to_back_collectives_have_no_gap(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ from tracekit.detectors.sm_contention import (
     kernel_steps,
     launch_columns,
     num_sms_of,
+    ready_after_input,
     short_kernel_name,
     sm_filling,
     source_key,
@@ -99,7 +100,6 @@ class GapParams:
 
     min_gap_us: float = 50.0
     min_gap_step_frac: float = 0.005
-    dependency_tol_us: float = 15.0
     min_waves: float = 1.0
     dominant_frac: float = 0.5
     """A CPU activity explains a late launch when it covers this share of the gap."""
@@ -159,31 +159,40 @@ def classify_gaps(trace: Trace, gaps: pd.DataFrame, params: GapParams) -> pd.Dat
     is_late = (g["late_part"] >= g["gap"] - g["late_part"]) & g["launch_ts"].notna()
     g["ready"] = np.fmax(g["prev_end"].to_numpy(), g["launch_end"].to_numpy())
     g["ready"] = np.minimum(g["ready"].fillna(g["prev_end"]), g["ts"])
-    g["dependency_row"] = dependency_rows(trace, g, params.dependency_tol_us)
-    # The longest overlap with the wait by a kernel on the dependency's stream (what the GPU did
-    # instead), and by an SM-filling non-GEMM kernel on another stream (starvation).
+    g["dependency_row"] = dependency_rows(trace, g)
+    # The wait splits in two: for the input (until the dependency kernel ended), then for SMs.
+    g["input_ready"] = ready_after_input(k, g["dependency_row"].to_numpy(),
+                                         g["ready"].to_numpy(dtype=np.float64),
+                                         g["ts"].to_numpy(dtype=np.float64))
+    input_wait = (g["input_ready"] - g["ready"]).to_numpy()
+    after_input = (g["ts"] - g["input_ready"]).to_numpy()
+    # The longest overlap with the input wait by a kernel on the dependency's stream (what the
+    # GPU did instead), and with the rest by an SM-filling non-GEMM kernel on another stream.
     g["compute_row"], _ = top_overlap(trace, g, lambda s: k["stream"].to_numpy() == s,
-                                      g["dependency_row"].to_numpy())
+                                      g["dependency_row"].to_numpy(), "ready", "input_ready")
     suspects = suspect_mask(k, num_sms_of(trace), params.min_waves)
     fillers = sm_filling(k, num_sms_of(trace), params.min_waves) & ~k["is_nccl"].to_numpy(bool)
     g["suspect_row"], suspect_ov = top_overlap(
-        trace, g, lambda s: suspects & (k["stream"].to_numpy() != s), None)
+        trace, g, lambda s: suspects & (k["stream"].to_numpy() != s), None, "input_ready", "ts")
     g["filler_row"], filler_ov = top_overlap(
-        trace, g, lambda s: fillers & (k["stream"].to_numpy() != s), None)
+        trace, g, lambda s: fillers & (k["stream"].to_numpy() != s), None, "input_ready", "ts")
     # A kernel explains a delayed start only if it ran through most of the wait.
-    wait = (g["ts"] - g["ready"]).to_numpy()
-    starved = (g["suspect_row"] >= 0) & (suspect_ov >= params.dominant_frac * wait)
-    saturated = (g["filler_row"] >= 0) & (filler_ov >= params.dominant_frac * wait)
-    kind = np.select([is_late, g["dependency_row"] >= 0, starved, saturated],
-                     [LATE_LAUNCH, WAITING_ON_COMPUTE, SM_STARVATION, COMPUTE_SATURATION],
-                     UNEXPLAINED)
-    return g.assign(kind=kind)
+    starved = (g["suspect_row"] >= 0) & (suspect_ov >= params.dominant_frac * after_input)
+    saturated = (g["filler_row"] >= 0) & (filler_ov >= params.dominant_frac * after_input)
+    has_input = g["dependency_row"].to_numpy() >= 0
+    kind = np.select(
+        [is_late, has_input & (input_wait >= after_input), starved, saturated, has_input],
+        [LATE_LAUNCH, WAITING_ON_COMPUTE, SM_STARVATION, COMPUTE_SATURATION, WAITING_ON_COMPUTE],
+        UNEXPLAINED)
+    return g.assign(kind=kind, input_wait=input_wait, after_input=after_input,
+                    starved_by_row=np.where(starved, g["suspect_row"], -1))
 
 
 def top_overlap(trace: Trace, g: pd.DataFrame, mask_for_stream: Any,
-                dependency: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per gap, the kernel overlapping [ready, start) the most (row, overlap), among a mask
-    chosen per stream.
+                dependency: np.ndarray | None, lo_col: str, hi_col: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per gap, the kernel overlapping [g[lo_col], g[hi_col]) the most (row, overlap), among a
+    mask chosen per stream.
 
     With `dependency`, the mask is built from the dependency kernel's stream (and gaps without a
     dependency get -1); otherwise from the gap's own comm stream.
@@ -198,7 +207,7 @@ def top_overlap(trace: Trace, g: pd.DataFrame, mask_for_stream: Any,
     for stream in np.unique(streams[valid]):
         sel = np.flatnonzero(valid & (streams == stream))
         rows = np.flatnonzero(mask_for_stream(stream))
-        lo, hi = g["ready"].to_numpy()[sel], g["ts"].to_numpy()[sel]
+        lo, hi = g[lo_col].to_numpy()[sel], g[hi_col].to_numpy()[sel]
         wi, kj, ov = window_pairs(lo, hi, ts[rows], end[rows])
         if not len(wi):
             continue
@@ -557,8 +566,9 @@ def culprit_row(gap: pd.Series) -> int:
 
 
 def gap_key(trace: Trace, gap: pd.Series, spans: CpuSpans | None,
-            activity: CpuActivity | None) -> str:
-    """What gaps are merged by: the source line (or name) of the CPU work or culprit kernel.
+            activity: CpuActivity | None, launch: pd.DataFrame | None = None) -> str:
+    """What gaps are merged by: the source line (or name) of the CPU work, or the culprit
+    kernel's record_function label, else its source line, else its name.
 
     The same key as `describe_gap` gives, without building the wording, op stacks and labels
     that only the reported (worst) gap of each group needs.
@@ -571,6 +581,13 @@ def gap_key(trace: Trace, gap: pd.Series, spans: CpuSpans | None,
     if row < 0:
         return ""
     k = trace.kernels
+    if launch is not None:
+        # The step's phase (optim:normuon:attn) is what recurs each step; the longest kernel
+        # in it (one of polar express's matmuls) may come from a different line each time.
+        label = user_label(trace, int(launch.at[row, "launch_tid"]),
+                           float(launch.at[row, "launch_ts"]))
+        if label:
+            return "label:" + label
     op_row = int(k.at[row, "op_idx"]) if "op_idx" in k else -1
     # kernel_source's source line: the linker's line of the kernel's op (or an ancestor's).
     source = source_of_op(trace.ops, op_row) if 0 <= op_row < len(trace.ops) else None
@@ -610,21 +627,37 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
                                float(launch.at[row, "launch_ts"]))
             what = short_kernel_name(k.at[row, "name"]) + (f" ({label})" if label else "")
             extra["culprit_label"] = label
-        waited = float(gap["ts"]) - float(gap["ready"])
-        if kind == WAITING_ON_COMPUTE:
-            dep = int(gap["dependency_row"])
+        dep = int(gap["dependency_row"])
+        if dep >= 0:
             extra["waited_for_kernel"] = str(k.at[dep, "name"])
-            ordering = (f"{nxt} was ready but waited {_ms(waited)} for the compute stream "
-                        f"(stream {int(k.at[dep, 'stream'])}: {what}, then "
-                        f"{short_kernel_name(k.at[dep, 'name'])}) after {prev} finished")
+        if kind == WAITING_ON_COMPUTE:
+            ordering = (f"{nxt} was ready but waited {_ms(float(gap['input_wait']))} for the "
+                        f"compute stream (stream {int(k.at[dep, 'stream'])}: {what}, then "
+                        f"{short_kernel_name(k.at[dep, 'name'])})"
+                        f"{starved_after(trace, gap, launch)} after {prev} finished")
         elif kind in (SM_STARVATION, COMPUTE_SATURATION):
-            ordering = (f"{nxt} was ready but started {_ms(waited)} late while {what} "
-                        f"held every SM, after {prev} finished")
+            input_part = (f"waited {_ms(float(gap['input_wait']))} for its input "
+                          f"({short_kernel_name(k.at[dep, 'name'])}), then " if dep >= 0 else
+                          "was ready but ")
+            ordering = (f"{nxt} {input_part}started {_ms(float(gap['after_input']))} late "
+                        f"while {what} held every SM, after {prev} finished")
         else:
             ordering = f"{nxt} started {_ms(float(gap['gap']))} after {prev} finished"
     return {"culprit": culprit, "cause": Cause(op=op, op_stack=stack, source=source,
                                                ordering=ordering),
             "next": nxt, "prev": prev, "what": what, "extra": extra}
+
+
+def starved_after(trace: Trace, gap: pd.Series, launch: pd.DataFrame) -> str:
+    """", then 186 us more while elementwise_kernel (tie:...) held every SM" when an SM-filling
+    kernel held the collective back after its input was ready; "" otherwise."""
+    row = int(gap["starved_by_row"])
+    if row < 0:
+        return ""
+    label = user_label(trace, int(launch.at[row, "launch_tid"]),
+                       float(launch.at[row, "launch_ts"]))
+    name = short_kernel_name(trace.kernels.at[row, "name"]) + (f" ({label})" if label else "")
+    return f", then {_ms(float(gap['after_input']))} more while {name} held every SM,"
 
 
 TITLES = {
@@ -649,7 +682,7 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
     spans = CpuSpans.of(trace) if (gaps["kind"] == LATE_LAUNCH).any() else None
     rows = [gap for _, gap in gaps.iterrows()]
     activities = [late_activity(trace, gap, spans, params, files) for gap in rows]
-    gaps = gaps.assign(key=[gap_key(trace, gap, spans, activity)
+    gaps = gaps.assign(key=[gap_key(trace, gap, spans, activity, launch)
                             for gap, activity in zip(rows, activities, strict=True)],
                        described=range(len(rows)))
     findings = []
@@ -668,6 +701,8 @@ def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding
                     "launch_after_prev_end_us": None if pd.isna(worst["launch_ts"]) else
                     round(float(worst["launch_ts"] - worst["prev_end"]), 3),
                     "wait_after_ready_us": round(float(worst["ts"] - worst["ready"]), 3),
+                    "input_wait_us": round(float(worst["input_wait"]), 3),
+                    "wait_after_input_us": round(float(worst["after_input"]), 3),
                     "threshold_us": round(threshold, 3), "steps": steps,
                     "cost_per_step_us": round(per_step, 3),
                     "previous_collective": d["prev"], "next_collective": d["next"],

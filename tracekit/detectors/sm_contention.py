@@ -22,11 +22,13 @@ How a victim is recognised (all per rank, vectorised over every NCCL kernel):
   (885-892 us for a 64M-float all_reduce), so 10% is far outside noise. Cost: the excess, at most
   the time the suspect actually overlapped it.
 - started late: the kernel started more than `min_late_us` after it was ready (its launch call
-  had returned and the previous kernel on its stream had ended; a ready NCCL kernel on an idle
-  H200 starts within 2-20 us) while suspect kernels ran for at least half of that wait. If a
-  kernel on another stream that was launched BEFORE the collective ended right when the
-  collective started, the collective was waiting on that stream (an event dependency recorded
-  at issue time), not starved: that is comm_gap's "waiting on compute" and is not reported here.
+  had returned, the previous kernel on its stream had ended, and so had its likely input; a
+  ready NCCL kernel on an idle H200 starts within 2-20 us) while suspect kernels ran for at
+  least half of that wait. The likely input: a collective issued from a compute stream waits
+  on an event recorded there at issue time, i.e. on the last kernel launched on that stream
+  before the collective. When that kernel ended after the collective was otherwise ready, the
+  wait until its end is comm_gap's "waiting on compute", not contention; only the time after it
+  counts here (an SM-filling kernel launched after the collective can still hold it back).
   Cost: the delay, at most the suspect overlap.
 - a collective that is long because a peer rank joined late is not contention: when several
   ranks are loaded, the same collective instance (process group, GPU step, issue order,
@@ -81,7 +83,6 @@ class ContentionParams:
     noise_mads: float = 4.0
     min_late_us: float = 30.0
     clean_overlap_frac: float = 0.10
-    dependency_tol_us: float = 15.0
     clock_tol_us: float = 50.0
     """Largest spread (MAD) of cross-rank end differences for the ranks' clocks to be trusted."""
 
@@ -171,21 +172,6 @@ def window_pairs(lo: np.ndarray, hi: np.ndarray, iv_start: np.ndarray, iv_end: n
     overlap = np.minimum(hi[wi], e[pos]) - np.maximum(lo[wi], s[pos])
     keep = overlap > 0
     return wi[keep], order[pos[keep]], overlap[keep]
-
-
-def points_in_windows(lo: np.ndarray, hi: np.ndarray, points: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """All (window i, point j) with lo[i] <= points[j] <= hi[i]."""
-    if len(lo) == 0 or len(points) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.argsort(points, kind="stable")
-    p = points[order]
-    first = np.searchsorted(p, lo, side="left")
-    last = np.searchsorted(p, hi, side="right")
-    counts = np.maximum(last - first, 0)
-    wi = np.repeat(np.arange(len(lo)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return wi, order[np.repeat(first, counts) + offsets]
 
 
 def coverage_excluding_stream(kernels: pd.DataFrame, mask: np.ndarray, streams: np.ndarray,
@@ -444,43 +430,61 @@ def add_baselines(tables: list[RankTables], params: ContentionParams) -> None:
 
 
 def add_late_start(t: RankTables, params: ContentionParams) -> None:
-    """delay (start - ready), suspect overlap of that wait, and whether a dependency explains it."""
+    """The input each collective waited for (dependency_row), when it was then ready to run
+    (ready), its delay (start - ready) and the suspect overlap of that delay."""
     nccl, k = t.nccl, t.trace.kernels
-    ready = np.fmax(nccl["launch_end"].to_numpy(), nccl["prev_end"].to_numpy())
-    ready = np.where(np.isfinite(ready), ready, nccl["ts"].to_numpy())
-    ready = np.minimum(ready, nccl["ts"].to_numpy())
+    ts = nccl["ts"].to_numpy(dtype=np.float64)
+    issued = np.fmax(nccl["launch_end"].to_numpy(), nccl["prev_end"].to_numpy())
+    issued = np.minimum(np.where(np.isfinite(issued), issued, ts), ts)
+    nccl["dependency_row"] = dependency_rows(t.trace, nccl.assign(ready=issued))
+    ready = ready_after_input(k, nccl["dependency_row"].to_numpy(), issued, ts)
     nccl["ready"] = ready
-    nccl["delay"] = nccl["ts"] - ready
+    nccl["delay"] = ts - ready
     nccl["wait_suspect_overlap"] = coverage_excluding_stream(
-        k, t.suspects, nccl["stream"].to_numpy(), ready, nccl["ts"].to_numpy())
-    nccl["dependency_row"] = dependency_rows(t.trace, nccl, params.dependency_tol_us)
+        k, t.suspects, nccl["stream"].to_numpy(), ready, ts)
 
 
-def dependency_rows(trace: Trace, victims: pd.DataFrame, tol_us: float) -> np.ndarray:
-    """Per victim, a kernel it plausibly waited on (else -1).
+def ready_after_input(kernels: pd.DataFrame, dependency: np.ndarray, ready: np.ndarray,
+                      start: np.ndarray) -> np.ndarray:
+    """`ready` moved to the end of the dependency kernel (when there is one), at most `start`."""
+    dep_end = np.where(dependency >= 0,
+                       kernels["end"].to_numpy(dtype=np.float64)[np.clip(dependency, 0, None)],
+                       -np.inf)
+    return np.minimum(np.maximum(ready, dep_end), start)
 
-    That kernel runs on another stream, was launched before the victim's launch (so an event
-    recorded after it could gate the victim) and ended within `tol_us` before the victim
-    started. Among several, the one ending last.
+
+def dependency_rows(trace: Trace, victims: pd.DataFrame, slack_us: float = 0.5) -> np.ndarray:
+    """Per victim, the kernel whose output it waited for (else -1).
+
+    Traces do not record which event a collective's stream waited on, but the event is recorded
+    on the issuing (compute) stream at issue time, so it fires when the last kernel launched on
+    that stream before the collective's launch ends. Per other stream, that kernel is a
+    dependency when it ended while the victim was otherwise ready (after victims["ready"]: its
+    launch had returned and its stream was free) and by its start (+ `slack_us` of clock
+    rounding). Among streams, the one ending last.
     """
     k = trace.kernels
     out = np.full(len(victims), -1, dtype=np.int64)
     if not len(victims) or not len(k):
         return out
-    start = victims["ts"].to_numpy(dtype=np.float64)
-    wi, kj = points_in_windows(start - tol_us, start + 0.5, k["end"].to_numpy(dtype=np.float64))
-    if not len(wi):
-        return out
-    launch_ts = launch_columns(trace)["launch_ts"].to_numpy()
+    launch_ts = launch_columns(trace)["launch_ts"].to_numpy(dtype=np.float64)
     v_launch = victims["launch_ts"].to_numpy(dtype=np.float64)
-    ok = ((k["stream"].to_numpy()[kj] != victims["stream"].to_numpy()[wi])
-          & ~k["is_nccl"].to_numpy(dtype=bool)[kj]
-          & (np.nan_to_num(launch_ts[kj], nan=np.inf) < np.nan_to_num(v_launch[wi], nan=-np.inf)))
-    wi, kj = wi[ok], kj[ok]
-    if len(wi):
-        ends = k["end"].to_numpy()[kj]
-        best = pd.DataFrame({"w": wi, "k": kj, "e": ends}).sort_values("e").groupby("w").last()
-        out[best.index.to_numpy()] = best["k"].to_numpy()
+    v_stream = victims["stream"].to_numpy()
+    ready = victims["ready"].to_numpy(dtype=np.float64)
+    start = victims["ts"].to_numpy(dtype=np.float64)
+    ends = k["end"].to_numpy(dtype=np.float64)
+    best_end = np.full(len(victims), -np.inf)
+    candidates = ~k["is_nccl"].to_numpy(dtype=bool) & np.isfinite(launch_ts)
+    streams = k["stream"].to_numpy()
+    for stream in np.unique(streams[candidates]):
+        rows = np.flatnonzero(candidates & (streams == stream))
+        rows = rows[np.argsort(launch_ts[rows], kind="stable")]
+        before = np.searchsorted(launch_ts[rows], v_launch, side="left") - 1
+        has = (before >= 0) & np.isfinite(v_launch) & (v_stream != stream)
+        row = rows[np.clip(before, 0, None)]
+        end = ends[row]
+        hit = has & (end > ready) & (end <= start + slack_us) & (end > best_end)
+        out[hit], best_end[hit] = row[hit], end[hit]
     return out
 
 
@@ -494,7 +498,7 @@ def classify_victims(t: RankTables, params: ContentionParams) -> pd.DataFrame:
     slowed = n["baseline"].notna() & (excess >= threshold) & ~n["clean"]
     slow_cost = np.where(slowed, np.minimum(excess, n["suspect_overlap"]), 0.0)
     late = ((n["delay"] >= params.min_late_us)
-            & (n["wait_suspect_overlap"] >= 0.5 * n["delay"]) & (n["dependency_row"] < 0))
+            & (n["wait_suspect_overlap"] >= 0.5 * n["delay"]))
     late_cost = np.where(late, np.minimum(n["delay"], n["wait_suspect_overlap"]), 0.0)
     out = n.assign(excess=excess, slowed=slowed, late=late, slow_cost=slow_cost,
                    late_cost=late_cost, cost=slow_cost + late_cost)

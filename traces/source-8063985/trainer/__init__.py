@@ -1,0 +1,1 @@
+"""A compact modded-nanogpt-style GPT trainer that records torch.profiler traces."""

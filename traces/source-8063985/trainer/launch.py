@@ -1,0 +1,126 @@
+"""How many processes, on which devices, and how to start them (torchrun or in-process).
+
+`--gpus N` (N >= 1) starts N processes on this node through torchrun, one per GPU, NCCL.
+`--gpus 0` runs one CPU process in the CLI's own process (gloo, a group of one).
+`--cpu-procs K` starts K CPU processes through torchrun (gloo); CI uses 2.
+Multi-node: every node runs the same command with its own `--node-rank`; torchrun's static
+rendezvous at `--rdzv-endpoint` (host:port of node 0) numbers the ranks node by node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracekit.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d+$")
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    device: str  # "cuda" or "cpu"
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def in_process(self) -> bool:
+        """A single CPU process needs no torchrun: it runs inside the CLI process."""
+        return self.device == "cpu" and self.world_size == 1
+
+
+def available_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_launch(
+    gpus: int | None, cpu_procs: int | None, nnodes: int = 1, node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+) -> LaunchPlan:
+    """Check the process layout the user asked for against this machine.
+
+    Without --gpus: one GPU when the machine has any (predictable; ask for more explicitly),
+    else one CPU process.
+    """
+    if nnodes < 1:
+        raise UserError(f"--nnodes must be at least 1, not {nnodes}")
+    if not 0 <= node_rank < nnodes:
+        raise UserError(f"--node-rank must be in 0..{nnodes - 1}, not {node_rank}")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
+    if rdzv_endpoint and not ENDPOINT_PATTERN.match(rdzv_endpoint):
+        raise UserError(f"--rdzv-endpoint takes HOST:PORT, not {rdzv_endpoint!r}")
+    if cpu_procs is not None:
+        if gpus:
+            raise UserError("use either --gpus N or --cpu-procs K, not both")
+        if cpu_procs < 1:
+            raise UserError(f"--cpu-procs must be at least 1, not {cpu_procs}")
+        return LaunchPlan("cpu", cpu_procs, nnodes, node_rank, rdzv_endpoint)
+    have = available_gpus()
+    if gpus is None:
+        gpus = 1 if have else 0
+    if gpus < 0:
+        raise UserError(f"--gpus must be 0 (CPU) or more, not {gpus}")
+    if gpus > have:
+        raise UserError(
+            f"--gpus {gpus} asks for {gpus} GPU{'s' if gpus > 1 else ''} but this machine has "
+            f"{have}" + (" (torch sees no CUDA device)" if have == 0 else "")
+        )
+    if gpus == 0:
+        return LaunchPlan("cpu", 1, nnodes, node_rank, rdzv_endpoint)
+    return LaunchPlan("cuda", gpus, nnodes, node_rank, rdzv_endpoint)
+
+
+def torchrun_command(plan: LaunchPlan, spec_json: str) -> list[str]:
+    """The torchrun command line that starts this node's processes of the run."""
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if plan.nnodes == 1:
+        command += ["--standalone"]
+    else:
+        # static rendezvous (torchrun's default backend): ranks are numbered node by node, so
+        # global rank 0 (manifest, steps.jsonl) is always on node 0.
+        command += ["--nnodes", str(plan.nnodes), "--node-rank", str(plan.node_rank),
+                    "--rdzv-endpoint", str(plan.rdzv_endpoint)]
+    command += ["--nproc-per-node", str(plan.nproc_per_node),
+                "-m", "trainer.train", "--spec-json", spec_json]
+    return command
+
+
+def child_env(plan: LaunchPlan) -> dict[str, str]:
+    """Environment for the ranks: the project importable, and CPU threads split between ranks."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    if "OMP_NUM_THREADS" not in env:
+        # torchrun would otherwise force 1 thread per rank and print a warning about it.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node))
+    return env
+
+
+def launch(plan: LaunchPlan, spec_json: str) -> None:
+    """Run the job: in this process for one CPU process, else through torchrun (and wait)."""
+    from trainer.train import RunSpec, run
+
+    if plan.in_process:
+        run(RunSpec.from_json(spec_json))
+        return
+    done = subprocess.run(torchrun_command(plan, spec_json), env=child_env(plan), check=False)
+    if done.returncode != 0:
+        raise UserError(
+            f"training failed: torchrun exited with code {done.returncode} "
+            "(the failing rank's error is printed above)"
+        )
