@@ -16,8 +16,11 @@ arguments are kept on purpose: `vectorized_elementwise_kernel<4, FillFunctor<flo
 `..<4, CUDAFunctor_add<float>, ..>` are different work, and stripping them would hide exactly
 the kernels a fix removes (the select_backward zero-fill).
 
-Findings are matched on (kind, cause source `file:line`, normalised culprit kernel), falling back
-to the cause op when a finding has neither; findings of one key on several ranks are summed.
+Findings are matched on (kind, cause source, normalised culprit kernel), falling back to the
+cause op when a finding has neither; findings of one key on several ranks are summed. The cause
+source is the file and the text of its line when each run's copy of the file can be read (runs
+of different code: an edit above the line moves it, the finding is still the same), else
+`file:line`.
 
 JSON schema (`RunDiff.to_dict()`, `schema_version` 1; times in microseconds unless the name says
 `_ms`; `null` where a value cannot be computed):
@@ -82,7 +85,8 @@ import numpy as np
 import pandas as pd
 
 from tracekit.errors import UserError
-from tracekit.finding import Finding
+from tracekit.finding import Finding, SourceLine
+from tracekit.link.source import SourceIndex
 from tracekit.trace import Run, Trace
 
 SCHEMA_VERSION = 1
@@ -537,10 +541,39 @@ def _labels_table(traces: list[Trace], side: str) -> pd.DataFrame:
 # ---- findings ---------------------------------------------------------------------------------
 
 
-def finding_key(finding: Finding) -> tuple[str, str | None, str | None]:
-    """(kind, `file:line` of the cause, normalised culprit kernel); cause op if neither."""
+LineText = Callable[[SourceLine], str | None]
+
+
+def source_line_reader(run: Run) -> LineText:
+    """The stripped text of a finding's source line in the run's own copy of the code (its
+    source snapshot or the roots the linker used); None when the file cannot be read."""
+    index = SourceIndex(roots=list(dict.fromkeys(r for t in run.traces for r in t.source_roots)))
+    lines: dict[str, list[str] | None] = {}
+
+    def text(source: SourceLine) -> str | None:
+        if source.file not in lines:
+            path = index.resolve(source.file)
+            try:
+                lines[source.file] = path.read_text().splitlines() if path else None
+            except (OSError, UnicodeDecodeError):
+                lines[source.file] = None
+        found = lines[source.file]
+        if found is None or source.line is None or not 0 < source.line <= len(found):
+            return None
+        return found[source.line - 1].strip() or None
+
+    return text
+
+
+def finding_key(finding: Finding, line_text: LineText | None = None
+                ) -> tuple[str, str | None, str | None]:
+    """(kind, cause source, normalised culprit kernel); cause op if neither. The source is
+    `file: <line text>` when `line_text` can read it, else `file:line`."""
     source = finding.cause.source if finding.cause else None
-    where = f"{source.file}:{source.line}" if source else None
+    where = None
+    if source:
+        text = line_text(source) if line_text else None
+        where = f"{source.file}: {text}" if text else f"{source.file}:{source.line}"
     kernel = finding.culprit.kernel if finding.culprit else None
     culprit = normalize_kernel_name(kernel) if kernel else None
     if where is None and culprit is None and finding.cause and finding.cause.op:
@@ -548,24 +581,37 @@ def finding_key(finding: Finding) -> tuple[str, str | None, str | None]:
     return finding.kind, where, culprit
 
 
-def _group_findings(findings: list[Finding]) -> dict[tuple[str, str | None, str | None],
-                                                     list[Finding]]:
+def _source_text(finding: Finding) -> str | None:
+    source = finding.cause.source if finding.cause else None
+    return f"{source.file}:{source.line}" if source else None
+
+
+def _group_findings(findings: list[Finding], line_text: LineText | None
+                    ) -> dict[tuple[str, str | None, str | None], list[Finding]]:
     groups: dict[tuple[str, str | None, str | None], list[Finding]] = {}
     for finding in findings:
-        groups.setdefault(finding_key(finding), []).append(finding)
+        groups.setdefault(finding_key(finding, line_text), []).append(finding)
     return groups
 
 
-def compare_findings(base: list[Finding], new: list[Finding]) -> FindingsDiff:
-    """Findings resolved (BASE only), introduced (NEW only), and in both with the cost change."""
-    base_groups, new_groups = _group_findings(base), _group_findings(new)
+def compare_findings(base: list[Finding], new: list[Finding],
+                     base_text: LineText | None = None,
+                     new_text: LineText | None = None) -> FindingsDiff:
+    """Findings resolved (BASE only), introduced (NEW only), and in both with the cost change.
+
+    `base_text`/`new_text` read source lines in each run's code (`source_line_reader`), so a
+    finding whose line moved between the runs still matches itself.
+    """
+    base_groups, new_groups = _group_findings(base, base_text), _group_findings(new, new_text)
     out = FindingsDiff()
     for key in list(base_groups) + [k for k in new_groups if k not in base_groups]:
         b, n = base_groups.get(key, []), new_groups.get(key, [])
         first = (b or n)[0]
         b_cost = float(sum(f.cost_us for f in b))
         n_cost = float(sum(f.cost_us for f in n))
-        row = FindingRow(kind=key[0], source=key[1], culprit=key[2], title=first.title,
+        sources = list(dict.fromkeys(x for x in map(_source_text, b[:1] + n[:1]) if x))
+        row = FindingRow(kind=key[0], source=" -> ".join(sources) or None, culprit=key[2],
+                         title=first.title,
                          ranks=sorted({f.rank for f in b + n}),
                          base_count=sum(f.count for f in b), new_count=sum(f.count for f in n),
                          base_cost_us=b_cost, new_cost_us=n_cost, delta_cost_us=n_cost - b_cost)
@@ -649,7 +695,8 @@ def diff_runs(base_run: Run, base_findings: list[Finding], new_run: Run,
                                    _labels_table(new_traces, "gpu")),
         kernels_appeared=[r.name for r in kernels if r.status == "appeared"],
         kernels_disappeared=[r.name for r in kernels if r.status == "disappeared"],
-        findings=compare_findings(base_findings, new_findings),
+        findings=compare_findings(base_findings, new_findings, source_line_reader(base_run),
+                                  source_line_reader(new_run)),
         comm=compare_comm(base_traces, new_traces),
         notes=notes,
     )

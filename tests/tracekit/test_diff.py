@@ -248,6 +248,30 @@ def test_findings_matching_and_costs() -> None:
     assert finding_key(base[3]) == ("comm_gap", None, "op aten::mm")
 
 
+def test_findings_match_by_line_text_across_code_versions() -> None:
+    """An edit above a line moves it; the finding on that statement is still the same one."""
+    base_code = {12: "x = bank[i]", 30: "y.copy_(z.T)"}
+    new_code = {14: "x = bank[i]", 30: "other = work()"}
+    base = [_finding("select_backward", 0, 5.0, line=12), _finding("comm_gap", 0, 1.0, line=30)]
+    new = [_finding("select_backward", 0, 2.0, line=14), _finding("comm_gap", 0, 1.0, line=30)]
+    result = compare_findings(base, new, lambda s: base_code.get(s.line),
+                              lambda s: new_code.get(s.line))
+    [common] = result.common
+    assert common.kind == "select_backward" and common.delta_cost_us == -3.0
+    assert common.source == "train.py:12 -> train.py:14"
+    # Same line number, different statement: not the same finding.
+    assert [r.kind for r in result.resolved] == ["comm_gap"]
+    assert [r.kind for r in result.introduced] == ["comm_gap"]
+
+
+def test_reference_runs_of_different_code_match_findings() -> None:
+    """switch-work-order ran newer code than fixed-2gpu (optim.py grew): Adam's contention
+    with the reduce-scatters is one finding in both, found through the line's text."""
+    result = reference_diff("switch-work-order", "fixed-2gpu")
+    adam = [r for r in result.findings.common if r.kind == "sm_contention"]
+    assert adam and all(" -> " in (r.source or "") for r in adam), result.findings.common
+
+
 def _synthetic_run(tmp_path: Path, name: str, overlap_us: float, step_ms: list[float],
                    with_log: bool) -> Path:
     """Two ranks, one step each per entry of step_ms: an NCCL kernel of 100 us per step with a

@@ -72,7 +72,7 @@ def print_breakdown(path: Path, to_stderr: bool) -> None:
     except ImportError as exc:
         raise UserError(f"--breakdown needs tracekit.hta and HolisticTraceAnalysis ({exc})"
                         ) from None
-    from rich.console import Console
+    from tracekit.report.terminal import report_console
 
     try:
         frames = breakdown(path)
@@ -83,7 +83,7 @@ def print_breakdown(path: Path, to_stderr: bool) -> None:
     except Exception as exc:  # third-party code on arbitrary traces: report, do not crash
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"--breakdown: HTA could not analyse {path} ({first})") from None
-    console = Console(stderr=to_stderr)
+    console = report_console(stderr=to_stderr)
     for name, frame in frames.items():
         if hasattr(frame, "itertuples"):
             console.print(frame_table(f"HTA {name}", frame))

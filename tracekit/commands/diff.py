@@ -17,6 +17,7 @@ from rich.text import Text
 from tracekit.diff import CommRow, FindingRow, Row, RunDiff, StepComparison
 from tracekit.errors import UserError
 from tracekit.finding import Finding
+from tracekit.report.terminal import report_console
 from tracekit.trace import Run
 
 NAME_WIDTH = 70
@@ -117,7 +118,7 @@ def comm_table(rows: list[CommRow]) -> Table:
 
 def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -> None:
     """The rich terminal report."""
-    console = console or Console()
+    console = console or report_console()
     for label, info in (("BASE", result.base), ("NEW", result.new)):
         console.print(Text(f"{label}: {info.path}  ranks {info.ranks}, "
                            f"{info.profiled_steps} profiled step spans, {info.findings} "

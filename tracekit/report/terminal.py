@@ -7,6 +7,9 @@ an eight-column table would chop names apart.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich.console import Console
 from rich.text import Text
 
@@ -15,6 +18,16 @@ from tracekit.report.text import format_us, grouped, short_kernel, source_text
 from tracekit.trace import Run
 
 SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
+PIPED_WIDTH = 160
+"""Console width when output goes to a file or pipe (rich would use 80 and fold kernel names
+into narrow table columns); $COLUMNS wins when set."""
+
+
+def report_console(stderr: bool = False) -> Console:
+    """A console for reports: the terminal's width, or a wide one when redirected."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, width=width)
 
 
 def run_header(run: Run) -> Text:
@@ -40,7 +53,7 @@ def finding_lines(f: Finding) -> Text:
 def print_report(run: Run | None, findings: list[Finding],
                  console: Console | None = None) -> None:
     """Print the report: header, the traces' warnings, then each kind's findings."""
-    console = console or Console()
+    console = console or report_console()
     if run is not None:
         console.print(run_header(run))
         for warning in sorted({w for t in run.traces for w in t.warnings}):
