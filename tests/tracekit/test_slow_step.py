@@ -108,13 +108,30 @@ def test_steps_log_reports_unprofiled_slow_steps(tmp_path: Path) -> None:
     wall[3] = 150.0  # step 3 is profiled (in the trace): the trace analysis covers it
     run.steps_log = pd.DataFrame({"step": range(20), "wall_ms": wall,
                                   "profiled": [s in (1, 2, 3, 4, 5) for s in range(20)]})
-    findings = detect(run)
+    findings = [f for f in detect(run) if not f.evidence.get("warmup")]
     assert [f.step for f in findings] == [12]
     assert findings[0].evidence["profiled"] is False
     assert findings[0].cost_us == pytest.approx(150_000)
     assert findings[0].evidence["category"] == "unknown"
     run.steps_log["shard_switch"] = run.steps_log["step"] == 12
-    (f,) = detect(run)
+    (f,) = [f for f in detect(run) if not f.evidence.get("warmup")]
     assert f.evidence["category"] == "data wait" and "shard" in f.title
     run.steps_log = run.steps_log.iloc[:4]  # warm-up skipped -> 2 steps left: nothing said
+    assert detect(run) == []
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_steps_log_reports_a_slow_first_step_as_warmup(tmp_path: Path, compiled: bool) -> None:
+    """Step 0 is never profiled; what it spent is named from the manifest, at LOW severity
+    (paid once per process), and a profiled warm-up step is left to the trace analysis."""
+    run = load(write_run(tmp_path / "run", [steps_trace()]), link=True, progress=False)
+    run.manifest = {"config": {"compile": compiled}}
+    wall = [900.0, 300.0] + [20.0] * 18
+    run.steps_log = pd.DataFrame({"step": range(20), "wall_ms": wall,
+                                  "profiled": [s in (1, 2, 3, 4, 5) for s in range(20)]})
+    [f] = detect(run)
+    assert f.step == 0 and f.severity == "low" and f.evidence["warmup"] is True
+    assert f.evidence["category"] == ("compilation" if compiled else "warm-up")
+    assert f.cost_us == pytest.approx(880_000)
+    run.steps_log.loc[0, "wall_ms"] = 30.0  # a fast first step says nothing
     assert detect(run) == []

@@ -28,8 +28,11 @@ Thresholds:
 - min_steps = 3: a median of fewer than 3 steps does not say what "typical" is (with 2 steps
   either could be the odd one), so nothing is said.
 - skip_first_logged = 2: the first steps of steps.jsonl include compilation and allocator
-  warm-up by design, so they are left out of the steps.jsonl analysis (profiled steps are
-  normally chosen after warm-up and are all used).
+  warm-up by design, so they are left out of the median and of the slow-step analysis (profiled
+  steps are normally chosen after warm-up and are all used). A slow one among them is still
+  reported, as a warm-up finding of LOW severity whatever its size: it is paid once per process,
+  not per step, and the trainer never profiles step 0, so nothing in it can be attributed
+  beyond what the run's manifest says (torch.compile on: "compilation"; else "warm-up").
 """
 
 from __future__ import annotations
@@ -460,14 +463,16 @@ def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_u
     log = run.steps_log
     if log is None or log.empty or "wall_ms" not in log:
         return []
-    log = log.sort_values("step").iloc[skip_first_logged:]
+    log = log.sort_values("step")
+    first, log = log.iloc[:skip_first_logged], log.iloc[skip_first_logged:]
     wall = log["wall_ms"].astype(float) * 1000.0
     if wall.notna().sum() < min_steps:
         return []
     median = float(wall.median())
     slow = log[(wall > factor * median) & (wall - median >= min_excess_us)]
     rank = run.traces[0].rank if run.traces else 0
-    findings = []
+    first = first[~first["step"].isin(list(profiled))]  # the traces say more about those
+    findings = warmup_findings(run, first, median, rank, factor, min_excess_us)
     for index, row in slow.iterrows():
         step = int(row["step"])
         if step in profiled:
@@ -492,6 +497,40 @@ def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_u
             suggestion=f"profile steps around {step} (cli.py profile --steps "
                        f"{max(step - 1, 0)}-{step + 1}) to see what holds the time"))
     return findings
+
+
+def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, factor: float,
+                    min_excess_us: float) -> list[Finding]:
+    """The run's first logged steps when slow: one-time warm-up, compilation when the manifest
+    says torch.compile was on (LOW: paid once per process; see the module docstring)."""
+    wall = first["wall_ms"].astype(float) * 1000.0
+    slow = first[(wall > factor * median) & (wall - median >= min_excess_us)]
+    config = (run.manifest or {}).get("config") or {}
+    compiled = bool(config.get("compile"))
+    category = "compilation" if compiled else "warm-up"
+    why = ("torch.compile compiles the model in the first step" if compiled
+           else "first-step allocation, autotuning and lazy initialisation")
+    findings = []
+    for index, row in slow.iterrows():
+        step, time_us = int(row["step"]), float(wall.loc[index])
+        findings.append(Finding(
+            kind="slow_step", severity="low", rank=rank, step=step, start_us=0.0,
+            dur_us=time_us, cost_us=round(time_us - median, 3), count=1,
+            title=(f"step {step} took {time_us / 1e6:.2f} s, {time_us / median:.0f}x the median "
+                   f"{median / 1000:.1f} ms: {category}, once per run ({why})"),
+            culprit=Culprit(), cause=Cause(),
+            evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
+                      "median_step_us": round(median, 3), "ratio": round(time_us / median, 2),
+                      "profiled": False, "warmup": True, "category": category},
+            suggestion=WARMUP_SUGGESTION[category]))
+    return findings
+
+
+WARMUP_SUGGESTION = {
+    "compilation": "expected once per process: keep it out of timed steps; Inductor's on-disk "
+                   "caches (FX graph, autotuning) shorten it when the same machine runs again",
+    "warm-up": "expected once per process: keep it out of timed steps (warm up first)",
+}
 
 
 @register("slow_step")
