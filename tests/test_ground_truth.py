@@ -213,6 +213,28 @@ def test_comm_gap_names_the_gap_opening_work_order(run_dir: Path) -> None:
                                                       "_adam_update")
 
 
+def test_equal_costs_get_equal_severity_on_every_rank() -> None:
+    """Severity is measured against one step time per run, not each rank's own: the same
+    finding costing the same per step on two ranks has one severity."""
+    compared = 0
+    for run_dir in RUNS:
+        _, findings = analysed(run_dir)
+        by_cause: dict[tuple, list[Finding]] = {}
+        for f in findings:
+            key = (f.kind, f.evidence.get("classification"), f.culprit.kernel,
+                   f.cause.source.line if f.cause.source else None)
+            by_cause.setdefault(key, []).append(f)
+        for group in by_cause.values():
+            pairs = [(a, b) for a in group for b in group if a.rank < b.rank]
+            for a, b in pairs:
+                cost_a, cost_b = (a.evidence.get("cost_per_step_us"),
+                                  b.evidence.get("cost_per_step_us"))
+                if cost_a and cost_b and cost_a == pytest.approx(cost_b, rel=0.01):
+                    compared += 1
+                    assert a.severity == b.severity, (run_dir.name, a.title, a.rank, b.rank)
+    assert compared >= 10  # the ranks run the same code: many findings repeat across ranks
+
+
 @pytest.mark.parametrize("name", ["fixed-2gpu", "fixed-4gpu"])
 def test_fixed_run_has_no_high_findings(name: str) -> None:
     _, findings = analysed(TRACES / name)

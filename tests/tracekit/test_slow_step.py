@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tracekit.detectors.slow_step import detect, median_step_us
+from tracekit.detectors.slow_step import detect
+from tracekit.detectors.steptime import median_step_us
 from tracekit.load import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -63,11 +63,11 @@ from tracekit.detectors.sm_contention import (
     sm_filling,
     source_key,
     source_of_op,
-    step_time_us,
     suspect_mask,
     user_label,
     window_pairs,
 )
+from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.overlap import Coverage
 from tracekit.trace import Run, Trace
@@ -670,7 +670,7 @@ TITLES = {
 
 
 def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding]:
-    step_us = step_time_us(trace)
+    step_us = run_step_us(run)
     gaps = comm_gaps(trace, params)
     threshold = max(params.min_gap_us, params.min_gap_step_frac * (step_us or 0.0))
     gaps = gaps[gaps["idle"] >= threshold]

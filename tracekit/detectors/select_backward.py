@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
-from tracekit.detectors.slow_step import median_step_us
+from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
 from tracekit.trace import Run, Trace
@@ -296,12 +296,12 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
 def detect(run: Run) -> list[Finding]:
     """One finding per rank and per forward indexing line (or Inductor kernel)."""
     findings: list[Finding] = []
+    run_step = run_step_us(run)
     for trace in run.traces:
         work = gpu_work_by_op(trace)
         eager = eager_occurrences(trace, work)
         eager_index = pd.Index([]) if not eager else \
             pd.Index(np.concatenate([o.work.index.to_numpy() for o in eager]))
-        step_us = median_step_us(trace)
         for occ in eager + compiled_occurrences(trace, work, eager_index):
-            findings.append(finding_for(trace, occ, step_us))
+            findings.append(finding_for(trace, occ, run_step))
     return findings

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
+from tracekit.detectors.steptime import run_step_us, step_table
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
 from tracekit.trace import Run, Trace
@@ -73,30 +74,6 @@ SUGGESTIONS = {
     "gpu idle": "the GPU sat idle: look at what the CPU did before this step's first kernel",
 }
 DEFAULT_SUGGESTION = "compare this step with a median one on the timeline: the named work grew"
-
-
-def step_table(trace: Trace) -> pd.DataFrame:
-    """Per ProfilerStep: step, cpu_ts, cpu_end, cpu_us, gpu_from, gpu_end, gpu_us."""
-    steps = trace.steps.sort_values("step").reset_index(drop=True)
-    table = pd.DataFrame({
-        "step": steps["step"].astype(int), "cpu_ts": steps["cpu_ts"],
-        "cpu_end": steps["cpu_end"], "cpu_us": steps["cpu_end"] - steps["cpu_ts"]})
-    gpu_end = steps["gpu_end"].astype(float)
-    # The GPU period starts where the previous step's GPU work ended (idle before counts).
-    previous_end = gpu_end.shift(1)
-    table["gpu_from"] = previous_end.where(previous_end.notna(), steps["gpu_ts"])
-    table["gpu_end"] = gpu_end
-    table["gpu_us"] = table["gpu_end"] - table["gpu_from"]
-    return table
-
-
-def median_step_us(trace: Trace) -> float | None:
-    """Median step time of a rank (the larger of CPU span and GPU period per step), or None."""
-    if trace.steps.empty:
-        return None
-    table = step_table(trace)
-    times = table[["cpu_us", "gpu_us"]].max(axis=1, skipna=True).dropna()
-    return float(times.median()) if len(times) else None
 
 
 @dataclass
@@ -411,9 +388,10 @@ def slow_steps(table: pd.DataFrame, factor: float, min_excess_us: float) -> list
     return sorted(found.values(), key=lambda s: s.step)
 
 
-def trace_findings(trace: Trace, factor: float, min_excess_us: float,
-                   min_steps: int) -> list[Finding]:
-    """Slow profiled steps of one rank, each attributed against the reference step."""
+def trace_findings(trace: Trace, factor: float, min_excess_us: float, min_steps: int,
+                   run_step: float | None = None) -> list[Finding]:
+    """Slow profiled steps of one rank, each attributed against the reference step; severity
+    against `run_step` (the run's step time, see steptime), else this rank's median."""
     if len(trace.steps) < min_steps:
         return []
     table = step_table(trace)
@@ -442,7 +420,7 @@ def trace_findings(trace: Trace, factor: float, min_excess_us: float,
                  f"{slow.time_us / slow.median_us:.1f}x the median "
                  f"{slow.median_us / 1000:.1f} ms: {what}")
         findings.append(Finding(
-            kind="slow_step", severity=severity_from_cost(excess, slow.median_us),
+            kind="slow_step", severity=severity_from_cost(excess, run_step or slow.median_us),
             rank=trace.rank, step=slow.step, start_us=slow.start_us, dur_us=slow.time_us,
             cost_us=round(excess, 3), count=1, title=title, culprit=culprit, cause=cause,
             evidence={
@@ -539,9 +517,10 @@ def detect(run: Run, factor: float = 2.0, min_excess_us: float = 1000.0, min_ste
     """Slow profiled steps per rank, plus unprofiled slow steps from steps.jsonl."""
     findings: list[Finding] = []
     profiled: set[int] = set()
+    run_step = run_step_us(run)
     for trace in run.traces:
         profiled.update(int(s) for s in trace.steps["step"])
-        findings.extend(trace_findings(trace, factor, min_excess_us, min_steps))
+        findings.extend(trace_findings(trace, factor, min_excess_us, min_steps, run_step))
     findings.extend(steps_log_findings(run, profiled, factor, min_excess_us, min_steps,
                                        skip_first_logged))
     return findings

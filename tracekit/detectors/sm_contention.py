@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
+from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
 from tracekit.overlap import Coverage
@@ -279,17 +280,6 @@ def collective_name(kernels: pd.DataFrame) -> pd.Series:
     """`Collective name` where recorded, else the NCCL kernel's name."""
     coll = kernels["collective"].astype(object)
     return coll.where(coll.notna() & (coll.astype(str) != ""), kernels["name"]).astype(str)
-
-
-def step_time_us(trace: Trace) -> float | None:
-    """Median GPU-side step time of a rank (for severity), or None without step spans."""
-    steps = trace.steps
-    if steps.empty:
-        return None
-    gpu = (steps["gpu_end"] - steps["gpu_ts"]).dropna()
-    cpu = (steps["cpu_end"] - steps["cpu_ts"]).dropna()
-    times = gpu if len(gpu) else cpu
-    return float(times.median()) if len(times) else None
 
 
 def kernel_steps(trace: Trace) -> np.ndarray:
@@ -634,15 +624,15 @@ def detect(run: Run, **params: Any) -> list[Finding]:
     p = ContentionParams(**params)
     victims = contention_victims(run, p)
     findings: list[Finding] = []
+    run_step = run_step_us(run)
     for trace in run.traces:
         v = victims.get(trace.rank)
         if v is None or v.empty:
             continue
-        step_us = step_time_us(trace)
         keys = []
         for crow in v["culprit_row"]:
             _, _, source = kernel_source(trace, int(crow))
             keys.append(source_key(source) + "|" + str(trace.kernels.at[int(crow), "name"]))
         for _, group in v.assign(merge_key=keys).groupby("merge_key", sort=False):
-            findings.append(finding_for_group(trace, group, step_us))
+            findings.append(finding_for_group(trace, group, run_step))
     return findings
