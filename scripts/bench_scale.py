@@ -205,28 +205,9 @@ from hta.trace_analysis import TraceAnalysis
 analysis = TraceAnalysis(trace_dir=RUN_DIR)
 """,
 }
-# Until tracekit.load calls the parsed-frame cache itself, the benchmark wraps the per-file
-# loader with it (the hook described in tracekit/cache.py), so "tracekit warm" measures what a
-# cached second analyze costs. With TRACEKIT_CACHE=0 the wrapper is a no-op.
-CACHE_HOOK = """
-import inspect
-import tracekit.load.run as load_run_module
-if "load_cached" not in inspect.getsource(load_run_module):
-    from tracekit.cache import load_cached, save_cache
-    _uncached = load_run_module.load_trace_file
-    def load_trace_file(job):
-        trace = load_cached(job.path)
-        if trace is not None and (trace.linked or not job.link):
-            return trace
-        trace = _uncached(job)
-        save_cache(trace)
-        return trace
-    load_trace_file.__module__ = load_run_module.__name__
-    load_run_module.load_trace_file = load_trace_file
-"""
 IMPORTS = {
     "tracekit": "import tracekit.analysis, tracekit.load, tracekit.detectors\n"
-                "tracekit.detectors.load_detectors()\n" + CACHE_HOOK,
+                "tracekit.detectors.load_detectors()\n",
     "hta": "import hta.trace_analysis\n",
 }
 HARNESS = """

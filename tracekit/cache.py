@@ -33,22 +33,19 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tracekit.trace import Trace
+from tracekit.trace import FRAME_NAMES, Trace
 
-CACHE_FORMAT_VERSION = 2
+# 3: launches in one row order however the file was sliced (see extract.GROUPED_BY).
+CACHE_FORMAT_VERSION = 3
 CACHE_DIR_NAME = ".tkcache"
 KEY_FILE = "key.json"
 HASH_SPAN_BYTES = 1 << 20
-FRAME_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(Trace) if f.type in ("pd.DataFrame", pd.DataFrame)
-)
 # Env switch so benchmarks can time cold loads and users can opt out.
 CACHE_ENV = "TRACEKIT_CACHE"
 

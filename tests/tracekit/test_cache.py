@@ -190,3 +190,20 @@ def test_corrupt_cache_is_a_miss(trace_copy: Path) -> None:
     save_cache(_parse(trace_copy))
     (cache_dir_for(trace_copy) / "kernels.parquet").write_bytes(b"not parquet")
     assert load_cached(trace_copy) is None
+
+
+def test_frames_from_the_cache_share_strings_like_parsed_ones(trace_copy: Path) -> None:
+    """A cached load must be as compact as a parse: one str object per distinct value in
+    every text column (a str per row would cost several times the frames' size)."""
+    from tracekit.load import load
+
+    parsed = load(trace_copy, progress=False).traces[0]
+    assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()
+    cached = load(trace_copy, progress=False).traces[0]
+    _assert_same(parsed, cached)
+    for name in cache.FRAME_NAMES:
+        frame = getattr(cached, name)
+        for column in frame.columns:
+            values = frame[column].to_numpy()
+            if values.dtype == object and len(values):
+                assert len({id(v) for v in values}) == len(pd.unique(values)), (name, column)

@@ -27,6 +27,78 @@ except ImportError:  # pragma: no cover
 
 EMPTY: dict[str, Any] = {}
 
+_SHARED: dict[str, str] = {}
+"""One copy of each distinct string met while loading a trace (see `shared`)."""
+SHARED_LIMIT = 1_000_000
+"""Distinct strings kept before the table starts over (a trace of unique strings is rare)."""
+
+
+def shared(values: Any) -> list[Any]:
+    """The values with each distinct string held once in memory.
+
+    The parser makes a new str for every occurrence, yet op, kernel and frame names, recorded
+    shapes and source files repeat hundreds of thousands of times in a big trace (every step
+    runs the same code): one shared str per distinct value instead of one per row is most of
+    the difference between frames several times the trace's size and frames a fraction of it.
+    Values must be hashable (strings, None).
+    """
+    if len(_SHARED) > SHARED_LIMIT:
+        _SHARED.clear()
+    values = values if isinstance(values, list) else list(values)
+    # Values are hashable here (str, or None for absent); map runs setdefault at C speed.
+    return list(map(_SHARED.setdefault, values, values))
+
+
+def forget_shared() -> None:
+    """Drop the table behind `shared` (after each file: the frames keep what they use)."""
+    _SHARED.clear()
+
+
+def share_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Make equal strings in every object column of `frame` one object (in place; returns it).
+
+    Columns built by pandas operations (assignments that pass through pandas' own string
+    dtype, merges) hold one str per row again; factorizing maps each row to its distinct
+    value in one vectorised pass. Missing values (None, NaN) stay what they were.
+    """
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype != object or len(column) == 0:
+            continue
+        values = column.to_numpy()
+        # Only all-string columns: factorizing mixed objects would merge 1, 1.0 and True.
+        if pd.api.types.infer_dtype(values, skipna=True) != "string":
+            continue
+        codes, uniques = pd.factorize(values)
+        if len(uniques) == len(values):
+            continue  # all distinct: nothing to share
+        out = np.asarray(uniques, dtype=object).take(np.maximum(codes, 0))
+        missing = codes < 0
+        if missing.any():
+            out[missing] = values[missing]
+        frame[name] = pd.Series(out, index=frame.index, dtype=object)
+    return frame
+
+
+INT32 = np.iinfo(np.int32)
+
+
+def narrow_ints(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Store the named int64 columns as int32 (in place; returns `frame`).
+
+    For columns whose values are small by nature (row numbers, depths, step and line numbers,
+    launch geometry): half the memory, and int32 is what numpy indexes with as readily. A
+    column holding a value outside int32 (a malformed trace) keeps int64 rather than wrap.
+    """
+    for name in columns:
+        if name not in frame or frame[name].dtype != np.int64:
+            continue
+        values = frame[name].to_numpy()
+        if len(values) and (values.min() < INT32.min or values.max() > INT32.max):
+            continue
+        frame[name] = values.astype(np.int32)
+    return frame
+
 
 def args_of(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The `args` dict of every event ({} when absent)."""
@@ -104,15 +176,17 @@ def triples(values: list[Any]) -> np.ndarray:
 
 
 def strings(values: list[Any], missing: str | None = "") -> list[Any]:
-    """Strings as they are; None (absent) becomes `missing`; other types are stringified."""
-    return [
+    """Strings as they are (each distinct one held once, see `shared`); None (absent) becomes
+    `missing`; other types are stringified."""
+    return shared(
         v if isinstance(v, str) else (missing if v is None else str(v)) for v in values
-    ]
+    )
 
 
 def json_texts(values: list[Any]) -> list[str]:
-    """Compact JSON text of each value ("" where absent), e.g. for Input Dims."""
-    return ["" if v is None else _dumps(v) for v in values]
+    """Compact JSON text of each value ("" where absent), e.g. for Input Dims; each distinct
+    text held once (the same shapes recur every step)."""
+    return shared("" if v is None else _dumps(v) for v in values)
 
 
 def numeric_ids(values: list[Any]) -> np.ndarray:

@@ -88,16 +88,10 @@ def _ids(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
         return col.numeric_ids(_list(rows, i))
 
 
-_STRINGS: dict[str, str] = {}
-"""One copy of each distinct name: the same op, kernel and frame names repeat hundreds of
-thousands of times in a big trace, and the parser makes a new str for every occurrence."""
-
-
 def shared_names(rows: list[tuple[Any, ...]], i: int = 0) -> list[Any]:
-    """Field i (a name) of every row, each distinct string kept once in memory."""
-    if len(_STRINGS) > 1_000_000:  # a trace of unique names (rare): stop growing
-        _STRINGS.clear()
-    return list(map(_STRINGS.setdefault, map(itemgetter(i), rows), map(itemgetter(i), rows)))
+    """Field i (a name) of every row, each distinct string kept once in memory (the same op,
+    kernel and frame names repeat hundreds of thousands of times; see `columns.shared`)."""
+    return col.shared(map(itemgetter(i), rows))
 
 
 def _base(rows: list[tuple[Any, ...]]) -> Columns:
@@ -164,13 +158,17 @@ def ops(events: list[dict[str, Any]]) -> Columns:
     return cols
 
 
+LAUNCH_CAT_ORDER = {cat: i for i, cat in enumerate(LAUNCH_CATS)}
+
+
 def launches(events: list[dict[str, Any]]) -> Columns:
-    """CUDA runtime/driver and HIP API calls."""
+    """CUDA runtime/driver and HIP API calls (`cat`: index in LAUNCH_CATS, for `concat`)."""
     rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("correlation", -1), a.get("External id", -1))
+             a.get("correlation", -1), a.get("External id", -1), e.get("cat"))
             for e in events for a in (e.get("args") or EMPTY,)]
     cols = _base(rows)
-    cols.update({"correlation": _ints(rows, 5), "external_id": _ints(rows, 6)})
+    cols.update({"correlation": _ints(rows, 5), "external_id": _ints(rows, 6),
+                 "cat": [LAUNCH_CAT_ORDER.get(c, 0) for c in _list(rows, 7)]})
     return cols
 
 
@@ -227,10 +225,10 @@ def extract_all(events: list[Any]) -> dict[str, Columns]:
     return out
 
 
-GROUPED_BY = {"gpu_mem": "kind", "annotations": "is_gpu"}
-"""Frames that hold two categories one after the other (memcpy then memset; CPU then GPU
-annotations): after joining slices, rows are regrouped so the order is the same as from one
-pass over the whole file."""
+GROUPED_BY = {"gpu_mem": "kind", "annotations": "is_gpu", "launches": "cat"}
+"""Frames that hold several categories one after the other (memcpy then memset; CPU then GPU
+annotations; runtime then driver calls): after joining slices, rows are regrouped so the order
+is the same as from one pass over the whole file, whatever the slice size."""
 
 
 def concat(parts: list[dict[str, Columns]]) -> dict[str, Columns]:

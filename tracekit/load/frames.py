@@ -18,7 +18,7 @@ from tracekit.load import columns as col
 from tracekit.load import extract
 from tracekit.load.extract import Columns
 from tracekit.load.intervals import nest
-from tracekit.trace import Trace
+from tracekit.trace import FRAME_NAMES, Trace
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 KERNEL_LAUNCH_NAME = re.compile(
@@ -80,6 +80,22 @@ PYTHON_COLUMNS = [
 FLOW_COLUMNS = ["id", "src_tid", "src_ts", "dst_tid", "dst_ts"]
 ANNOTATION_COLUMNS = ["name", "side", "pid", "tid", "stream", "ts", "dur", "end", "external_id"]
 STEP_COLUMNS = ["step", "cpu_ts", "cpu_end", "gpu_ts", "gpu_end"]
+
+INT32_COLUMNS: dict[str, tuple[str, ...]] = {
+    "kernels": ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "registers",
+                "shared_mem", "group_size", "launch_idx", "op_idx", "step", "src_line"),
+    "gpu_mem": ("launch_idx", "op_idx", "step", "src_line"),
+    "ops": ("depth", "parent", "fwd_op_idx", "step", "src_line"),
+    "launches": ("op_idx", "step"),
+    "python": ("depth", "parent", "line"),
+    "annotations": ("step",),
+}
+"""Integer columns kept as int32 once a trace is loaded and linked (see `compact_trace`):
+small by nature (row numbers, depths, step and line numbers, CUDA launch geometry and
+resources, which CUDA itself bounds by 2^31 - 1), and never combined into wider keys. Ids
+(pid, tid, device, stream, correlation, external_id, seq, flow id) and element counts stay
+int64: they are join keys, are packed into wider keys (device << 32 | stream), or can be
+large."""
 
 
 def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
@@ -435,3 +451,18 @@ def load_warnings(trace: Trace) -> list[str]:
             "per-step analyses treat the whole trace as one window"
         )
     return out
+
+
+def compact_trace(trace: Trace) -> Trace:
+    """Shrink a loaded (and linked) trace's frames in place, keeping every value.
+
+    Equal strings become one shared object (`columns.share_strings`: linking and pandas
+    operations make one str per row again) and the INT32_COLUMNS become int32. The process
+    that runs the detectors holds every rank's frames at once, so this is what bounds its
+    memory on many-rank runs.
+    """
+    for name in FRAME_NAMES:
+        frame = getattr(trace, name)
+        col.share_strings(frame)
+        col.narrow_ints(frame, INT32_COLUMNS.get(name, ()))
+    return trace

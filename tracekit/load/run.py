@@ -1,15 +1,18 @@
 """A path -> a `Run`: one trace file, or a directory of rank files read in parallel.
 
 Rank files are parsed in separate processes (one per file) because parsing is CPU-bound Python
-and each rank is independent; only the finished frames travel back.
+and each rank is independent; only the finished frames travel back, streamed through a
+temporary file (see `load_trace_spooled`).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import pickle
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -20,10 +23,17 @@ from typing import Any
 import pandas as pd
 
 from tracekit.errors import UserError
-from tracekit.load.frames import build_frames, build_trace, rank_info, trace_from_frames
+from tracekit.load.columns import forget_shared, share_strings
+from tracekit.load.frames import (
+    build_frames,
+    build_trace,
+    compact_trace,
+    rank_info,
+    trace_from_frames,
+)
 from tracekit.load.read import read_document
 from tracekit.load.stream import NotSliceable, extract_file, worker_count
-from tracekit.trace import Run, Trace
+from tracekit.trace import FRAME_NAMES, Run, Trace
 
 MANIFEST_NAME = "manifest.json"
 STEPS_LOG_NAME = "steps.jsonl"
@@ -63,18 +73,32 @@ def load_trace_file(job: TraceJob) -> Trace:
         from tracekit.link import link_trace
 
         link_trace(trace, source_roots=list(job.source_roots))
-    return trace
+    return compact_trace(trace)
 
 
 def read_trace_file(job: TraceJob) -> Trace:
     try:
-        meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
-    except (NotSliceable, ValueError, OSError):
-        doc = read_document(job.path)
-        trace = build_trace(doc, job.path, rank=job.rank)
-        del doc
-        return trace
-    return trace_from_frames(build_frames(columns), meta, job.path, job.rank)
+        try:
+            meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
+        except (NotSliceable, ValueError, OSError):
+            doc = read_document(job.path)
+            trace = build_trace(doc, job.path, rank=job.rank)
+            del doc
+            return share_trace_strings(trace)
+        frames = build_frames(columns)
+        del columns
+        return share_trace_strings(trace_from_frames(frames, meta, job.path, job.rank))
+    finally:
+        forget_shared()
+
+
+def share_trace_strings(trace: Trace) -> Trace:
+    """One str object per distinct value in every string column of every frame (see
+    `columns.share_strings`), before caching and linking; int dtypes are narrowed only after
+    linking (`compact_trace`), so the linker and the cache always see the loader's int64."""
+    for name in FRAME_NAMES:
+        share_strings(getattr(trace, name))
+    return trace
 
 
 @contextmanager
@@ -227,13 +251,60 @@ def _load_all(jobs: list[TraceJob], *, progress: bool, workers: int | None,
                 bar.done(job.path.name)
             return traces, skipped
         max_workers = min(len(jobs), workers or os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=max_workers) as pool:
-            futures = {pool.submit(load_trace_file, job): job for job in jobs}
+        with _spool_dir() as spool, ProcessPoolExecutor(max_workers=max_workers) as pool:
+            futures = {pool.submit(load_trace_spooled, job, spool, i): job
+                       for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 job = futures[future]
-                _collect(future.result, job, traces, skipped, single_file)
+                _collect(lambda future=future: unspool(future.result()), job, traces, skipped,
+                         single_file)
                 bar.done(job.path.name)
     return traces, skipped
+
+
+@contextmanager
+def _spool_dir() -> Iterator[Path | None]:
+    """A private temporary directory for the workers' results (None if none can be made)."""
+    try:
+        directory = tempfile.TemporaryDirectory(prefix="tracekit-load-")
+    except OSError:
+        yield None
+        return
+    with directory as name:
+        yield Path(name)
+
+
+def load_trace_spooled(job: TraceJob, spool: Path | None, index: int) -> Trace | Path:
+    """`load_trace_file` in a worker process, its Trace pickled into a file in `spool`.
+
+    A result returned from a worker travels as ONE pickled message: the whole rank, about as
+    big as its frames, exists as bytes in the worker and again in the parent, each time next
+    to the frames themselves. Pickle streams to and from a file in small frames instead, so
+    neither process ever holds a second copy (the parent, which gathers every rank, gains the
+    most). Where the file cannot be written (disk full), the Trace is returned directly.
+    """
+    trace = load_trace_file(job)
+    if spool is None:
+        return trace
+    target = spool / f"{index}.trace.pickle"
+    try:
+        with open(target, "wb") as fh:
+            pickle.dump(trace, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError:
+        target.unlink(missing_ok=True)
+        return trace
+    return target
+
+
+def unspool(result: Trace | Path) -> Trace:
+    """The Trace that `load_trace_spooled` produced (read back and its file removed)."""
+    if isinstance(result, Trace):
+        return result
+    try:
+        with open(result, "rb") as fh:
+            return pickle.load(fh)
+    finally:
+        result.unlink(missing_ok=True)
 
 
 def _collect(get: Any, job: TraceJob, traces: list[Trace], skipped: list[str],

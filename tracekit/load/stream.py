@@ -33,7 +33,10 @@ from tracekit.load import extract
 from tracekit.load.extract import Columns
 from tracekit.load.read import GZIP_MAGIC, parse_json
 
-SLICE_BYTES = 16 * 2**20
+SLICE_BYTES = 4 * 2**20
+"""A slice's parsed event dicts take several times its text: 4 MB slices keep that transient
+near 100 MB per process, as fast as 16 MB ones (measured on a 100 MB trace: peak 209 vs 359 MB
+RSS, the same 1.6 s)."""
 MIN_SLICE_BYTES = 2 * 2**20
 READ_BYTES = 4 * 2**20
 HEADER_LIMIT = 64 * 2**20
