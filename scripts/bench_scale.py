@@ -6,9 +6,12 @@ and ac2g flows), then times each contender in its own subprocess on the same fil
 
     raw json     gzip.decompress + json.loads of every rank file, one after another
     raw orjson   the same with orjson.loads (the fastest pure parse available)
-    tracekit     tracekit.analysis.analyze_run(run_dir) with the parsed-frame cache off (cold)
+    tracekit     what `cli.py analyze` runs: tracekit.rankwise.analyze_rankwise(run_dir), one
+                 process per rank, with the parsed-frame cache off (cold)
     tracekit warm  the same with the cache on, after one run that filled it (skipped with
-                 --no-warm); what a second `analyze`/`diff` of the same run costs
+                 --no-warm); what a second `analyze` of the same run costs
+    tracekit one-process  tracekit.analysis.analyze_run(run_dir), cold: every rank's frames in
+                 one process, as `diff`, `timeline` and the Python API hold them
     hta          hta.trace_analysis.TraceAnalysis(trace_dir=run_dir) (loading only)
 
 Reported per contender: wall seconds of the work itself (imports excluded, measured inside the
@@ -195,6 +198,10 @@ for f in FILES:
     del doc
 """,
     "tracekit": """
+from tracekit.rankwise import analyze_rankwise
+run, findings = analyze_rankwise(RUN_DIR, progress=False)
+""",
+    "tracekit one-process": """
 from tracekit.analysis import analyze_run
 run, findings = analyze_run(RUN_DIR, progress=False)
 """,
@@ -206,8 +213,10 @@ analysis = TraceAnalysis(trace_dir=RUN_DIR)
 """,
 }
 IMPORTS = {
-    "tracekit": "import tracekit.analysis, tracekit.load, tracekit.detectors\n"
+    "tracekit": "import tracekit.rankwise, tracekit.analysis, tracekit.load, tracekit.detectors\n"
                 "tracekit.detectors.load_detectors()\n",
+    "tracekit one-process": "import tracekit.analysis, tracekit.load, tracekit.detectors\n"
+                            "tracekit.detectors.load_detectors()\n",
     "hta": "import hta.trace_analysis\n",
 }
 HARNESS = """
@@ -379,7 +388,8 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="only write the traces")
     args = parser.parse_args()
 
-    contenders = ["raw json", "raw orjson", "tracekit", "tracekit warm", "hta"]
+    contenders = ["raw json", "raw orjson", "tracekit", "tracekit warm", "tracekit one-process",
+                  "hta"]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.no_warm:
         skip.add("tracekit warm")

@@ -60,7 +60,7 @@ grid dimensions, packed keys).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +91,43 @@ class Trace:
     source_roots: tuple[Path, ...] = ()
     """Where link resolved the frames' source files, in order (the run's code snapshot first);
     detectors that read source use the same roots."""
+    gpu_activity: bool | None = None
+    """Set on `thin` copies, whose frames are empty: whether the full trace had GPU events."""
 
     @property
     def has_gpu(self) -> bool:
+        if self.gpu_activity is not None:
+            return self.gpu_activity
         return len(self.kernels) > 0 or len(self.gpu_mem) > 0
+
+    def thin(self) -> Trace:
+        """This trace without its events (steps, metadata and warnings kept): what a report
+        header needs, a few KB instead of the rank's frames."""
+        emptied = {name: getattr(self, name).iloc[:0] for name in FRAME_NAMES if name != "steps"}
+        return replace(self, **emptied, gpu_activity=self.has_gpu)
 
 
 FRAME_NAMES: tuple[str, ...] = tuple(
     f.name for f in fields(Trace) if f.type in ("pd.DataFrame", pd.DataFrame)
 )
 """The frame attributes of a Trace, in declaration order."""
+
+
+@dataclass
+class RankContext:
+    """What detectors need from the ranks of a run that a Run object does not hold.
+
+    `tracekit.rankwise` analyses a big run one rank per process, so that no process holds every
+    rank's frames; the few cross-rank quantities are computed from small per-rank summaries and
+    given to each rank's Run here. A Run that holds all its ranks has no context.
+    """
+
+    step_us: float | None
+    """The run's step time for severities (tracekit.detectors.steptime.run_step_us)."""
+    profiled_steps: frozenset[int]
+    """Steps profiled on any rank."""
+    summaries: dict[str, dict[int, Any]] = field(default_factory=dict)
+    """Per detector kind, each rank's summary (tracekit.detectors.SUMMARIES)."""
 
 
 @dataclass
@@ -112,6 +139,8 @@ class Run:
     manifest: dict[str, Any] | None = None
     steps_log: pd.DataFrame | None = None
     """steps.jsonl as a frame (step, wall_ms, tokens_per_s, loss, profiled), when present."""
+    context: RankContext | None = None
+    """Set when `traces` are only some of the run's ranks (see RankContext)."""
 
     @property
     def ranks(self) -> list[int]:

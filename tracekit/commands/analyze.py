@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find why steps are slow: select_backward, sm_contention, comm_gap, slow_step."""
         from tracekit.analysis import analyze_run
+        from tracekit.rankwise import analyze_rankwise
         from tracekit.report import print_report, render_json, render_markdown
 
         if fail_on is not None:
@@ -123,8 +124,10 @@ def register(app: typer.Typer) -> None:
             from tracekit.timeline import check_output_path
 
             check_output_path(html)
-        run, findings = analyze_run(path, kinds=split_kinds(kinds), rank=rank,
-                                    min_cost_us=min_cost_us, progress=True)
+        # A timeline needs every rank's events in this process; findings alone do not.
+        analyze = analyze_run if html is not None else analyze_rankwise
+        run, findings = analyze(path, kinds=split_kinds(kinds), rank=rank,
+                                min_cost_us=min_cost_us, progress=True)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
         else:

@@ -13,11 +13,15 @@ from typing import Any
 
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
-from tracekit.trace import Run
+from tracekit.trace import Run, Trace
 
 Detector = Callable[..., list[Finding]]
+Summary = Callable[[Trace], Any]
 
 DETECTORS: dict[str, Detector] = {}
+SUMMARIES: dict[str, Summary] = {}
+"""Detectors that compare ranks register what they need of each rank: a small summary that
+`tracekit.rankwise` computes in the rank's process and hands to the others (Run.context)."""
 
 # Modules imported by `run_detectors`, so registration happens on first use.
 DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step")
@@ -29,6 +33,21 @@ def register(kind: str) -> Callable[[Detector], Detector]:
         return fn
 
     return wrap
+
+
+def register_summary(kind: str) -> Callable[[Summary], Summary]:
+    def wrap(fn: Summary) -> Summary:
+        SUMMARIES[kind] = fn
+        return fn
+
+    return wrap
+
+
+def rank_summaries(trace: Trace, kinds: Iterable[str] | None = None) -> dict[str, Any]:
+    """Each wanted cross-rank detector's summary of one rank."""
+    load_detectors()
+    wanted = set(kinds) if kinds else set(SUMMARIES)
+    return {kind: fn(trace) for kind, fn in SUMMARIES.items() if kind in wanted}
 
 
 def load_detectors() -> dict[str, Detector]:

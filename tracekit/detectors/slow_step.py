@@ -518,6 +518,8 @@ def detect(run: Run, factor: float = 2.0, min_excess_us: float = 1000.0, min_ste
     findings: list[Finding] = []
     profiled: set[int] = set()
     run_step = run_step_us(run)
+    if run.context is not None:
+        profiled.update(run.context.profiled_steps)
     for trace in run.traces:
         profiled.update(int(s) for s in trace.steps["step"])
         findings.extend(trace_findings(trace, factor, min_excess_us, min_steps, run_step))

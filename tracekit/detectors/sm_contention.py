@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.detectors import register
+from tracekit.detectors import register, register_summary
 from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
@@ -316,10 +316,12 @@ def source_key(source: SourceLine | None) -> str:
 class RankTables:
     """One rank's NCCL kernels with everything the detector computes about them."""
 
-    trace: Trace
+    trace: Trace | None
+    """None for a rank known only by its summary (another process's rank: Run.context)."""
     nccl: pd.DataFrame
     suspects: np.ndarray
     """Mask over trace.kernels."""
+    rank: int
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -355,7 +357,7 @@ def nccl_table(trace: Trace, params: ContentionParams) -> RankTables:
     # Issue order of collectives within (process group, step): the same on every rank.
     issue_time = table["launch_ts"].fillna(table["ts"])
     table["order"] = issue_time.groupby([table["pg"], table["step"]]).rank(method="first")
-    return RankTables(trace=trace, nccl=table, suspects=suspects)
+    return RankTables(trace=trace, nccl=table, suspects=suspects, rank=trace.rank)
 
 
 def add_peer_wait(tables: list[RankTables], params: ContentionParams) -> None:
@@ -378,17 +380,17 @@ def add_peer_wait(tables: list[RankTables], params: ContentionParams) -> None:
         diff = both["end"] - both["end_ref"]
         offset = float(diff.median())
         if float((diff - offset).abs().median()) <= params.clock_tol_us:
-            offsets[t.trace.rank] = offset
+            offsets[t.rank] = offset
     if len(offsets) < 2:
         return
-    starts = pd.concat([t.nccl[match_cols].assign(start_ref=t.nccl["ts"] - offsets[t.trace.rank])
-                        for t in tables if t.trace.rank in offsets], ignore_index=True)
+    starts = pd.concat([t.nccl[match_cols].assign(start_ref=t.nccl["ts"] - offsets[t.rank])
+                        for t in tables if t.rank in offsets], ignore_index=True)
     latest = starts.groupby(match_cols, sort=False)["start_ref"].max().rename("latest_ref")
     for t in tables:
-        if t.trace.rank not in offsets:
+        if t.rank not in offsets:
             continue
         joined = t.nccl[match_cols].merge(latest.reset_index(), on=match_cols, how="left")
-        latest_own = joined["latest_ref"].to_numpy() + offsets[t.trace.rank]
+        latest_own = joined["latest_ref"].to_numpy() + offsets[t.rank]
         t.nccl["eff_start"] = np.fmax(t.nccl["ts"].to_numpy(),
                                       np.nan_to_num(latest_own, nan=-np.inf))
 
@@ -606,16 +608,36 @@ def contention_victims(run: Run, params: ContentionParams | None = None
     """Per rank, the NCCL kernels hurt by SM-filling kernels (one row each, with culprit_row)."""
     params = params or ContentionParams()
     tables = [nccl_table(t, params) for t in run.traces if len(t.kernels)]
-    tables = [t for t in tables if len(t.nccl)]
-    if not tables:
+    tables = sorted([t for t in tables + peer_tables(run) if len(t.nccl)], key=lambda t: t.rank)
+    if not any(t.trace is not None for t in tables):
         return {}
     add_peer_wait(tables, params)
     add_baselines(tables, params)
     out = {}
     for t in tables:
+        if t.trace is None:
+            continue
         add_late_start(t, params)
-        out[t.trace.rank] = classify_victims(t, params)
+        out[t.rank] = classify_victims(t, params)
     return out
+
+
+@register_summary("sm_contention")
+def nccl_summary(trace: Trace) -> pd.DataFrame | None:
+    """What other ranks need of this one: its NCCL table (instances, durations, cleanliness),
+    with the default thresholds (the ones `analyze` runs with)."""
+    return nccl_table(trace, ContentionParams()).nccl if len(trace.kernels) else None
+
+
+def peer_tables(run: Run) -> list[RankTables]:
+    """NCCL tables of the run's ranks that this Run does not hold (from Run.context)."""
+    if run.context is None:
+        return []
+    held = set(run.ranks)
+    return [RankTables(trace=None, nccl=table.copy(), suspects=np.zeros(0, dtype=bool),
+                       rank=rank)
+            for rank, table in run.context.summaries.get("sm_contention", {}).items()
+            if rank not in held and table is not None]
 
 
 @register("sm_contention")

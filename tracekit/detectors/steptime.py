@@ -42,5 +42,7 @@ def median_step_us(trace: Trace) -> float | None:
 def run_step_us(run: Run) -> float | None:
     """The run's step time for severities: the median of the ranks' median steps (None when
     no rank has ProfilerStep spans; severities then fall back to absolute costs)."""
+    if run.context is not None:  # this Run holds some ranks: the value over all of them
+        return run.context.step_us
     per_rank = [m for m in (median_step_us(t) for t in run.traces) if m]
     return float(np.median(per_rank)) if per_rank else None

@@ -1,0 +1,60 @@
+"""tracekit.rankwise: one process per rank gives exactly the findings of one process."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tracekit.analysis import analyze_run
+from tracekit.errors import UserError
+from tracekit.rankwise import analyze_rankwise
+from tracekit.report import render_json
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_RUNS = sorted(p for p in (REPO / "traces").iterdir() if (p / "manifest.json").exists())
+PLANTED = REPO / "tests" / "data" / "gpu"
+
+
+@pytest.mark.parametrize("run_dir", [*REFERENCE_RUNS, PLANTED / "comm_gap_late",
+                                     PLANTED / "slow_step_wait"], ids=lambda p: p.name)
+def test_same_findings_as_one_process(run_dir: Path) -> None:
+    """Cross-rank parts (the run's step time for severities, NCCL baselines and peer waits of
+    sm_contention, steps.jsonl findings once) come out the same from rank summaries."""
+    _, together = analyze_run(run_dir, progress=False)
+    run, apart = analyze_rankwise(run_dir, progress=False)
+    assert render_json(apart) == render_json(together)
+    assert run.ranks == sorted(run.ranks) and len(run.ranks) >= 2
+    # The parent holds thin traces only: what a report header needs.
+    assert all(t.kernels.empty and t.ops.empty and len(t.steps) for t in run.traces)
+    assert all(t.has_gpu for t in run.traces)
+
+
+def test_filters_and_single_files(tmp_path: Path) -> None:
+    run_dir = REPO / "traces" / "pathologies-2gpu"
+    _, rank1 = analyze_rankwise(run_dir, rank=1, min_cost_us=500, progress=False)
+    assert rank1 and {f.rank for f in rank1} == {1} and min(f.cost_us for f in rank1) >= 500
+    _, kinds = analyze_rankwise(run_dir, kinds=["select_backward"], progress=False)
+    assert kinds and {f.kind for f in kinds} == {"select_backward"}
+    with pytest.raises(UserError, match="rank 5 is not in"):
+        analyze_rankwise(run_dir, rank=5, progress=False)
+    with pytest.raises(UserError, match="unknown detector"):
+        analyze_rankwise(run_dir, kinds=["nope"], progress=False)
+    one = run_dir / "rank0.pt.trace.json.gz"  # a file: the loader's one-process path
+    assert render_json(analyze_rankwise(one, progress=False)[1]) == \
+        render_json(analyze_run(one, progress=False)[1])
+
+
+def test_non_trace_files_are_skipped_and_broken_ones_stop_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(PLANTED / "comm_gap_late", run_dir)
+    (run_dir / "config.json").write_text('{"lr": 0.1}')
+    run, findings = analyze_rankwise(run_dir, progress=False)
+    assert run.ranks == [0, 1] and findings
+    assert any("skipped config.json" in w for t in run.traces for w in t.warnings)
+    broken = next(run_dir.glob("*rank1*"))
+    broken.write_bytes(gzip.compress(b'{"traceEvents": [{"ph": "X", "na'))
+    with pytest.raises(UserError):
+        analyze_rankwise(run_dir, progress=False)

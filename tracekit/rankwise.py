@@ -1,0 +1,234 @@
+"""Analyse a multi-rank run one rank per process: no process holds more than one rank's frames.
+
+`analyze_run` loads every rank into one process, which then holds all of their frames (about a
+third of each rank's JSON): with 8 ranks that is several times the largest file. Here each rank
+file gets its own process for its whole life, which loads and links it and runs the detectors on
+it; the parent sees only small things:
+
+  1. load:     each rank process loads and links its file, and sends back a thin copy (metadata,
+               steps, warnings); the parent assigns ranks and world size from all of them, as
+               the loader does.
+  2. summary:  each rank process sends what other ranks need of it: its median step and the
+               summaries of the detectors that compare ranks (tracekit.detectors.SUMMARIES,
+               e.g. sm_contention's NCCL table).
+  3. detect:   the parent hands every rank process the run's RankContext (the run's step time,
+               the profiled steps, every rank's summaries); each runs the detectors on a Run
+               holding its own rank with that context and sends back its findings.
+
+The findings are the same as `analyze_run`'s (tests/tracekit/test_rankwise.py checks it on every
+reference run). At most `workers` ranks are parsed at a time; all rank processes stay alive
+until the findings are in, each holding only its own rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import UserError
+from tracekit.finding import SEVERITY_ORDER, Finding
+from tracekit.trace import RankContext, Run, Trace
+
+
+@dataclass
+class RankSummary:
+    """What a rank process tells the parent after loading (step 2)."""
+
+    step_us: float | None
+    profiled_steps: frozenset[int]
+    detector_summaries: dict[str, Any]
+
+
+def rank_process(job: Any, conn: Connection, gate: Any, kinds: list[str] | None) -> None:
+    """One rank's whole analysis, in its own process, driven by the parent over `conn`."""
+    try:
+        with gate:  # at most `workers` ranks are parsed at once
+            from tracekit.load.run import load_trace_file
+
+            trace = load_trace_file(job)
+        conn.send(("loaded", trace.thin()))
+        message, value = conn.recv()
+        if message == "stop":
+            return
+        trace.rank, trace.world_size = value
+        from tracekit.detectors import rank_summaries
+        from tracekit.detectors.steptime import median_step_us
+
+        conn.send(("summary", RankSummary(median_step_us(trace),
+                                          frozenset(int(s) for s in trace.steps["step"]),
+                                          rank_summaries(trace, kinds))))
+        message, value = conn.recv()
+        if message == "stop":
+            return
+        from tracekit.detectors import run_detectors
+
+        path, manifest, steps_log, context = value
+        run = Run(path=path, traces=[trace], manifest=manifest, steps_log=steps_log,
+                  context=context)
+        conn.send(("findings", run_detectors(run, kinds=kinds)))
+    except (EOFError, BrokenPipeError):  # the parent stopped (an error on another rank)
+        return
+    except UserError as exc:
+        _send_quietly(conn, ("error", str(exc)))
+    except Exception as exc:  # a bug: the parent reports it with the rank file's name
+        _send_quietly(conn, ("crash", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _send_quietly(conn: Connection, message: tuple[str, str]) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):  # nobody is listening any more
+        conn.send(message)
+
+
+@dataclass
+class RankProcess:
+    """The parent's handle on one rank process."""
+
+    path: Path
+    process: Any
+    conn: Connection
+    thin: Trace | None = None
+
+    def receive(self, expected: str) -> Any:
+        try:
+            message, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.path.name}: its analysis process died "
+                               f"(exit code {self.process.exitcode}; out of memory?)") from None
+        if message == "error":
+            raise UserError(value)
+        if message == "crash":
+            raise RuntimeError(f"{self.path.name}: {value}")
+        if message != expected:
+            raise RuntimeError(f"{self.path.name}: expected {expected}, got {message}")
+        return value
+
+
+def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
+                     rank: int | None = None, min_cost_us: float = 0.0,
+                     progress: bool = True, workers: int | None = None
+                     ) -> tuple[Run, list[Finding]]:
+    """Findings of a run directory, worst first, with `analyze_run`'s arguments and results;
+    the Run returned holds thin traces (no events: enough for report headers)."""
+    from tracekit.analysis import analyze_run
+    from tracekit.detectors import load_detectors
+    from tracekit.load.run import (
+        TraceJob,
+        _assign_ranks,
+        _Progress,
+        _show_progress,
+        discover,
+        read_manifest,
+        read_steps_log,
+        source_roots,
+    )
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    kinds = list(kinds) if kinds else None
+    if kinds:
+        unknown = [k for k in kinds if k not in load_detectors()]
+        if unknown:
+            known = ", ".join(load_detectors())
+            raise UserError(f"unknown detector(s) {', '.join(unknown)}; known: {known}")
+    files = discover(path) if path.is_dir() else [path]
+    if len(files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
+        return analyze_run(path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
+                           progress=progress)
+    manifest = read_manifest(path)
+    jobs = [TraceJob(f, True, source_roots(path, manifest), processes=1) for f in files]
+    context = mp.get_context()
+    gate = context.Semaphore(max(1, workers or os.cpu_count() or 1))
+    ranks: list[RankProcess] = []
+    try:
+        for job in jobs:
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds),
+                                      daemon=True)
+            process.start()
+            child_end.close()
+            ranks.append(RankProcess(job.path, process, parent_end))
+        loaded, skipped = _load_ranks(ranks, _Progress(_show_progress(progress, len(files)),
+                                                       [r.path.name for r in ranks]))
+        if not loaded:
+            raise UserError(f"{path}: no profiler traces here ({'; '.join(skipped)})")
+        thin = [r.thin for r in loaded if r.thin is not None]
+        _assign_ranks(thin, files_in_order=[j.path for j in jobs], manifest=manifest)
+        if skipped:
+            thin[0].warnings.extend(f"skipped {s}" for s in skipped)
+        for r in loaded:
+            assert r.thin is not None
+            r.conn.send(("rank", (r.thin.rank, r.thin.world_size)))
+        summaries = {r.thin.rank: r.receive("summary") for r in loaded if r.thin is not None}
+        run_context = RankContext(
+            step_us=_median([s.step_us for s in summaries.values() if s.step_us]),
+            profiled_steps=frozenset().union(*(s.profiled_steps for s in summaries.values())),
+            summaries=_by_kind(summaries))
+        lowest = min(summaries)
+        steps_log = read_steps_log(path)
+        for r in loaded:
+            assert r.thin is not None
+            # Run-level findings (steps.jsonl) come from the lowest rank only, as in one Run.
+            log = steps_log if r.thin.rank == lowest else None
+            r.conn.send(("detect", (path, manifest, log, run_context)))
+        findings = [f for r in loaded for f in r.receive("findings")]
+    finally:
+        for r in ranks:
+            r.conn.close()
+            r.process.join(timeout=5)
+            if r.process.is_alive():
+                r.process.terminate()
+    thin.sort(key=lambda t: t.rank)
+    run = Run(path=path, traces=thin, manifest=manifest, steps_log=read_steps_log(path),
+              context=run_context)
+    if rank is not None and rank not in run.ranks:
+        known = ", ".join(str(r) for r in run.ranks) or "none"
+        raise UserError(f"rank {rank} is not in {run.path} (ranks: {known})")
+    findings = [f for f in findings
+                if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
+    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))
+    return run, findings
+
+
+def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], list[str]]:
+    """Wait for every rank process to load its file; files that are not traces are skipped
+    (as the loader does in a directory), other errors stop everything."""
+    loaded: list[RankProcess] = []
+    skipped: list[str] = []
+    waiting = {r.conn: r for r in ranks}
+    with bar:
+        while waiting:
+            for conn in wait(list(waiting)):
+                r = waiting.pop(conn)  # type: ignore[arg-type]
+                try:
+                    r.thin = r.receive("loaded")
+                    loaded.append(r)
+                except UserError as exc:
+                    if "not a profiler trace" not in str(exc):
+                        raise
+                    skipped.append(f"{r.path.name}: not a profiler trace")
+                bar.done(r.path.name)
+    loaded.sort(key=lambda r: r.path.name)
+    return loaded, skipped
+
+
+def _median(values: list[float]) -> float | None:
+    import numpy as np
+
+    return float(np.median(values)) if values else None
+
+
+def _by_kind(summaries: dict[int, RankSummary]) -> dict[str, dict[int, Any]]:
+    out: dict[str, dict[int, Any]] = {}
+    for rank, summary in summaries.items():
+        for kind, value in summary.detector_summaries.items():
+            out.setdefault(kind, {})[rank] = value
+    return out
