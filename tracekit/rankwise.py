@@ -16,8 +16,9 @@ it; the parent sees only small things:
                holding its own rank with that context and sends back its findings.
 
 The findings are the same as `analyze_run`'s (tests/tracekit/test_rankwise.py checks it on every
-reference run). At most `workers` ranks are parsed at a time; all rank processes stay alive
-until the findings are in, each holding only its own rank.
+reference run). At most `workers` (default: one per CPU) parsing processes run at a time: with
+fewer rank files than CPUs each rank process parses its file in slices on its share of them.
+All rank processes stay alive until the findings are in, each holding only its own rank.
 """
 
 from __future__ import annotations
@@ -144,15 +145,18 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
         return analyze_run(path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
                            progress=progress)
     manifest = read_manifest(path)
-    jobs = [TraceJob(f, True, source_roots(path, manifest), processes=1) for f in files]
+    cpus = max(1, workers or _cpus())
+    # Fewer files than CPUs: each rank process also parses its file in slices on its share.
+    per_file = max(1, cpus // len(files))
+    jobs = [TraceJob(f, True, source_roots(path, manifest), processes=per_file) for f in files]
     context = mp.get_context()
-    gate = context.Semaphore(max(1, workers or os.cpu_count() or 1))
+    gate = context.Semaphore(max(1, cpus // per_file))
     ranks: list[RankProcess] = []
     try:
         for job in jobs:
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds),
-                                      daemon=True)
+            # Not a daemon: it may start its own slice parsers. Joined or ended below.
+            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds))
             process.start()
             child_end.close()
             ranks.append(RankProcess(job.path, process, parent_end))
@@ -218,6 +222,12 @@ def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], 
                 bar.done(r.path.name)
     loaded.sort(key=lambda r: r.path.name)
     return loaded, skipped
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _median(values: list[float]) -> float | None:

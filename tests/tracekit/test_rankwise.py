@@ -58,3 +58,17 @@ def test_non_trace_files_are_skipped_and_broken_ones_stop_it(tmp_path: Path) -> 
     broken.write_bytes(gzip.compress(b'{"traceEvents": [{"ph": "X", "na'))
     with pytest.raises(UserError):
         analyze_rankwise(run_dir, progress=False)
+
+
+def test_rank_processes_parse_their_file_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more CPUs than rank files, each rank process also slices its file: the rank
+    processes are not daemons, so they may start slice parsers. Same findings."""
+    import tracekit.load.stream as stream
+
+    monkeypatch.setenv("TRACEKIT_CACHE", "0")
+    monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "MIN_CPUS_FOR_POOL", 1)
+    run_dir = REPO / "traces" / "switch-tie-eager"
+    _, sliced = analyze_rankwise(run_dir, progress=False, workers=4)
+    _, together = analyze_run(run_dir, progress=False)
+    assert render_json(sliced) == render_json(together)
