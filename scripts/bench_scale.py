@@ -331,8 +331,10 @@ def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int) 
             env = {"TRACEKIT_CACHE": "0"}
         print(f"  {contender} ...", end="", flush=True)
         m = measure(contender, info, timeout_s, env)
-        print(f" {m.wall_s:.1f} s" if m.wall_s is not None else f" failed: {m.error}",
-              flush=True)
+        # Each result as it comes: a cut-off benchmark still says what it measured.
+        print(f" {m.wall_s:.1f} s, peak RSS {m.max_process_rss_mb or 0:,.0f} MB (largest "
+              f"process) / {m.tree_rss_mb or 0:,.0f} MB (all)" if m.wall_s is not None
+              else f" failed: {m.error}", flush=True)
         results.append(m)
     if "tracekit warm" in contenders:
         clear_caches(info)
