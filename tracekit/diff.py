@@ -458,9 +458,9 @@ def _compare_tables(base: pd.DataFrame, new: pd.DataFrame) -> list[Row]:
     return rows
 
 
-def _kernel_table(traces: list[Trace], by: str) -> pd.DataFrame:
+def _kernel_table(traces: list[Trace], by: str, per: int | None = None) -> pd.DataFrame:
     kernels = _concat(traces, "kernels")
-    per = _step_count(traces)
+    per = per or _step_count(traces)
     if kernels.empty:
         return _aggregate(kernels, kernels.get("name", pd.Series()), pd.Series(), pd.Series(), 1)
     if by == "category":
@@ -502,8 +502,8 @@ def launching_op_pairs(trace: Trace) -> pd.DataFrame:
     return pairs.drop_duplicates()
 
 
-def _launching_op_table(traces: list[Trace]) -> pd.DataFrame:
-    per = _step_count(traces)
+def _launching_op_table(traces: list[Trace], per: int | None = None) -> pd.DataFrame:
+    per = per or _step_count(traces)
     parts = []
     for trace in traces:
         pairs = launching_op_pairs(trace)
@@ -518,15 +518,15 @@ def _launching_op_table(traces: list[Trace]) -> pd.DataFrame:
     return _aggregate(both, key, both["op"], both["dur"], per)
 
 
-def _ops_table(traces: list[Trace]) -> pd.DataFrame:
+def _ops_table(traces: list[Trace], per: int | None = None) -> pd.DataFrame:
     ops = _concat(traces, "ops")
     if ops.empty:
         return pd.DataFrame(columns=["count", "us", "example"])
     key = _normalize_unique(ops["name"], normalize_label)
-    return _aggregate(ops, key, ops["name"], ops["dur"], _step_count(traces))
+    return _aggregate(ops, key, ops["name"], ops["dur"], per or _step_count(traces))
 
 
-def _labels_table(traces: list[Trace], side: str) -> pd.DataFrame:
+def _labels_table(traces: list[Trace], side: str, per: int | None = None) -> pd.DataFrame:
     ann = _concat(traces, "annotations")
     if ann.empty:
         return pd.DataFrame(columns=["count", "us", "example"])
@@ -535,7 +535,7 @@ def _labels_table(traces: list[Trace], side: str) -> pd.DataFrame:
     if ann.empty:
         return pd.DataFrame(columns=["count", "us", "example"])
     key = _normalize_unique(ann["name"], normalize_label)
-    return _aggregate(ann, key, ann["name"], ann["dur"], _step_count(traces))
+    return _aggregate(ann, key, ann["name"], ann["dur"], per or _step_count(traces))
 
 
 # ---- findings ---------------------------------------------------------------------------------
@@ -638,8 +638,9 @@ def _comm_per_rank(traces: list[Trace]) -> dict[int, tuple[float, float]]:
     return out
 
 
-def compare_comm(base_traces: list[Trace], new_traces: list[Trace]) -> list[CommRow]:
-    base, new = _comm_per_rank(base_traces), _comm_per_rank(new_traces)
+def compare_comm(base: dict[int, tuple[float, float]], new: dict[int, tuple[float, float]]
+                 ) -> list[CommRow]:
+    """Per rank: (NCCL busy us, exposed NCCL us) per step in each run, and the change."""
     rows = []
     for rank in sorted(set(base) | set(new)):
         b, n = base.get(rank), new.get(rank)
@@ -649,6 +650,48 @@ def compare_comm(base_traces: list[Trace], new_traces: list[Trace]) -> list[Comm
                             base_exposed_us=b[1] if b else None,
                             new_exposed_us=n[1] if n else None, delta_exposed_us=delta))
     return rows
+
+
+# ---- one rank's share -------------------------------------------------------------------------
+
+TABLES = ("kernels", "kernel_categories", "kernels_by_launching_op", "cpu_ops", "cpu_labels",
+          "gpu_labels")
+
+
+@dataclass
+class RankTotals:
+    """One rank's share of a diff: per-name counts and summed (not per-step) times, and its
+    NCCL time. Small (one row per distinct name), so a rank's process can compute it and send
+    it on (tracekit.rankwise) instead of its frames."""
+
+    rank: int
+    tables: dict[str, pd.DataFrame]
+    comm: tuple[float, float] | None
+
+
+def rank_totals(trace: Trace) -> RankTotals:
+    traces = [trace]
+    tables = {
+        "kernels": _kernel_table(traces, "name", per=1),
+        "kernel_categories": _kernel_table(traces, "category", per=1),
+        "kernels_by_launching_op": _launching_op_table(traces, per=1),
+        "cpu_ops": _ops_table(traces, per=1),
+        "cpu_labels": _labels_table(traces, "cpu", per=1),
+        "gpu_labels": _labels_table(traces, "gpu", per=1),
+    }
+    return RankTotals(trace.rank, tables, _comm_per_rank(traces).get(trace.rank))
+
+
+def combined_table(totals: list[RankTotals], name: str, per: int) -> pd.DataFrame:
+    """The ranks' tables summed per name, per step: what one table over all ranks gives (the
+    example name is the first rank's, in rank order)."""
+    frames = [t.tables[name] for t in sorted(totals, key=lambda t: t.rank)
+              if not t.tables[name].empty]
+    if not frames:
+        return pd.DataFrame(columns=["count", "us", "example"])
+    grouped = pd.concat(frames).groupby(level=0, sort=False)
+    return pd.DataFrame({"count": grouped["count"].sum(), "us": grouped["us"].sum() / per,
+                         "example": grouped["example"].first()})
 
 
 # ---- the whole diff ---------------------------------------------------------------------------
@@ -664,14 +707,28 @@ def diff_runs(base_run: Run, base_findings: list[Finding], new_run: Run,
               new_findings: list[Finding], rank: int | None = None,
               skip_steps_below: int = 1) -> RunDiff:
     """Everything `cli.py diff` reports, as data."""
+    return diff_totals(base_run, [rank_totals(t) for t in base_run.traces], base_findings,
+                       new_run, [rank_totals(t) for t in new_run.traces], new_findings,
+                       rank=rank, skip_steps_below=skip_steps_below)
+
+
+def diff_totals(base_run: Run, base_totals: list[RankTotals], base_findings: list[Finding],
+                new_run: Run, new_totals: list[RankTotals], new_findings: list[Finding],
+                rank: int | None = None, skip_steps_below: int = 1) -> RunDiff:
+    """`diff_runs` from each rank's totals: the runs' traces need only their steps (thin
+    traces, as tracekit.rankwise returns, do)."""
     base_traces, new_traces = _traces(base_run, rank), _traces(new_run, rank)
     if rank is not None:
         base_findings = [f for f in base_findings if f.rank == rank]
         new_findings = [f for f in new_findings if f.rank == rank]
+        base_totals = [t for t in base_totals if t.rank == rank]
+        new_totals = [t for t in new_totals if t.rank == rank]
     notes: list[str] = []
     steps = compare_steps(base_run, new_run, base_traces, new_traces, skip_steps_below)
-    kernels = _compare_tables(_kernel_table(base_traces, "name"),
-                              _kernel_table(new_traces, "name"))
+    base_per, new_per = _step_count(base_traces), _step_count(new_traces)
+    tables = {name: _compare_tables(combined_table(base_totals, name, base_per),
+                                    combined_table(new_totals, name, new_per))
+              for name in TABLES}
     linked = all(t.linked for t in base_traces + new_traces)
     if not linked:
         notes.append("Some traces are not linked: kernels_by_launching_op may be incomplete.")
@@ -683,31 +740,26 @@ def diff_runs(base_run: Run, base_findings: list[Finding], new_run: Run,
         new=_info(new_run, new_traces, new_findings, steps.source),
         rank=rank,
         steps=steps,
-        kernel_categories=_compare_tables(_kernel_table(base_traces, "category"),
-                                          _kernel_table(new_traces, "category")),
-        kernels=kernels,
-        kernels_by_launching_op=_compare_tables(_launching_op_table(base_traces),
-                                                _launching_op_table(new_traces)),
-        cpu_ops=_compare_tables(_ops_table(base_traces), _ops_table(new_traces)),
-        cpu_labels=_compare_tables(_labels_table(base_traces, "cpu"),
-                                   _labels_table(new_traces, "cpu")),
-        gpu_labels=_compare_tables(_labels_table(base_traces, "gpu"),
-                                   _labels_table(new_traces, "gpu")),
-        kernels_appeared=[r.name for r in kernels if r.status == "appeared"],
-        kernels_disappeared=[r.name for r in kernels if r.status == "disappeared"],
+        **tables,
+        kernels_appeared=[r.name for r in tables["kernels"] if r.status == "appeared"],
+        kernels_disappeared=[r.name for r in tables["kernels"] if r.status == "disappeared"],
         findings=compare_findings(base_findings, new_findings, source_line_reader(base_run),
                                   source_line_reader(new_run)),
-        comm=compare_comm(base_traces, new_traces),
+        comm=compare_comm({t.rank: t.comm for t in base_totals if t.comm},
+                          {t.rank: t.comm for t in new_totals if t.comm}),
         notes=notes,
     )
 
 
 def diff_paths(base: Path | str, new: Path | str, rank: int | None = None,
                progress: bool = True) -> tuple[RunDiff, Run, Run, list[Finding], list[Finding]]:
-    """Load and analyse both runs (files or run directories), then diff them."""
-    from tracekit.analysis import analyze_run
+    """Analyse both runs (files or run directories), each one process per rank
+    (tracekit.rankwise: no process holds a rank's frames besides its own), then diff them.
+    The Runs returned hold thin traces; `diff_runs` on loaded Runs gives the same RunDiff."""
+    from tracekit.rankwise import analyze_rankwise_totals
 
-    base_run, base_findings = analyze_run(base, progress=progress)
-    new_run, new_findings = analyze_run(new, progress=progress)
-    result = diff_runs(base_run, base_findings, new_run, new_findings, rank=rank)
+    base_run, base_findings, base_totals = analyze_rankwise_totals(base, progress=progress)
+    new_run, new_findings, new_totals = analyze_rankwise_totals(new, progress=progress)
+    result = diff_totals(base_run, base_totals, base_findings, new_run, new_totals,
+                         new_findings, rank=rank)
     return result, base_run, new_run, base_findings, new_findings

@@ -27,7 +27,7 @@ import contextlib
 import multiprocessing as mp
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,16 @@ def rank_process(job: Any, conn: Connection, gate: Any, kinds: list[str] | None)
             return
         from tracekit.detectors import run_detectors
 
-        path, manifest, steps_log, context = value
+        path, manifest, steps_log, context, want_totals = value
         run = Run(path=path, traces=[trace], manifest=manifest, steps_log=steps_log,
                   context=context)
-        conn.send(("findings", run_detectors(run, kinds=kinds)))
+        findings = run_detectors(run, kinds=kinds)
+        totals = None
+        if want_totals:
+            from tracekit.diff import rank_totals
+
+            totals = rank_totals(trace)
+        conn.send(("findings", (findings, totals)))
     except (EOFError, BrokenPipeError):  # the parent stopped (an error on another rank)
         return
     except UserError as exc:
@@ -118,6 +124,17 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
                      ) -> tuple[Run, list[Finding]]:
     """Findings of a run directory, worst first, with `analyze_run`'s arguments and results;
     the Run returned holds thin traces (no events: enough for report headers)."""
+    run, findings, _ = analyze_rankwise_totals(path, kinds, rank, min_cost_us, progress,
+                                               workers, totals=False)
+    return run, findings
+
+
+def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None,
+                            rank: int | None = None, min_cost_us: float = 0.0,
+                            progress: bool = True, workers: int | None = None,
+                            totals: bool = True) -> tuple[Run, list[Finding], list[Any]]:
+    """`analyze_rankwise`, plus each rank's `tracekit.diff.RankTotals` (what `diff` needs of
+    a run besides its findings) when `totals`."""
     from tracekit.analysis import analyze_run
     from tracekit.detectors import load_detectors
     from tracekit.load.run import (
@@ -142,8 +159,12 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
             raise UserError(f"unknown detector(s) {', '.join(unknown)}; known: {known}")
     files = discover(path) if path.is_dir() else [path]
     if len(files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
-        return analyze_run(path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
-                           progress=progress)
+        full, found = analyze_run(path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
+                                  progress=progress)
+        from tracekit.diff import rank_totals
+
+        sums = [rank_totals(t) for t in full.traces] if totals else []
+        return replace(full, traces=[t.thin() for t in full.traces]), found, sums
     manifest = read_manifest(path)
     cpus = max(1, workers or _cpus())
     # Fewer files than CPUs: each rank process also parses its file in slices on its share.
@@ -182,8 +203,10 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
             assert r.thin is not None
             # Run-level findings (steps.jsonl) come from the lowest rank only, as in one Run.
             log = steps_log if r.thin.rank == lowest else None
-            r.conn.send(("detect", (path, manifest, log, run_context)))
-        findings = [f for r in loaded for f in r.receive("findings")]
+            r.conn.send(("detect", (path, manifest, log, run_context, totals)))
+        results = [r.receive("findings") for r in loaded]
+        findings = [f for found, _ in results for f in found]
+        sums = [s for _, s in results if s is not None]
     finally:
         for r in ranks:
             r.conn.close()
@@ -199,7 +222,7 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
     findings = [f for f in findings
                 if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
     findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))
-    return run, findings
+    return run, findings, sums
 
 
 def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], list[str]]:

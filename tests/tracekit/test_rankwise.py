@@ -72,3 +72,22 @@ def test_rank_processes_parse_their_file_in_slices(monkeypatch: pytest.MonkeyPat
     _, sliced = analyze_rankwise(run_dir, progress=False, workers=4)
     _, together = analyze_run(run_dir, progress=False)
     assert render_json(sliced) == render_json(together)
+
+
+@pytest.mark.parametrize(("base", "new"), [
+    ("traces/switch-tie-eager", "traces/fixed-2gpu"),
+    ("traces/pathologies-4gpu", "traces/fixed-4gpu"),
+    ("tests/data/gpu/sm_contention_eager/rank0.pt.trace.json.gz",
+     "tests/data/gpu/sm_contention_triton/rank0.pt.trace.json.gz"),
+])
+def test_diff_from_rank_processes_equals_diff_of_loaded_runs(base: str, new: str) -> None:
+    """`cli.py diff` (each rank's per-name totals computed in its own process) reports what
+    diff_runs reports from both runs loaded in this process."""
+    from tracekit.diff import diff_paths, diff_runs
+
+    apart, *_ = diff_paths(REPO / base, REPO / new, progress=False)
+    base_run, base_findings = analyze_run(REPO / base, progress=False)
+    new_run, new_findings = analyze_run(REPO / new, progress=False)
+    together = diff_runs(base_run, base_findings, new_run, new_findings)
+    assert apart.to_dict() == together.to_dict()
+    assert apart.kernels and apart.findings.resolved

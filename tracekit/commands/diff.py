@@ -263,7 +263,7 @@ def diff_command(
     top: int = typer.Option(15, "--top", min=1, help="rows per table in the terminal report"),
 ) -> None:
     """Compare two runs: step times, kernels, ops, findings and exposed communication."""
-    from tracekit.diff import diff_runs
+    from tracekit.diff import diff_paths, diff_runs
 
     for path in (base, new):
         if not path.exists():
@@ -273,9 +273,12 @@ def diff_command(
 
         check_output_path(html_out)
     progress = not as_json
-    base_run, base_findings = _analyze(base, progress)
-    new_run, new_findings = _analyze(new, progress)
-    result = diff_runs(base_run, base_findings, new_run, new_findings, rank=rank)
+    if html_out is None:  # findings and per-name totals only: one process per rank
+        result, *_ = diff_paths(base, new, rank=rank, progress=progress)
+    else:  # the side-by-side timeline needs both runs' events in this process
+        base_run, base_findings = _analyze(base, progress)
+        new_run, new_findings = _analyze(new, progress)
+        result = diff_runs(base_run, base_findings, new_run, new_findings, rank=rank)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:
