@@ -494,7 +494,7 @@ def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, fac
         findings.append(Finding(
             kind="slow_step", severity="low", rank=rank, step=step, start_us=0.0,
             dur_us=time_us, cost_us=round(time_us - median, 3), count=1,
-            title=(f"step {step} took {time_us / 1e6:.2f} s, {time_us / median:.0f}x the median "
+            title=(f"step {step} took {_duration(time_us)}, {time_us / median:.0f}x the median "
                    f"{median / 1000:.1f} ms: {category}, once per run ({why})"),
             culprit=Culprit(), cause=Cause(),
             evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
@@ -502,6 +502,10 @@ def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, fac
                       "profiled": False, "warmup": True, "category": category},
             suggestion=WARMUP_SUGGESTION[category]))
     return findings
+
+
+def _duration(us: float) -> str:
+    return f"{us / 1e6:.2f} s" if us >= 1e6 else f"{us / 1000:.1f} ms"
 
 
 WARMUP_SUGGESTION = {
