@@ -40,13 +40,22 @@ def analyze_run(
     from tracekit.detectors import run_detectors
 
     run = path_or_run if isinstance(path_or_run, Run) else load_run(path_or_run, progress)
+    check_rank(run, rank)
+    findings = run_detectors(run, kinds=list(kinds) if kinds else None)
+    return run, select_findings(findings, rank, min_cost_us)
+
+
+def check_rank(run: Run, rank: int | None) -> None:
+    """A one-line error when `rank` is given and the run has no such rank."""
     if rank is not None and rank not in run.ranks:
         known = ", ".join(str(r) for r in run.ranks) or "none"
         raise UserError(f"rank {rank} is not in {run.path} (ranks: {known})")
-    findings = run_detectors(run, kinds=list(kinds) if kinds else None)
-    findings = [f for f in findings
-                if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
-    return run, findings
+
+
+def select_findings(findings: list[Finding], rank: int | None,
+                    min_cost_us: float) -> list[Finding]:
+    """Only one rank's findings (when `rank`), only those costing at least `min_cost_us`."""
+    return [f for f in findings if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
 
 
 def write_findings(findings: list[Finding], path: Path) -> Path:

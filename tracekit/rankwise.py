@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import UserError
-from tracekit.finding import SEVERITY_ORDER, Finding
+from tracekit.finding import Finding
 from tracekit.trace import RankContext, Run, Trace
 
 
@@ -135,43 +135,34 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
                             totals: bool = True) -> tuple[Run, list[Finding], list[Any]]:
     """`analyze_rankwise`, plus each rank's `tracekit.diff.RankTotals` (what `diff` needs of
     a run besides its findings) when `totals`."""
-    from tracekit.analysis import analyze_run
-    from tracekit.detectors import load_detectors
+    from tracekit.analysis import analyze_run, check_rank, select_findings
+    from tracekit.detectors import check_kinds, worst_first
+    from tracekit.detectors.steptime import step_us_over_ranks
     from tracekit.load.run import (
+        LoadProgress,
         TraceJob,
-        _assign_ranks,
-        _Progress,
-        _show_progress,
-        discover,
-        read_manifest,
+        finish_ranks,
+        plan_load,
         read_steps_log,
-        source_roots,
+        show_progress,
     )
 
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    kinds = list(kinds) if kinds else None
-    if kinds:
-        unknown = [k for k in kinds if k not in load_detectors()]
-        if unknown:
-            known = ", ".join(load_detectors())
-            raise UserError(f"unknown detector(s) {', '.join(unknown)}; known: {known}")
-    files = discover(path) if path.is_dir() else [path]
-    if len(files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
-        full, found = analyze_run(path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
+    plan = plan_load(path)
+    kinds = check_kinds(kinds) if kinds else None  # before minutes of loading
+    if len(plan.files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
+        full, found = analyze_run(plan.path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
                                   progress=progress)
         from tracekit.diff import rank_totals
 
         sums = [rank_totals(t) for t in full.traces] if totals else []
         return replace(full, traces=[t.thin() for t in full.traces]), found, sums
-    manifest = read_manifest(path)
     cpus = max(1, workers or _cpus())
     # Fewer files than CPUs: each rank process also parses its file in slices on its share.
-    per_file = max(1, cpus // len(files))
-    jobs = [TraceJob(f, True, source_roots(path, manifest), processes=per_file) for f in files]
+    per_file = max(1, cpus // len(plan.files))
+    jobs = [TraceJob(f, True, plan.roots, processes=per_file) for f in plan.files]
     context = mp.get_context()
     gate = context.Semaphore(max(1, cpus // per_file))
+    steps_log = read_steps_log(plan.run_dir)
     ranks: list[RankProcess] = []
     try:
         for job in jobs:
@@ -181,29 +172,23 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
             process.start()
             child_end.close()
             ranks.append(RankProcess(job.path, process, parent_end))
-        loaded, skipped = _load_ranks(ranks, _Progress(_show_progress(progress, len(files)),
-                                                       [r.path.name for r in ranks]))
-        if not loaded:
-            raise UserError(f"{path}: no profiler traces here ({'; '.join(skipped)})")
+        bar = LoadProgress(show_progress(progress, len(jobs)), [r.path.name for r in ranks])
+        loaded, skipped = _load_ranks(ranks, bar)
+        by_thin = {id(r.thin): r for r in loaded}
         thin = [r.thin for r in loaded if r.thin is not None]
-        _assign_ranks(thin, files_in_order=[j.path for j in jobs], manifest=manifest)
-        if skipped:
-            thin[0].warnings.extend(f"skipped {s}" for s in skipped)
-        for r in loaded:
-            assert r.thin is not None
-            r.conn.send(("rank", (r.thin.rank, r.thin.world_size)))
-        summaries = {r.thin.rank: r.receive("summary") for r in loaded if r.thin is not None}
+        finish_ranks(plan, thin, skipped)
+        loaded = [by_thin[id(t)] for t in thin]  # in rank order
+        for r, t in zip(loaded, thin, strict=True):
+            r.conn.send(("rank", (t.rank, t.world_size)))
+        summaries = {t.rank: r.receive("summary") for r, t in zip(loaded, thin, strict=True)}
         run_context = RankContext(
-            step_us=_median([s.step_us for s in summaries.values() if s.step_us]),
+            step_us=step_us_over_ranks(s.step_us for s in summaries.values()),
             profiled_steps=frozenset().union(*(s.profiled_steps for s in summaries.values())),
             summaries=_by_kind(summaries))
-        lowest = min(summaries)
-        steps_log = read_steps_log(path)
-        for r in loaded:
-            assert r.thin is not None
+        for i, r in enumerate(loaded):
             # Run-level findings (steps.jsonl) come from the lowest rank only, as in one Run.
-            log = steps_log if r.thin.rank == lowest else None
-            r.conn.send(("detect", (path, manifest, log, run_context, totals)))
+            log = steps_log if i == 0 else None
+            r.conn.send(("detect", (plan.path, plan.manifest, log, run_context, totals)))
         results = [r.receive("findings") for r in loaded]
         findings = [f for found, _ in results for f in found]
         sums = [s for _, s in results if s is not None]
@@ -213,21 +198,17 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
             r.process.join(timeout=5)
             if r.process.is_alive():
                 r.process.terminate()
-    thin.sort(key=lambda t: t.rank)
-    run = Run(path=path, traces=thin, manifest=manifest, steps_log=read_steps_log(path),
+    run = Run(path=plan.path, traces=thin, manifest=plan.manifest, steps_log=steps_log,
               context=run_context)
-    if rank is not None and rank not in run.ranks:
-        known = ", ".join(str(r) for r in run.ranks) or "none"
-        raise UserError(f"rank {rank} is not in {run.path} (ranks: {known})")
-    findings = [f for f in findings
-                if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
-    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))
-    return run, findings, sums
+    check_rank(run, rank)
+    return run, worst_first(select_findings(findings, rank, min_cost_us)), sums
 
 
 def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], list[str]]:
     """Wait for every rank process to load its file; files that are not traces are skipped
     (as the loader does in a directory), other errors stop everything."""
+    from tracekit.load.run import skip_or_raise
+
     loaded: list[RankProcess] = []
     skipped: list[str] = []
     waiting = {r.conn: r for r in ranks}
@@ -239,11 +220,8 @@ def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], 
                     r.thin = r.receive("loaded")
                     loaded.append(r)
                 except UserError as exc:
-                    if "not a profiler trace" not in str(exc):
-                        raise
-                    skipped.append(f"{r.path.name}: not a profiler trace")
+                    skipped.append(skip_or_raise(exc, r.path, single_file=False))
                 bar.done(r.path.name)
-    loaded.sort(key=lambda r: r.path.name)
     return loaded, skipped
 
 
@@ -251,12 +229,6 @@ def _cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _median(values: list[float]) -> float | None:
-    import numpy as np
-
-    return float(np.median(values)) if values else None
 
 
 def _by_kind(summaries: dict[int, RankSummary]) -> dict[str, dict[int, Any]]:

@@ -384,12 +384,12 @@ def test_unsliceable_text_is_read_whole(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_progress_bar_over_rank_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tracekit.load.run import _show_progress
+    from tracekit.load.run import show_progress
 
     for rank in (0, 1):
         write_trace(tmp_path / f"rank{rank}.json", [x("cpu_op", "aten::add", 0, 10)],
                     distributedInfo={"rank": rank, "world_size": 2})
-    assert _show_progress(True, 2) and not _show_progress(False, 2)
+    assert show_progress(True, 2) and not show_progress(False, 2)
     run = load(tmp_path, progress=True, workers=2)
     assert run.ranks == [0, 1]
     # The bar is transient: it leaves nothing behind that could precede an error line.

@@ -63,12 +63,22 @@ def run_detectors(
 ) -> list[Finding]:
     """Run the named detectors (all by default); findings sorted worst first."""
     available = load_detectors()
+    findings: list[Finding] = []
+    for kind in check_kinds(kinds):
+        findings.extend(available[kind](run, **(params or {}).get(kind, {})))
+    return worst_first(findings)
+
+
+def check_kinds(kinds: Iterable[str] | None) -> list[str]:
+    """The detector names asked for (all when None); a one-line error for an unknown one."""
+    available = load_detectors()
     wanted = list(kinds) if kinds else list(available)
     unknown = [k for k in wanted if k not in available]
     if unknown:
         raise UserError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(available)}")
-    findings: list[Finding] = []
-    for kind in wanted:
-        findings.extend(available[kind](run, **(params or {}).get(kind, {})))
-    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))
-    return findings
+    return wanted
+
+
+def worst_first(findings: list[Finding]) -> list[Finding]:
+    """Findings by severity, then by cost, highest first."""
+    return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))

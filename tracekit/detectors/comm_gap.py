@@ -669,8 +669,8 @@ TITLES = {
 }
 
 
-def findings_for_rank(trace: Trace, run: Run, params: GapParams) -> list[Finding]:
-    step_us = run_step_us(run)
+def findings_for_rank(trace: Trace, run: Run, params: GapParams,
+                      step_us: float | None) -> list[Finding]:
     gaps = comm_gaps(trace, params)
     threshold = max(params.min_gap_us, params.min_gap_step_frac * (step_us or 0.0))
     gaps = gaps[gaps["idle"] >= threshold]
@@ -733,7 +733,8 @@ def detect(run: Run, **params: Any) -> list[Finding]:
     """Idle gaps on comm streams between collectives of one step, classified by cause."""
     p = GapParams(**params)
     findings: list[Finding] = []
+    step_us = run_step_us(run)
     for trace in run.traces:
         if len(trace.kernels):
-            findings.extend(findings_for_rank(trace, run, p))
+            findings.extend(findings_for_rank(trace, run, p, step_us))
     return findings

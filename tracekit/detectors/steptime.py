@@ -9,6 +9,8 @@ time) and its GPU period (from the end of the previous step's GPU work, so idle 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -44,5 +46,10 @@ def run_step_us(run: Run) -> float | None:
     no rank has ProfilerStep spans; severities then fall back to absolute costs)."""
     if run.context is not None:  # this Run holds some ranks: the value over all of them
         return run.context.step_us
-    per_rank = [m for m in (median_step_us(t) for t in run.traces) if m]
-    return float(np.median(per_rank)) if per_rank else None
+    return step_us_over_ranks(median_step_us(t) for t in run.traces)
+
+
+def step_us_over_ranks(per_rank: Iterable[float | None]) -> float | None:
+    """The median of the ranks' median steps (ranks without steps left out)."""
+    known = [m for m in per_rank if m]
+    return float(np.median(known)) if known else None

@@ -210,32 +210,60 @@ def source_roots(run_dir: Path, manifest: dict[str, Any] | None) -> tuple[Path, 
     return tuple(unique)
 
 
-def _show_progress(progress: bool, n_files: int) -> bool:
+def show_progress(progress: bool, n_files: int) -> bool:
     return progress and (n_files > 1 or sys.stderr.isatty())
 
 
-def load_run(path: str | os.PathLike[str], *, link: bool = True, progress: bool = True,
-             workers: int | None = None) -> Run:
-    """Load a trace file or a run directory (see `tracekit.load.load`)."""
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading a path involves, before any file is read."""
+
+    path: Path
+    run_dir: Path
+    files: list[Path]
+    manifest: dict[str, Any] | None
+    roots: tuple[Path, ...]
+
+    @property
+    def single_file(self) -> bool:
+        return not self.path.is_dir()
+
+
+def plan_load(path: str | os.PathLike[str]) -> LoadPlan:
+    """The trace files of a path (a file, or a run directory's rank files), its manifest and
+    the source roots; a one-line error for a missing path or a directory without traces."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
     run_dir = path if path.is_dir() else path.parent
     files = discover(path) if path.is_dir() else [path]
     manifest = read_manifest(run_dir)
-    roots = source_roots(run_dir, manifest)
+    return LoadPlan(path, run_dir, files, manifest, source_roots(run_dir, manifest))
+
+
+def load_run(path: str | os.PathLike[str], *, link: bool = True, progress: bool = True,
+             workers: int | None = None) -> Run:
+    """Load a trace file or a run directory (see `tracekit.load.load`)."""
+    plan = plan_load(path)
     # One file: parse it in slices on all CPUs. Several: one process per file instead.
-    processes = workers if len(files) == 1 else 1
-    jobs = [TraceJob(f, link, roots, processes=processes) for f in files]
-    traces, skipped = _load_all(jobs, progress=_show_progress(progress, len(files)),
-                                workers=workers, single_file=not path.is_dir())
+    processes = workers if len(plan.files) == 1 else 1
+    jobs = [TraceJob(f, link, plan.roots, processes=processes) for f in plan.files]
+    traces, skipped = _load_all(jobs, progress=show_progress(progress, len(plan.files)),
+                                workers=workers, single_file=plan.single_file)
+    finish_ranks(plan, traces, skipped)
+    return Run(path=plan.path, traces=traces, manifest=plan.manifest,
+               steps_log=read_steps_log(plan.run_dir))
+
+
+def finish_ranks(plan: LoadPlan, traces: list[Trace], skipped: list[str]) -> None:
+    """Ranks and world size of the loaded traces (in place, sorted by rank); the skipped files
+    noted on the first; an error when nothing was a trace."""
     if not traces:
-        raise UserError(f"{path}: no profiler traces here ({'; '.join(skipped)})")
-    _assign_ranks(traces, files_in_order=[j.path for j in jobs], manifest=manifest)
+        raise UserError(f"{plan.path}: no profiler traces here ({'; '.join(skipped)})")
+    assign_ranks(traces, files_in_order=plan.files, manifest=plan.manifest)
     if skipped:
         traces[0].warnings.extend(f"skipped {s}" for s in skipped)
     traces.sort(key=lambda t: t.rank)
-    return Run(path=path, traces=traces, manifest=manifest, steps_log=read_steps_log(run_dir))
 
 
 def _load_all(jobs: list[TraceJob], *, progress: bool, workers: int | None,
@@ -243,7 +271,7 @@ def _load_all(jobs: list[TraceJob], *, progress: bool, workers: int | None,
     """Load every job; non-trace JSON files in a directory are skipped and reported."""
     traces: list[Trace] = []
     skipped: list[str] = []
-    with _Progress(progress, [j.path.name for j in jobs]) as bar:
+    with LoadProgress(progress, [j.path.name for j in jobs]) as bar:
         if len(jobs) == 1 or workers == 1:
             for job in jobs:
                 _collect(lambda job=job: load_trace_file(job), job, traces, skipped,
@@ -312,14 +340,18 @@ def _collect(get: Any, job: TraceJob, traces: list[Trace], skipped: list[str],
     try:
         traces.append(get())
     except UserError as exc:
-        # In a directory, a JSON file that is simply not a trace (a config, a summary) is
-        # skipped; a broken trace file is still an error.
-        if single_file or "not a profiler trace" not in str(exc):
-            raise
-        skipped.append(f"{job.path.name}: not a profiler trace")
+        skipped.append(skip_or_raise(exc, job.path, single_file))
 
 
-def _assign_ranks(traces: list[Trace], files_in_order: list[Path],
+def skip_or_raise(exc: UserError, path: Path, single_file: bool) -> str:
+    """In a directory, a JSON file that is simply not a trace (a config, a summary) is skipped
+    (the reason is returned); a broken trace file, or a file named on its own, is an error."""
+    if single_file or "not a profiler trace" not in str(exc):
+        raise exc
+    return f"{path.name}: not a profiler trace"
+
+
+def assign_ranks(traces: list[Trace], files_in_order: list[Path],
                   manifest: dict[str, Any] | None) -> None:
     """Rank from distributedInfo, else from the file name (rank3...), else file order;
     world size from distributedInfo, else the manifest, else the number of files."""
@@ -358,7 +390,7 @@ def _assign_ranks(traces: list[Trace], files_in_order: list[Path],
         trace.world_size = world
 
 
-class _Progress:
+class LoadProgress:
     """A rich progress bar over rank files on stderr (a no-op when disabled)."""
 
     def __init__(self, enabled: bool, names: list[str]) -> None:
@@ -367,7 +399,7 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> LoadProgress:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (
