@@ -106,8 +106,8 @@ def test_wait_for_input_then_for_sms_is_split(tmp_path: Path) -> None:
     assert f.evidence["waited_for_kernel"] == UPDATE
     assert f.evidence["input_wait_us"] == pytest.approx(810, abs=1)
     assert f.evidence["wait_after_input_us"] == pytest.approx(505, abs=1)
-    assert "then 505 us more while elementwise_kernel (tie:copy) held every SM" \
-        in f.cause.ordering
+    assert ("then 505 us more while elementwise_kernel[direct_copy_kernel_cuda] (tie:copy) held "
+            "every SM") in f.cause.ordering
     [g] = findings_for(tmp_path, "short_input_then_copy")
     assert g.evidence["classification"] == SM_STARVATION and g.culprit.kernel == COPY
     assert "waited 110 us for its input" in g.cause.ordering

@@ -8,8 +8,9 @@ import pytest
 from planted import load_planted, planted_site
 from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
-from tracekit.detectors.sm_contention import detect, short_kernel_name
+from tracekit.detectors.sm_contention import detect
 from tracekit.load import load
+from tracekit.names import kernel_label
 
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32"
@@ -120,11 +121,6 @@ def test_dependency_on_an_earlier_kernel_is_not_contention(tmp_path: Path) -> No
     assert detect(load(write_run(tmp_path / "run", [t]), progress=False)) == []
 
 
-def test_short_kernel_name() -> None:
-    assert short_kernel_name(COPY) == "elementwise_kernel"
-    assert short_kernel_name("bounded_transpose_kernel") == "bounded_transpose_kernel"
-
-
 # ---- the planted H200 traces (scripts/record_planted_traces.py) ------------------------------
 
 def test_planted_eager_copy_starves_nccl() -> None:
@@ -133,7 +129,8 @@ def test_planted_eager_copy_starves_nccl() -> None:
     assert {f.rank for f in findings} == {0, 1}
     for f in findings:
         assert f.kind == "sm_contention" and f.step in range(6, 11)
-        assert short_kernel_name(f.culprit.kernel) == "elementwise_kernel"
+        assert kernel_label(f.culprit.kernel) == "elementwise_kernel[direct_copy_kernel_cuda]"
+        assert "elementwise_kernel[direct_copy_kernel_cuda]" in f.title
         assert "direct_copy_kernel_cuda" in f.culprit.kernel
         assert f.culprit.blocks_per_sm > 1000
         assert f.cause.op == "aten::copy_"

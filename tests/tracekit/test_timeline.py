@@ -121,6 +121,10 @@ def test_kernel_hover_names_op_and_source_line() -> None:
     text = fill["hover"].iloc[0]
     assert "blocks/SM" in text and "grid " in text and "{dur}" in text
     assert "line " in text and ".py:" in text
+    # The headline names the functor, which a cut of the full template name never reaches.
+    fills = kernels[kernels["name"].str.contains("FillFunctor", regex=False)]
+    assert len(fills) > 0
+    assert fills["hover"].str.startswith("<b>vectorized_elementwise_kernel[FillFunctor]</b>").all()
 
 
 def test_bars_are_nan_separated_segments_one_trace_per_category() -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 from tracekit.diff import CommRow, FindingRow, Row, RunDiff, StepComparison
 from tracekit.errors import UserError
 from tracekit.finding import Finding
+from tracekit.names import cut_to, kernel_label
 from tracekit.report.terminal import report_console
 from tracekit.trace import Run
 
@@ -47,10 +48,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1f}%"
 
 
-def _short(name: str, width: int = NAME_WIDTH) -> str:
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -77,15 +74,18 @@ def steps_table(steps: StepComparison) -> Table:
     return table
 
 
-def rows_table(title: str, rows: list[Row], top: int, what: str = "time/step") -> Table:
-    """Top movers by |delta|, with counts; appeared/disappeared names coloured."""
+def rows_table(title: str, rows: list[Row], top: int, what: str = "time/step",
+               kernels: bool = False) -> Table:
+    """Top movers by |delta|, with counts; appeared/disappeared names coloured. Kernel names
+    are shown as labels (tracekit.names); the JSON keeps the normalised names."""
     table = Table(title=f"{title} (top {min(top, len(rows))} of {len(rows)} by |change|)",
                   title_justify="left", title_style="bold")
     table.add_column("name", overflow="fold", max_width=NAME_WIDTH)
     for col in ("count B", "count N", f"BASE {what}", f"NEW {what}", "change", "%"):
         table.add_column(col, justify="right")
     for row in rows[:top]:
-        table.add_row(Text(_short(row.name), style=STATUS_STYLE.get(row.status, "")),
+        name = kernel_label(row.name) if kernels else row.name
+        table.add_row(Text(cut_to(name, NAME_WIDTH), style=STATUS_STYLE.get(row.status, "")),
                       str(row.base_count), str(row.new_count), _us(row.base_us), _us(row.new_us),
                       _delta(row.delta_us), _pct(row.pct_change))
     return table
@@ -98,9 +98,9 @@ def findings_table(title: str, rows: list[FindingRow], top: int) -> Table:
         table.add_column(col, overflow="fold",
                          justify="right" if "cost" in col or col == "change" else "left")
     for row in rows[:top]:
-        table.add_row(row.kind, row.source or "-", _short(row.culprit or "-", 40),
+        table.add_row(row.kind, row.source or "-", cut_to(kernel_label(row.culprit), 40),
                       ",".join(map(str, row.ranks)), _us(row.base_cost_us), _us(row.new_cost_us),
-                      _delta(row.delta_cost_us), _short(row.title, 60))
+                      _delta(row.delta_cost_us), cut_to(row.title, 60))
     return table
 
 
@@ -128,13 +128,14 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
     console.print("Times are per profiled step and rank; counts are totals.", style="dim")
     console.print(steps_table(result.steps))
     console.print(rows_table("GPU time per kernel category", result.kernel_categories, top))
-    console.print(rows_table("GPU time per kernel (normalised name)", result.kernels, top))
+    console.print(rows_table("GPU time per kernel (normalised name)", result.kernels, top,
+                             kernels=True))
     if result.kernels_appeared or result.kernels_disappeared:
         for label, names, style in (("appeared", result.kernels_appeared, "red"),
                                     ("disappeared", result.kernels_disappeared, "green")):
             if names:
                 console.print(Text(f"Kernels {label} ({len(names)}): ", style=f"bold {style}")
-                              + Text("; ".join(_short(n, 60) for n in names[:top])))
+                              + Text("; ".join(cut_to(kernel_label(n), 60) for n in names[:top])))
     if result.kernels_by_launching_op:
         console.print(rows_table("GPU time of kernels launched under each CPU op",
                                  result.kernels_by_launching_op, top))
@@ -168,9 +169,10 @@ def _timeline_panel(run: Run, rank: int | None):  # -> (Timeline, list of plotly
     return tl, bar_traces(tl.bars)
 
 
-def _rows_html(title: str, rows: list[Row], top: int) -> str:
+def _rows_html(title: str, rows: list[Row], top: int, kernels: bool = False) -> str:
     body = "".join(
-        f"<tr class='{r.status}'><td><code>{html.escape(_short(r.name, 110))}</code></td>"
+        f"<tr class='{r.status}'><td><code title='{html.escape(r.name, quote=True)}'>"
+        f"{html.escape(cut_to(kernel_label(r.name) if kernels else r.name, 110))}</code></td>"
         f"<td>{r.base_count}</td><td>{r.new_count}</td><td>{_us(r.base_us)}</td>"
         f"<td>{_us(r.new_us)}</td><td>{('+' if r.delta_us > 0 else '') + _us(r.delta_us)}</td>"
         "</tr>" for r in rows[:top])
@@ -223,7 +225,7 @@ def write_diff_html(result: RunDiff, base_run: Run, new_run: Run, out: Path,
                if steps.base and steps.new else "<p>No step times.</p>")
     tables = "".join((
         _rows_html("GPU time per kernel category", result.kernel_categories, top),
-        _rows_html("Kernels (top movers)", result.kernels, top),
+        _rows_html("Kernels (top movers)", result.kernels, top, kernels=True),
         _rows_html("Kernels by launching CPU op", result.kernels_by_launching_op, top),
     ))
     findings = "".join(

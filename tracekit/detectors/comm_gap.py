@@ -59,7 +59,6 @@ from tracekit.detectors.sm_contention import (
     launch_columns,
     num_sms_of,
     ready_after_input,
-    short_kernel_name,
     sm_filling,
     source_key,
     source_of_op,
@@ -69,6 +68,7 @@ from tracekit.detectors.sm_contention import (
 )
 from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
+from tracekit.names import kernel_label
 from tracekit.overlap import Coverage
 from tracekit.trace import Run, Trace
 
@@ -539,7 +539,7 @@ def collective_label(trace: Trace, row: int, launch: pd.DataFrame) -> str:
     """`allreduce(comm:all_reduce:bucket1)`: collective name and the user's label at issue."""
     k = trace.kernels
     coll = k.at[row, "collective"]
-    coll = str(coll) if isinstance(coll, str) and coll else short_kernel_name(k.at[row, "name"])
+    coll = str(coll) if isinstance(coll, str) and coll else kernel_label(k.at[row, "name"])
     label = user_label(trace, int(launch.at[row, "launch_tid"]),
                        float(launch.at[row, "launch_ts"]))
     return f"{coll}({label})" if label else coll
@@ -625,7 +625,7 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
             op, stack, source = kernel_source(trace, row)
             label = user_label(trace, int(launch.at[row, "launch_tid"]),
                                float(launch.at[row, "launch_ts"]))
-            what = short_kernel_name(k.at[row, "name"]) + (f" ({label})" if label else "")
+            what = kernel_label(k.at[row, "name"]) + (f" ({label})" if label else "")
             extra["culprit_label"] = label
         dep = int(gap["dependency_row"])
         if dep >= 0:
@@ -633,11 +633,11 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
         if kind == WAITING_ON_COMPUTE:
             ordering = (f"{nxt} was ready but waited {_ms(float(gap['input_wait']))} for the "
                         f"compute stream (stream {int(k.at[dep, 'stream'])}: {what}, then "
-                        f"{short_kernel_name(k.at[dep, 'name'])})"
+                        f"{kernel_label(k.at[dep, 'name'])})"
                         f"{starved_after(trace, gap, launch)} after {prev} finished")
         elif kind in (SM_STARVATION, COMPUTE_SATURATION):
             input_part = (f"waited {_ms(float(gap['input_wait']))} for its input "
-                          f"({short_kernel_name(k.at[dep, 'name'])}), then " if dep >= 0 else
+                          f"({kernel_label(k.at[dep, 'name'])}), then " if dep >= 0 else
                           "was ready but ")
             ordering = (f"{nxt} {input_part}started {_ms(float(gap['after_input']))} late "
                         f"while {what} held every SM, after {prev} finished")
@@ -656,7 +656,7 @@ def starved_after(trace: Trace, gap: pd.Series, launch: pd.DataFrame) -> str:
         return ""
     label = user_label(trace, int(launch.at[row, "launch_tid"]),
                        float(launch.at[row, "launch_ts"]))
-    name = short_kernel_name(trace.kernels.at[row, "name"]) + (f" ({label})" if label else "")
+    name = kernel_label(trace.kernels.at[row, "name"]) + (f" ({label})" if label else "")
     return f", then {_ms(float(gap['after_input']))} more while {name} held every SM,"
 
 

@@ -59,6 +59,7 @@ from tracekit.detectors import register, register_summary
 from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
+from tracekit.names import kernel_label
 from tracekit.overlap import Coverage
 from tracekit.trace import Run, Trace
 
@@ -262,18 +263,6 @@ def kernel_source(trace: Trace, row: int) -> tuple[str | None, list[str], Source
     # labels (ProfilerStep#N, optimizer.step, tie:...) that say where in the step it ran.
     return (str(trace.ops.at[op_row, "name"]), op_stack(trace, op_row),
             source_of_op(trace.ops, op_row))
-
-
-def short_kernel_name(name: str) -> str:
-    """`void at::native::elementwise_kernel<128, 2, ...>(...)` -> `elementwise_kernel`."""
-    text = re.sub(r"^void\s+", "", str(name))
-    depth, cut = 0, len(text)
-    for i, ch in enumerate(text):  # cut at the first top-level '<' or '('
-        if ch in "<(" and depth == 0:
-            cut = i
-            break
-    head = text[:cut].strip() or text
-    return head.rsplit("::", 1)[-1]
 
 
 def collective_name(kernels: pd.DataFrame) -> pd.Series:
@@ -524,7 +513,7 @@ def classify_victims(t: RankTables, params: ContentionParams) -> pd.DataFrame:
 def victim_label(trace: Trace, victim: pd.Series) -> str:
     """`all_reduce(comm:all_reduce:first)`: the collective and the user's label at its issue."""
     coll = str(victim["collective"])
-    coll = coll if not coll.startswith("nccl") else short_kernel_name(coll)
+    coll = coll if not coll.startswith("nccl") else kernel_label(coll)
     label = user_label(trace, int(victim["launch_tid"]), float(victim["launch_ts"]))
     return f"{coll}({label})" if label else coll
 
@@ -543,7 +532,7 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
     per_step_cost = total / max(1, len(steps))
     num_sms = num_sms_of(trace)
     issued = "before" if worst["launch_ts"] <= launch["launch_ts"] else "after"
-    what = culprit_label or op or short_kernel_name(culprit.kernel or "")
+    what = culprit_label or op or kernel_label(culprit.kernel or "")
     sms = f"all {num_sms} SMs" if num_sms else "every SM"
     grid_blocks = int(np.prod(culprit.grid)) if culprit.grid else None
     fills = (f"{grid_blocks} blocks, {culprit.blocks_per_sm:g} per SM, fill {sms}"
@@ -560,7 +549,7 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
     victims_text = ", ".join(victims[:3]) + (f" and {len(victims) - 3} more"
                                               if len(victims) > 3 else "")
     ordering = (f"{victim} issued {issued} {what} "
-                f"({short_kernel_name(culprit.kernel or '')}); its {fills} while NCCL runs")
+                f"({kernel_label(culprit.kernel or '')}); its {fills} while NCCL runs")
     evidence: dict[str, Any] = {
         "nccl_kernel": str(trace.kernels.at[int(worst["row"]), "name"]),
         "nccl_dur_us": round(float(worst["dur"]), 3),
@@ -586,7 +575,7 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
         "cost_per_step_us": round(per_step_cost, 3),
     }
     title = (f"NCCL {victims_text} {' and '.join(how)} by SM-filling "
-             f"{short_kernel_name(culprit.kernel or '')}"
+             f"{kernel_label(culprit.kernel or '')}"
              f"{f' ({culprit_label})' if culprit_label else ''}"
              f"{f' x{len(group)}' if len(group) > 1 else ''}")
     start = float(min(worst["ready"], worst["ts"]) if worst["late"] else worst["ts"])

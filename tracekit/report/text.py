@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from tracekit.finding import SEVERITY_ORDER, Finding
+from tracekit.names import cut_to, kernel_label
 
 
 def format_us(us: float) -> str:
@@ -17,11 +18,8 @@ def format_us(us: float) -> str:
 
 
 def short_kernel(name: str | None, width: int = 60) -> str:
-    """A kernel name without its argument list, cut to `width`."""
-    if not name:
-        return "-"
-    base = name.split("(")[0] if not name.startswith("void ") else name[5:].split("(")[0]
-    return base if len(base) <= width else base[: width - 1] + "…"
+    """A kernel's label (tracekit.names), cut to `width`."""
+    return cut_to(kernel_label(name), width)
 
 
 def source_text(finding: Finding) -> str:

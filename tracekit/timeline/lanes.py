@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.errors import UserError
+from tracekit.names import kernel_labels
 from tracekit.trace import Run, Trace
 
 STEP_PREFIX = "ProfilerStep#"
@@ -303,7 +304,7 @@ def kernel_bars(trace: Trace) -> pd.DataFrame:
     grid = (fmt(k["grid_x"], "%d") + "×" + fmt(k["grid_y"], "%d") + "×" + fmt(k["grid_z"], "%d"))
     grid = grid.where(k["grid_x"].notna(), "?")
     coll = k["collective"].fillna("").astype(str) if "collective" in k else ""
-    hover = ("<b>" + short_names(k["name"]) + "</b><br>"
+    hover = ("<b>" + escape_html(kernel_labels(k["name"])) + "</b><br>"
              + k["category"].astype(str) + " · " + DUR + " · stream "
              + k["stream"].astype(str)
              + "<br>grid " + grid + " · " + fmt(k["blocks_per_sm"], "%.1f") + " blocks/SM")

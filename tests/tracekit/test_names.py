@@ -1,0 +1,70 @@
+"""Kernel labels: templated PyTorch kernels that share an outer name stay distinguishable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracekit.load import load
+from tracekit.names import cut_to, kernel_label
+
+REPO = Path(__file__).resolve().parents[2]
+
+LABELS = {
+    # (name as recorded, label)
+    "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<"
+    "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() "
+    "const::{lambda()#7}::operator()() const::{lambda(float)#1}>(at::TensorIteratorBase&, "
+    "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() "
+    "const::{lambda()#7}::operator()() const::{lambda(float)#1} const&)::{lambda(int)#1}>(int, "
+    "at::native::gpu_kernel_impl_nocast<...>)": "elementwise_kernel[direct_copy_kernel_cuda]",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
+    "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)":
+        "vectorized_elementwise_kernel[FillFunctor]",
+    "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl<"
+    "at::native::BinaryFunctor<float, float, float, at::native::binary_internal::MulFunctor<float>"
+    " > >(at::TensorIteratorBase&, at::native::BinaryFunctor<float, float, float, "
+    "at::native::binary_internal::MulFunctor<float> > const&)::{lambda(int)#1}>(int, ...)":
+        "elementwise_kernel[MulFunctor]",
+    "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<"
+    "float, float, float, float>, unsigned int, float, 4, 4> >(at::native::ReduceOp<...>)":
+        "reduce_kernel[MeanOps]",
+    "void at::native::(anonymous namespace)::softmax_warp_forward<float, float, float, 10, false,"
+    " false>(float*, float const*, int, int, int, bool const*, int, bool)":
+        "softmax_warp_forward",
+    "std::enable_if<!(false), void>::type internal::gemvx::kernel<int, int, float, float, float,"
+    " float, false, true, true, false, 7, false, cublasGemvParams<cublasGemvTensorStridedBatched<"
+    "float const>, cublasGemvTensorStridedBatched<float>, float> >(cublasGemvParams<...>)":
+        "gemvx::kernel[cublasGemvParams]",
+    "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)":
+        "ncclDevKernel_AllGather_RING_LL",
+    "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT":
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT",
+    "triton_poi_fused__to_copy_add_select_backward_stack_14":
+        "triton_poi_fused__to_copy_add_select_backward_stack_14",
+}
+
+
+@pytest.mark.parametrize("name", list(LABELS))
+def test_label(name: str) -> None:
+    assert kernel_label(name) == LABELS[name]
+
+
+def test_missing_name_and_cut() -> None:
+    assert kernel_label(None) == kernel_label("") == "-"
+    assert cut_to("abcdef", 4) == "abc…" and cut_to("abc", 3) == "abc"
+
+
+def test_reference_run_kernels_sharing_an_outer_name_get_distinct_labels() -> None:
+    """In pathologies-2gpu the eager tie copy and its add are both `elementwise_kernel`s."""
+    trace = load(REPO / "traces" / "pathologies-2gpu" / "rank0.pt.trace.json.gz", link=False,
+                 progress=False).traces[0]
+    names = trace.kernels["name"].astype(str).unique()
+    elementwise = [n for n in names if kernel_label(n).startswith("elementwise_kernel[")]
+    labels = {kernel_label(n) for n in elementwise}
+    assert {"elementwise_kernel[direct_copy_kernel_cuda]",
+            "elementwise_kernel[CUDAFunctor_add]"} <= labels
+    # Distinct kernels with the same outer name may share a label only when they differ in
+    # scalar types or block sizes alone, never in what they compute.
+    assert len(labels) >= 2

@@ -1,0 +1,90 @@
+"""Kernel names for people: `elementwise_kernel[direct_copy_kernel_cuda]`, not 500 characters.
+
+PyTorch's templated kernels share one outer name (elementwise_kernel, reduce_kernel,
+vectorized_elementwise_kernel) and differ only in the functor buried in their template
+arguments; cut to a width, two different kernels read the same. The label keeps the outer
+name and the first template argument that names what the kernel computes.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import pandas as pd
+
+_QUALIFIED = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
+_INT_TYPE = re.compile(r"u?int\d+_t$")
+# Template arguments that say nothing about what a kernel computes: scalar types, namespaces,
+# PyTorch's iterator and wrapper templates (the functor is inside them), lambda syntax.
+_NOT_PAYLOAD = frozenset({
+    "void", "bool", "char", "short", "int", "long", "unsigned", "signed", "float", "double",
+    "const", "true", "false", "N", "Half", "BFloat16", "complex", "size_t",
+    "at", "c10", "native", "anon", "std", "detail", "array", "lambda", "operator",
+    "TensorIteratorBase", "TensorIterator", "Scalar", "ArrayRef", "OpaqueType",
+    "TensorListMetadata", "gpu_kernel_impl", "gpu_kernel_impl_nocast", "gpu_index_kernel",
+    "ReduceOp", "func_wrapper_t", "AUnaryFunctor", "BUnaryFunctor", "BinaryFunctor",
+    "LoadWithCast", "StoreWithCast", "LoadWithoutCast", "StoreWithoutCast",
+    "OffsetCalculator", "TrivialOffsetCalculator", "CUDAGeneratorImpl", "decltype", "nullptr",
+})
+_ENABLE_IF = "std::enable_if<"
+
+
+def _matching_close(text: str, start: int) -> int:
+    """Index just past the '>' that closes the '<' at `start`."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"<": 1, ">": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    return len(text)
+
+
+def _outer_cut(text: str) -> int:
+    """Index of the first '<' or '(' outside any brackets (len(text) when there is none)."""
+    for i, ch in enumerate(text):
+        if ch in "<(":
+            return i
+    return len(text)
+
+
+def _payload(arguments: str, outer: str) -> str | None:
+    for qualified in _QUALIFIED.findall(arguments):
+        name = qualified.rsplit("::", 1)[-1]
+        if (len(name) > 1 and name != outer and name not in _NOT_PAYLOAD
+                and not _INT_TYPE.match(name) and not name.startswith(("Float8", "__"))):
+            return name
+    return None
+
+
+@lru_cache(maxsize=4096)
+def kernel_label(name: str | None) -> str:
+    """`void at::native::elementwise_kernel<128, 2, ...direct_copy_kernel_cuda...>(int)` ->
+    `elementwise_kernel[direct_copy_kernel_cuda]`; names without template arguments lose only
+    their namespace and argument list."""
+    if not name:
+        return "-"
+    text = re.sub(r"^void\s+", "", str(name).strip()).replace("(anonymous namespace)", "anon")
+    if text.startswith(_ENABLE_IF):  # a SFINAE return type before the kernel's own name
+        text = text[_matching_close(text, len(_ENABLE_IF) - 1):].removeprefix("::type").strip()
+    cut = _outer_cut(text)
+    parts = text[:cut].strip().split("::")
+    # A bare `kernel` says nothing without its namespace (cuBLAS's gemvx::kernel).
+    outer = "::".join(parts[-2:]) if parts[-1] == "kernel" and len(parts) > 1 else parts[-1]
+    outer = outer or text
+    if cut < len(text) and text[cut] == "<":
+        payload = _payload(text[cut:], outer)
+        if payload:
+            return f"{outer}[{payload}]"
+    return outer
+
+
+def kernel_labels(names: pd.Series) -> pd.Series:
+    """kernel_label of every name, computed once per distinct name."""
+    labels = {name: kernel_label(name) for name in pd.unique(names.astype(str))}
+    return names.astype(str).map(labels)
+
+
+def cut_to(text: str, width: int) -> str:
+    """`text` cut to `width` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
