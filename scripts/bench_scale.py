@@ -22,6 +22,11 @@ parsers add up), and events per second.
     python scripts/bench_scale.py                          # 100 MB x 2 ranks (quick)
     python scripts/bench_scale.py --sizes 100,500 --ranks 2
     python scripts/bench_scale.py --sizes 1000 --ranks 8 --skip hta --out results.json
+    python scripts/bench_scale.py --sizes 100,500 --steps 5   # five long steps, not 780+
+
+By default every replica keeps its own profiler steps (780 at 100 MB per rank, growing with the
+size); `--steps N` makes the replicas share N long steps, the shape of a big model's trace.
+HTA's load time grows with events x steps, tracekit's with events alone.
 
 Generated runs are kept in --workdir (default /tmp/tracekit_bench) and reused when their
 parameters match, since writing a gigabyte of gzip takes longer than analysing it.
@@ -126,21 +131,47 @@ def replica(template: Template, copy: int) -> list[dict[str, Any]]:
     return out
 
 
+def merged_steps(template: Template, copies: int, steps: int) -> list[dict[str, Any]]:
+    """`steps` ProfilerStep annotations (CPU and GPU) that split the copies between them, for a
+    trace of a few long steps (a big model's) instead of one step span per replicated step."""
+    out = []
+    for cat in ("user_annotation", "gpu_user_annotation"):
+        spans = [e for e in template.events
+                 if e.get("cat") == cat and STEP_NAME.match(str(e.get("name", "")))]
+        if not spans:
+            continue
+        start = min(e["ts"] for e in spans)
+        end = max(e["ts"] + e.get("dur", 0.0) for e in spans)
+        for step in range(steps):
+            first, last = step * copies // steps, (step + 1) * copies // steps - 1
+            if last < first:
+                continue
+            event = dict(spans[0], name=f"ProfilerStep#{template.first_step + step}")
+            event["ts"] = start + first * template.period_us
+            event["dur"] = end + last * template.period_us - event["ts"]
+            out.append(event)
+    return out
+
+
 def write_rank(template: Template, rank: int, world_size: int, copies: int,
-               path: Path) -> tuple[int, int]:
-    """Write one rank file (gzip level 1, like a quick export); returns (events, JSON bytes)."""
+               path: Path, steps: int = 0) -> tuple[int, int]:
+    """Write one rank file (gzip level 1, like a quick export); returns (events, JSON bytes).
+    With `steps`, the copies share that many ProfilerStep spans (merged_steps)."""
     meta = dict(template.meta)
     dist = dict(meta.get("distributedInfo") or {})
     dist.update(rank=rank, world_size=world_size)
     meta["distributedInfo"] = dist
     head = orjson.dumps(meta)[:-1] + b',"traceEvents":['
-    events = len(template.fixed)
     written = 0
     tmp = path.with_suffix(".tmp")
+    fixed = template.fixed + (merged_steps(template, copies, steps) if steps else [])
+    events = len(fixed)
     with gzip.open(tmp, "wb", compresslevel=1) as fh:
-        chunk = head + orjson.dumps(template.fixed)[1:-1]
+        chunk = head + orjson.dumps(fixed)[1:-1]
         for copy in range(copies):
             body = replica(template, copy)
+            if steps:
+                body = [e for e in body if not STEP_NAME.match(str(e.get("name", "")))]
             events += len(body)
             chunk += b"," + orjson.dumps(body)[1:-1]
             fh.write(chunk)
@@ -153,9 +184,12 @@ def write_rank(template: Template, rank: int, world_size: int, copies: int,
     return events, written
 
 
-def build_run(source: Path, size_mb: int, ranks: int, workdir: Path) -> dict[str, Any]:
-    """Write (or reuse) a run of `ranks` files of ~size_mb MB uncompressed JSON each."""
-    run_dir = workdir / f"{source.name}_{size_mb}MB_x{ranks}"
+def build_run(source: Path, size_mb: int, ranks: int, workdir: Path,
+              steps: int = 0) -> dict[str, Any]:
+    """Write (or reuse) a run of `ranks` files of ~size_mb MB uncompressed JSON each; with
+    `steps`, of that many long profiler steps."""
+    suffix = f"_{steps}steps" if steps else ""
+    run_dir = workdir / f"{source.name}_{size_mb}MB_x{ranks}{suffix}"
     # Kept beside the run, not in it: loaders treat every *.json in a run directory as a trace.
     info_path = workdir / f"{run_dir.name}.info.json"
     if info_path.exists():
@@ -164,16 +198,17 @@ def build_run(source: Path, size_mb: int, ranks: int, workdir: Path) -> dict[str
     sources = sorted(source.glob("rank*.json*")) or [source]
     templates = [load_template(p) for p in sources]
     info: dict[str, Any] = {"run_dir": str(run_dir), "size_mb": size_mb, "ranks": ranks,
-                            "source": str(source), "files": []}
+                            "steps": steps, "source": str(source), "files": []}
     for rank in range(ranks):
         template = templates[rank % len(templates)]
         copies = max(1, math.ceil(size_mb * 1e6 / template.bytes_per_copy))
         path = run_dir / f"rank{rank}.pt.trace.json.gz"
         t0 = time.perf_counter()
-        events, nbytes = write_rank(template, rank, ranks, copies, path)
+        events, nbytes = write_rank(template, rank, ranks, copies, path, steps)
         print(f"  wrote {path.name}: {nbytes / 1e6:.0f} MB JSON, {events:,} events, "
-              f"{copies} copies of {template.steps_per_copy} steps "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+              f"{copies} copies of {template.steps_per_copy} steps"
+              + (f" in {steps} profiler steps " if steps else " ")
+              + f"({time.perf_counter() - t0:.0f} s)", flush=True)
         info["files"].append({"path": str(path), "events": events, "json_bytes": nbytes,
                               "gz_bytes": path.stat().st_size})
     info_path.write_text(json.dumps(info, indent=1))
@@ -388,6 +423,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--build-only", action="store_true", help="only write the traces")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="profiler steps per trace (0: one per replicated step, which grows "
+                             "with the size; N: the copies share N long steps)")
     args = parser.parse_args()
 
     contenders = ["raw json", "raw orjson", "tracekit", "tracekit warm", "tracekit one-process",
@@ -400,7 +438,7 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         for ranks in [int(r) for r in args.ranks.split(",")]:
             print(f"{size} MB x {ranks} ranks:", flush=True)
-            info = build_run(args.source, size, ranks, args.workdir)
+            info = build_run(args.source, size, ranks, args.workdir, args.steps)
             infos.append(info)
             if args.build_only:
                 continue

@@ -54,9 +54,9 @@ def trace_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return target
 
 
-def _best_of_two(fn: Callable[[], T]) -> tuple[T, float]:
+def _best_of(fn: Callable[[], T], repeats: int) -> tuple[T, float]:
     times, result = [], None
-    for _ in range(2):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
@@ -76,11 +76,12 @@ def _assert_same(a: Trace, b: Trace) -> None:
 def test_second_load_hits_cache_with_equal_frames_and_is_faster(trace_copy: Path) -> None:
     assert load_cached(trace_copy) is None
     before = _digest(trace_copy)
-    parsed, parse_s = _best_of_two(lambda: _parse(trace_copy))
+    # Best of five: CI runs two test processes on two cores, and either may be descheduled.
+    parsed, parse_s = _best_of(lambda: _parse(trace_copy), 5)
     save_cache(parsed)
     assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()
-    # Best of two: the first read also pays pyarrow's one-time import, the first parse orjson's.
-    cached, cached_s = _best_of_two(lambda: load_cached(trace_copy))
+    # The first read also pays pyarrow's one-time import, the first parse orjson's.
+    cached, cached_s = _best_of(lambda: load_cached(trace_copy), 5)
     assert cached is not None
     _assert_same(parsed, cached)
     assert cached.path == trace_copy

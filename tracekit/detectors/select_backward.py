@@ -47,6 +47,7 @@ from tracekit.detectors import register
 from tracekit.detectors.steptime import run_step_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack
+from tracekit.load.frames import name_matches
 from tracekit.trace import Run, Trace
 
 SELECT_BACKWARD_OP = "aten::select_backward"
@@ -154,6 +155,21 @@ def source_of(ops: pd.DataFrame, row: int) -> SourceLine | None:
     return SourceLine(file=file, line=int(line), function=str(function or ""), line_exact=exact)
 
 
+def source_keys(ops: pd.DataFrame) -> np.ndarray:
+    """`file:line` of every op's user-code line (as source_of finds it), else "unknown"."""
+    if "src_file" not in ops or ops.empty:
+        return np.full(len(ops), "unknown", dtype=object)
+    files = ops["src_file"]
+    lines = pd.to_numeric(ops["src_line"], errors="coerce")
+    known = (files.fillna("").astype(str).ne("").to_numpy()
+             & (lines.fillna(-1).to_numpy() >= 0))
+    keys = np.full(len(ops), "unknown", dtype=object)
+    if known.any():
+        keys[known] = (files[known].astype(str) + ":"
+                       + lines[known].astype(np.int64).astype(str)).to_numpy(dtype=object)
+    return keys
+
+
 @dataclass
 class Occurrences:
     """The select_backward ops (and their GPU work) behind one cause, on one rank."""
@@ -188,10 +204,9 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
         np.full(len(ops), -1)
     with_fwd = ancestor_matching(ops, fwd_idx >= 0)
     forward_rows = np.where(with_fwd[sb_rows] >= 0, fwd_idx[np.maximum(with_fwd[sb_rows], 0)], -1)
-    keys = []
-    for fwd_row, sb_row in zip(forward_rows, sb_rows, strict=True):
-        src = source_of(ops, int(fwd_row)) or source_of(ops, int(sb_row))
-        keys.append(f"{src.file}:{src.line}" if src else "unknown")
+    line_keys = source_keys(ops)
+    keys = np.where(forward_rows >= 0, line_keys[np.maximum(forward_rows, 0)], "unknown")
+    keys = np.where(keys == "unknown", line_keys[sb_rows], keys)
     sb_anc = ancestor_matching(ops, is_sb)
     work_sb = work.assign(occurrence=np.where(work["op_idx"] >= 0,
                                               sb_anc[np.maximum(work["op_idx"], 0)], -1))
@@ -211,7 +226,7 @@ def compiled_occurrences(trace: Trace, work: pd.DataFrame,
                          eager_work_index: pd.Index) -> list[Occurrences]:
     """Inductor kernels (or CPU kernels of compiled code) whose name says select_backward."""
     out = []
-    gpu = work[(work["kind"] == "kernel") & work["name"].str.contains(COMPILED_PATTERN)]
+    gpu = work[(work["kind"] == "kernel").to_numpy() & name_matches(work["name"], COMPILED_PATTERN)]
     gpu = gpu.drop(index=gpu.index.intersection(eager_work_index))
     for name, group in gpu.groupby("name", sort=False):
         rows = group["op_idx"].to_numpy()
@@ -222,7 +237,7 @@ def compiled_occurrences(trace: Trace, work: pd.DataFrame,
         ops = trace.ops
         label = ops["kernel_name"].where(ops["kernel_name"].astype(bool), ops["name"]) \
             if "kernel_name" in ops else ops["name"]
-        hit = label.str.contains(COMPILED_PATTERN) & (ops["name"] != SELECT_BACKWARD_OP)
+        hit = name_matches(label, COMPILED_PATTERN) & (ops["name"] != SELECT_BACKWARD_OP).to_numpy()
         for name, group in ops[hit].groupby(label[hit], sort=False):
             out.append(Occurrences(key=str(name), op_rows=group.index.to_numpy(),
                                    work=work.iloc[0:0], forward_row=-1, compiled=True))

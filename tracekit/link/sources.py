@@ -14,15 +14,19 @@ forward statement behind it is a tensor indexed by a variable (`bank[i]`): narro
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
 from tracekit.link.source import KERNEL_PREFIX, SourceIndex
+from tracekit.load.frames import name_matches
 from tracekit.load.intervals import innermost_containing, propagate_down
 from tracekit.trace import Trace
 
 SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]
 COMPILED_OP_PATTERNS: dict[str, str] = {"select_backward": "aten::select"}
+NOT_AN_IDENTIFIER = re.compile(r"::|\s")
 """A fused-kernel name part -> the forward aten op that leads to it (whose statement we seek).
 A bare `select` in a forward kernel's name is left alone: Inductor decomposes `unbind` into
 selects too, so it does not point at a subscript."""
@@ -123,13 +127,13 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
 def _narrow_compiled(ops: pd.DataFrame, out: pd.DataFrame, index: SourceIndex) -> None:
     """Narrow the def line of Inductor kernel ops whose name names a fused op that a forward
     statement causes (see COMPILED_OP_PATTERNS), in place; once per distinct frame."""
-    names = ops["name"].astype(str)
+    names = ops["name"]
     # Inductor kernels are plain identifiers; aten ops and autograd nodes have "::" or spaces.
-    kernel_like = ~names.str.contains(r"::|\s", regex=True)
+    kernel_like = ~name_matches(names, NOT_AN_IDENTIFIER)
     unsure = (out["src_line"].to_numpy() >= 0) & ~out["src_line_exact"].to_numpy(dtype=bool)
     for part, op_name in COMPILED_OP_PATTERNS.items():
-        hit = np.flatnonzero(kernel_like.to_numpy() & unsure
-                             & names.str.contains(part, regex=False).to_numpy())
+        hit = np.flatnonzero(kernel_like & unsure
+                             & name_matches(names, re.compile(re.escape(part))))
         if hit.size == 0:
             continue
         keys = out.iloc[hit][["src_file", "src_line", "src_function"]]
