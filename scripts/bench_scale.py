@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +164,17 @@ def write_rank(template: Template, rank: int, world_size: int, copies: int,
     head = orjson.dumps(meta)[:-1] + b',"traceEvents":['
     written = 0
     tmp = path.with_suffix(".tmp")
-    fixed = template.fixed + (merged_steps(template, copies, steps) if steps else [])
+    fixed = template.fixed
+    if steps:
+        fixed = fixed + merged_steps(template, copies, steps)
+        # The replicas then carry no step spans of their own.
+        template = replace(template, events=[e for e in template.events
+                                             if not STEP_NAME.match(str(e.get("name", "")))])
     events = len(fixed)
     with gzip.open(tmp, "wb", compresslevel=1) as fh:
         chunk = head + orjson.dumps(fixed)[1:-1]
         for copy in range(copies):
             body = replica(template, copy)
-            if steps:
-                body = [e for e in body if not STEP_NAME.match(str(e.get("name", "")))]
             events += len(body)
             chunk += b"," + orjson.dumps(body)[1:-1]
             fh.write(chunk)

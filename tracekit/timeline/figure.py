@@ -23,6 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tracekit.finding import Finding
+from tracekit.names import cut_to
 from tracekit.timeline.lanes import DUR, Timeline
 from tracekit.trace import Run
 
@@ -372,7 +373,7 @@ def finding_layout(marks: list[FindingMark], x_mid: float) -> tuple[list[dict], 
             "xanchor": "right" if left else "left", "align": "left",
             "visible": f.rank not in boxed_ranks,
             "text": (f"<b>#{m.index + 1} {f.kind}</b>{step} · costs {cost_text(f.cost_us)}"
-                     f"<br>{escape(shorten(f.title, 90))}"),
+                     f"<br>{escape(cut_to(f.title, 90))}"),
             "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,240,0.9)",
             "bordercolor": colour, "borderwidth": 1.5, "borderpad": 3})
         boxed_ranks.add(f.rank)
@@ -404,10 +405,6 @@ def legend_only(name: str, colour: str, dash: str) -> go.Scatter:
     """A legend entry explaining an outline style (shapes have no legend of their own)."""
     return go.Scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
                       line={"color": colour, "width": 3, "dash": dash})
-
-
-def shorten(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def escape(text: str) -> str:
