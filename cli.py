@@ -7,6 +7,7 @@ import sys
 import typer
 
 from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +31,7 @@ def main() -> None:
     _register_commands()
     try:
         app()
-    except UserError as err:
+    except (UserError, TrainerError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -139,12 +139,12 @@ def work_tracekit(path: Path) -> dict[str, Any]:
     from tracekit.detectors import load_detectors
     from tracekit.link import link_trace
     from tracekit.load import load
-    from tracekit.load.run import source_roots
+    from tracekit.source import source_roots
 
     detectors = load_detectors()
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    run = load(path, link=False, progress=False)
+    run = load(path, progress=False)
     stages["load"] = time.perf_counter() - started
     mark = time.perf_counter()
     roots = list(source_roots(path.parent, run.manifest))
@@ -152,9 +152,9 @@ def work_tracekit(path: Path) -> dict[str, Any]:
         link_trace(trace, source_roots=roots)
     stages["link"] = time.perf_counter() - mark
     findings = 0
-    for kind, detect in detectors.items():
+    for kind, detector in detectors.items():
         mark = time.perf_counter()
-        findings += len(detect(run))
+        findings += len(detector.detect(run))
         stages[kind] = time.perf_counter() - mark
     elapsed = time.perf_counter() - started
     return {"seconds": elapsed, "findings": findings,

@@ -6,11 +6,11 @@ and ac2g flows), then times each contender in its own subprocess on the same fil
 
     raw json     gzip.decompress + json.loads of every rank file, one after another
     raw orjson   the same with orjson.loads (the fastest pure parse available)
-    tracekit     what `cli.py analyze` runs: tracekit.rankwise.analyze_rankwise(run_dir), one
+    tracekit     what `cli.py analyze` runs: tracekit.pipeline.analyze_rankwise(run_dir), one
                  process per rank, with the parsed-frame cache off (cold)
     tracekit warm  the same with the cache on, after one run that filled it (skipped with
                  --no-warm); what a second `analyze` of the same run costs
-    tracekit one-process  tracekit.analysis.analyze_run(run_dir), cold: every rank's frames in
+    tracekit one-process  tracekit.pipeline.analyze_run(run_dir), cold: every rank's frames in
                  one process, as `diff`, `timeline` and the Python API hold them
     hta          hta.trace_analysis.TraceAnalysis(trace_dir=run_dir) (loading only)
 
@@ -236,11 +236,11 @@ for f in FILES:
     del doc
 """,
     "tracekit": """
-from tracekit.rankwise import analyze_rankwise
+from tracekit.pipeline import analyze_rankwise
 run, findings = analyze_rankwise(RUN_DIR, progress=False)
 """,
     "tracekit one-process": """
-from tracekit.analysis import analyze_run
+from tracekit.pipeline import analyze_run
 run, findings = analyze_run(RUN_DIR, progress=False)
 """,
     "hta": """
@@ -251,9 +251,9 @@ analysis = TraceAnalysis(trace_dir=RUN_DIR)
 """,
 }
 IMPORTS = {
-    "tracekit": "import tracekit.rankwise, tracekit.analysis, tracekit.load, tracekit.detectors\n"
+    "tracekit": "import tracekit.pipeline, tracekit.load, tracekit.detectors\n"
                 "tracekit.detectors.load_detectors()\n",
-    "tracekit one-process": "import tracekit.analysis, tracekit.load, tracekit.detectors\n"
+    "tracekit one-process": "import tracekit.pipeline, tracekit.load, tracekit.detectors\n"
                             "tracekit.detectors.load_detectors()\n",
     "hta": "import hta.trace_analysis\n",
 }
@@ -351,7 +351,7 @@ def clear_caches(info: dict[str, Any]) -> None:
     """Remove tracekit's parsed-frame caches of the benchmark's own generated files."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tracekit.cache import clear_cache
+    from tracekit.load.cache import clear_cache
 
     for f in info["files"]:
         clear_cache(Path(f["path"]))

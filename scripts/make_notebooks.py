@@ -31,7 +31,7 @@ if Path.cwd().name == "notebooks":
     os.chdir(Path.cwd().parent)
 sys.path.insert(0, str(Path.cwd()))
 
-from tracekit.analysis import analyze_run
+from tracekit.pipeline import analyze_run
 from tracekit.timeline import compare_figure, timeline_figure
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.link import link_trace
-from tracekit.load import load
+from tracekit.pipeline import load
 from tracekit.trace import Run
 
 REPO = Path(__file__).resolve().parents[1]

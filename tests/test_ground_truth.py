@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.analysis import analyze_run, load_run
 from tracekit.detectors import comm_gap
 from tracekit.finding import Finding
-from tracekit.load.run import source_snapshot
+from tracekit.pipeline import analyze_run, load
+from tracekit.source import source_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / "traces"
@@ -190,13 +190,13 @@ def test_comm_gap_names_the_gap_opening_work_order(run_dir: Path) -> None:
     gaps = lm_head_gather_gaps(findings)
     order = manifest["switches"]["work_order"]
     if order == "small-first":
-        low_floor = comm_gap.detect(load_run(run_dir, progress=False), min_gap_step_frac=0.002)
+        low_floor = comm_gap.detect(load(run_dir, progress=False), min_gap_step_frac=0.002)
         assert not gaps and not lm_head_gather_gaps(low_floor), [f.title for f in gaps]
         return
     if order != "last-first":
         pytest.skip(f"no expectation for work order {order}")
     if manifest["world_size"] > 2:
-        gaps = lm_head_gather_gaps(comm_gap.detect(load_run(run_dir, progress=False),
+        gaps = lm_head_gather_gaps(comm_gap.detect(load(run_dir, progress=False),
                                                    min_gap_step_frac=0.002))
     for rank in ranks_of(manifest):
         [gap] = [f for f in gaps if f.rank == rank]

@@ -17,6 +17,11 @@ class SourceLine:
     line_exact: bool = False
 
 
+def source_key(source: SourceLine | None) -> str:
+    """`file:line` of a source line ("" for none): what findings are merged and matched by."""
+    return f"{source.file}:{source.line}" if source else ""
+
+
 @dataclass
 class Culprit:
     kernel: str | None = None

@@ -1,5 +1,5 @@
-"""Vectorised nesting of time intervals on one thread: depth, parent, and innermost-enclosing
-look-ups.
+"""Interval arithmetic, vectorised: nesting (depth, parent, innermost-enclosing look-ups),
+unions and their coverage of query windows, and window/interval overlap pairs.
 
 CPU ops and Python frames on a thread form a forest by time (a child starts and ends inside its
 parent). A per-event stack walk would be the obvious way to rebuild it; here every step is a
@@ -11,6 +11,8 @@ parent; `EPS_US` absorbs that.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -147,3 +149,121 @@ def propagate_down(parent: np.ndarray, depth: np.ndarray, values: np.ndarray,
         if rows.size:
             out[rows] = out[parent[rows]]
     return out
+
+
+def union_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge intervals [start, end) into sorted disjoint ones (touching intervals are merged)."""
+    starts = np.asarray(starts, dtype=np.float64)
+    ends = np.asarray(ends, dtype=np.float64)
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if len(starts) == 0:
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    # A new merged interval begins where a start lies beyond everything seen before it.
+    new_group = np.empty(len(starts), dtype=bool)
+    new_group[0] = True
+    new_group[1:] = starts[1:] > reach[:-1]
+    first = np.flatnonzero(new_group)
+    last = np.append(first[1:] - 1, len(starts) - 1)
+    return starts[first], reach[last]
+
+
+@dataclass
+class Coverage:
+    """A union of intervals that answers "how much of [a, b) does it cover" for many windows."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    _cum: np.ndarray
+
+    @classmethod
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> Coverage:
+        s, e = union_intervals(starts, ends)
+        cum = np.concatenate([[0.0], np.cumsum(e - s)])
+        return cls(s, e, cum)
+
+    @property
+    def total(self) -> float:
+        return float(self._cum[-1])
+
+    def covered_before(self, t: np.ndarray) -> np.ndarray:
+        """Covered length in (-inf, t) for each t."""
+        t = np.asarray(t, dtype=np.float64)
+        if len(self.starts) == 0:
+            return np.zeros_like(t)
+        k = np.searchsorted(self.starts, t, side="right") - 1
+        kc = np.clip(k, 0, None)
+        partial = np.clip(t - self.starts[kc], 0.0, self.ends[kc] - self.starts[kc])
+        return np.where(k >= 0, self._cum[kc] + partial, 0.0)
+
+    def overlap(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Covered length inside each window [a, b) (0 for empty windows)."""
+        a = np.asarray(a, dtype=np.float64)
+        b = np.maximum(np.asarray(b, dtype=np.float64), a)
+        return self.covered_before(b) - self.covered_before(a)
+
+    def intersection(self, other: Coverage) -> float:
+        """Length of the intersection of two unions (own intervals are disjoint, so sum them)."""
+        return float(other.overlap(self.starts, self.ends).sum())
+
+
+def window_pairs(lo: np.ndarray, hi: np.ndarray, iv_start: np.ndarray, iv_end: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (window i, interval j, overlap length) with positive overlap, vectorised.
+
+    Intervals sorted by start; for each window the candidates are those starting before its end
+    and after (its start - the longest interval), found with searchsorted and exploded.
+    """
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if len(lo) == 0 or len(iv_start) == 0:
+        return empty
+    order = np.argsort(iv_start, kind="stable")
+    s, e = iv_start[order], iv_end[order]
+    longest = float(np.max(e - s))
+    first = np.searchsorted(s, lo - longest, side="left")
+    last = np.searchsorted(s, hi, side="left")
+    counts = np.maximum(last - first, 0)
+    if counts.sum() == 0:
+        return empty
+    wi = np.repeat(np.arange(len(lo)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.repeat(first, counts) + offsets
+    overlap = np.minimum(hi[wi], e[pos]) - np.maximum(lo[wi], s[pos])
+    keep = overlap > 0
+    return wi[keep], order[pos[keep]], overlap[keep]
+
+
+def busy_us(ts: np.ndarray, ends: np.ndarray, start: float, end: float) -> float:
+    """Union of kernel intervals inside [start, end) (overlapping streams counted once).
+
+    `ts`/`ends` are the kernels sorted by start, so a window needs no sort of its own.
+    """
+    inside = (ends > start) & (ts < end)
+    if not inside.any():
+        return 0.0
+    starts = np.maximum(ts[inside], start)
+    reach = np.maximum.accumulate(np.minimum(ends[inside], end))
+    gaps = np.clip(starts[1:] - reach[:-1], 0, None)
+    return float(reach[-1] - starts[0] - gaps.sum())
+
+
+def window_rows(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """All (window i, row j) with lo[i] <= ts[j] < hi[i]; a window's rows in frame order.
+
+    One sort of the frame and two searchsorted per window, instead of a full-frame filter per
+    step (the frame order is kept so that sums and "longest instance" ties come out as before).
+    A window with a NaN bound holds nothing (a comparison with NaN is false).
+    """
+    order = np.argsort(ts, kind="stable")
+    first = np.searchsorted(ts[order], lo, side="left")
+    last = np.searchsorted(ts[order], hi, side="left")
+    counts = np.where(np.isnan(lo) | np.isnan(hi), 0, np.maximum(last - first, 0))
+    window = np.repeat(np.arange(len(lo)), counts)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = order[np.repeat(first, counts) + offsets]
+    keep = np.lexsort((rows, window))
+    return window[keep], rows[keep]

@@ -1,16 +1,27 @@
-"""Kernel names for people: `elementwise_kernel[direct_copy_kernel_cuda]`, not 500 characters.
+"""Kernel and op names: labels for people, and the keys that match names across runs.
+
+Labels: `elementwise_kernel[direct_copy_kernel_cuda]`, not 500 characters.
 
 PyTorch's templated kernels share one outer name (elementwise_kernel, reduce_kernel,
 vectorized_elementwise_kernel) and differ only in the functor buried in their template
 arguments; cut to a width, two different kernels read the same. The label keeps the outer
 name and the first template argument that names what the kernel computes.
+
+Matching keys (`normalize_kernel_name`): the leading `void ` and the argument list go; numeric
+template values (vector widths, tile sizes), lambda ids (`#3`), long hashes and a trailing `_<n>`
+(Inductor's kernel index) become `N` or are dropped. Template TYPE arguments are kept on
+purpose: `vectorized_elementwise_kernel<4, FillFunctor<float>, ..>` and
+`..<4, CUDAFunctor_add<float>, ..>` are different work, and stripping them would hide exactly
+the kernels a fix removes (the select_backward zero-fill).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
 _QUALIFIED = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
@@ -88,3 +99,68 @@ def kernel_labels(names: pd.Series) -> pd.Series:
 def cut_to(text: str, width: int) -> str:
     """`text` cut to `width` characters, with an ellipsis when it was longer."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+
+
+
+_ANON = re.compile(r"\(anonymous namespace\)")
+
+
+_LAMBDA_ID = re.compile(r"#\d+")
+
+
+# A hash: 12+ hex digits, or 32+ base-32-ish characters (Inductor's FX graph keys); short
+# alphanumeric runs are real name parts (`tilesize256x64x8`, `sm90`).
+_HASH = re.compile(r"(?<![0-9A-Za-z])(?:(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{12,}"
+                   r"|(?=[0-9a-z]*\d)[0-9a-z]{32,})(?![0-9A-Za-z])")
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_0-9.])\d+(?:\.\d+)?(?:[uU]?[lL]{0,2}|[fF])?\b")
+
+
+_TRAILING_INDEX = re.compile(r"_\d+$")
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _cut_argument_list(name: str) -> str:
+    """Drop the outermost `(...)` parameter list: the first `(` outside template brackets."""
+    depth = 0
+    for pos, char in enumerate(name):
+        if char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(depth - 1, 0)
+        elif char == "(" and depth == 0 and pos > 0:
+            return name[:pos]
+    return name
+
+
+def normalize_kernel_name(name: str) -> str:
+    """The cross-run matching key of a kernel name (see the module docstring for why)."""
+    key = name.strip()
+    if key.startswith("void "):
+        key = key[5:]
+    key = _ANON.sub("anon", key)
+    key = _cut_argument_list(key)
+    key = _LAMBDA_ID.sub("#N", key)
+    key = _HASH.sub("<hash>", key)
+    key = _NUMBER.sub("N", key)
+    key = _TRAILING_INDEX.sub("", key)
+    return _SPACES.sub(" ", key).strip()
+
+
+def normalize_label(name: str) -> str:
+    """Matching key of an op or record_function label: hashes and `#<n>` ids removed."""
+    return _SPACES.sub(" ", _HASH.sub("<hash>", _LAMBDA_ID.sub("#N", name.strip())))
+
+
+def normalize_each(names: pd.Series, fn: Callable[[str], str]) -> pd.Series:
+    """Apply a name normaliser once per distinct name (names repeat thousands of times)."""
+    if names.empty:
+        return names.astype(object)
+    codes, uniques = pd.factorize(names.astype(str))
+    mapped = np.array([fn(u) for u in uniques], dtype=object)
+    return pd.Series(mapped[codes], index=names.index)

@@ -66,6 +66,8 @@ from typing import Any
 
 import pandas as pd
 
+from tracekit.errors import UserError
+
 
 @dataclass
 class Trace:
@@ -117,13 +119,13 @@ FRAME_NAMES: tuple[str, ...] = tuple(
 class RankContext:
     """What detectors need from the ranks of a run that a Run object does not hold.
 
-    `tracekit.rankwise` analyses a big run one rank per process, so that no process holds every
-    rank's frames; the few cross-rank quantities are computed from small per-rank summaries and
-    given to each rank's Run here. A Run that holds all its ranks has no context.
+    `tracekit.pipeline.rankwise` analyses a big run one rank per process, so that no process
+    holds every rank's frames; the few cross-rank quantities are computed from small per-rank
+    summaries and given to each rank's Run here. A Run that holds all its ranks has no context.
     """
 
     step_us: float | None
-    """The run's step time for severities (tracekit.detectors.steptime.run_step_us)."""
+    """The run's step time for severities (tracekit.link.steptime.run_step_us)."""
     profiled_steps: frozenset[int]
     """Steps profiled on any rank."""
     summaries: dict[str, dict[int, Any]] = field(default_factory=dict)
@@ -151,3 +153,18 @@ class Run:
             if trace.rank == rank:
                 return trace
         raise KeyError(rank)
+
+
+def check_rank(run: Run, rank: int | None) -> None:
+    """A one-line error when `rank` is given and the run has no such rank."""
+    if rank is not None and rank not in run.ranks:
+        known = ", ".join(str(r) for r in run.ranks) or "none"
+        raise UserError(f"rank {rank} is not in {run.path} (ranks: {known})")
+
+
+def select_traces(run: Run, rank: int | None) -> list[Trace]:
+    """The run's traces, or only those of `rank` (a one-line error when it has no such rank)."""
+    if rank is None:
+        return list(run.traces)
+    check_rank(run, rank)
+    return [run.rank(rank)]

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SYNTH_SEED = 0  # the trainer's own synthetic shards: one seed, so every run shares the cache
@@ -141,9 +141,9 @@ def synth_command(
     from trainer.data import MAX_VOCAB, write_synthetic_shards
 
     if shards < 1 or tokens < 2:
-        raise UserError("--shards must be >= 1 and --tokens >= 2")
+        raise TrainerError("--shards must be >= 1 and --tokens >= 2")
     if not 2 <= vocab_size <= MAX_VOCAB:  # before any directory is created
-        raise UserError(f"--vocab-size must be in 2..{MAX_VOCAB}, not {vocab_size}")
+        raise TrainerError(f"--vocab-size must be in 2..{MAX_VOCAB}, not {vocab_size}")
     paths = write_synthetic_shards(out, [tokens] * shards, vocab_size, seed)
     print(f"wrote {len(paths)} shards of {tokens:,} tokens: {out}/synth_*.bin")
 
@@ -151,8 +151,8 @@ def synth_command(
 def after_profile(run_dir: Path) -> None:
     """Hand a finished profile run to tracekit's analysis when it is installed."""
     print(f"traces: {run_dir}")
-    try:
-        from tracekit.analysis import analyze_run_and_print
+    try:  # tracekit is optional beside the trainer (GPU machines may train only)
+        from tracekit.pipeline import analyze_run_and_print
     except ImportError:
         return
     analyze_run_and_print(run_dir)
@@ -198,13 +198,13 @@ def run_job(
         seed=options.seed,
     )
     if config.seq_len < 1 or config.batch_size < 1:
-        raise UserError("--seq-len and --batch-size must be at least 1")
+        raise TrainerError("--seq-len and --batch-size must be at least 1")
     check_even_sharding(param_shapes(config, plan.world_size), plan.world_size)
     if options.nnodes > 1 and options.name is None:
-        raise UserError("a multi-node run needs --name, the same on every node")
+        raise TrainerError("a multi-node run needs --name, the same on every node")
     run_dir = pick_run_dir(options.out_dir, options.name, kind, preset)
     if options.node_rank == 0 and run_dir.exists():  # say so before minutes of synthetic data
-        raise UserError(already_exists(run_dir))
+        raise TrainerError(already_exists(run_dir))
 
     if options.data is not None:
         shards = resolve_shards(options.data)
@@ -233,19 +233,19 @@ def check_shards_fit(shards: list[Any], global_batch_tokens: int, vocab_size: in
     """Every shard must hold one global batch (+1 target token); say so before any rank starts."""
     for shard in shards:
         if shard.num_tokens < global_batch_tokens + 1:
-            raise UserError(
+            raise TrainerError(
                 f"shard {shard.path} has {shard.num_tokens:,} tokens, fewer than one global "
                 f"batch ({global_batch_tokens + 1:,}); use smaller --batch-size/--seq-len"
             )
     if vocab_size > 2**16:
-        raise UserError(f"vocab size {vocab_size} does not fit the uint16 shard format")
+        raise TrainerError(f"vocab size {vocab_size} does not fit the uint16 shard format")
 
 
 def pick_run_dir(out_dir: Path, name: str | None, kind: str, preset: str) -> Path:
     """<out-dir>/<name>; a user's name must be new, a default name is timestamped."""
     if name is not None:
         if not NAME_PATTERN.match(name):
-            raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+            raise TrainerError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
         return out_dir / name
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate = out_dir / f"{kind}-{preset}-{stamp}"
@@ -269,9 +269,10 @@ def create_run_dir(run_dir: Path, shared_ok: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=shared_ok)
     except FileExistsError:
-        raise UserError(already_exists(run_dir)) from None
+        raise TrainerError(already_exists(run_dir)) from None
     except OSError as err:
-        raise UserError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
+        raise TrainerError(
+            f"cannot create run directory {run_dir}: {err.strerror or err}") from None
 
 
 def register(app: typer.Typer) -> None:

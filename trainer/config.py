@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 BANK_ACCESS = ("unbind", "index")
 TIE_COPY = ("triton", "eager")
@@ -91,17 +91,17 @@ def make_config(preset: str = "tiny", pathologies: str | None = None, **override
     Overrides whose value is None are ignored, so CLI options can pass through unset.
     """
     if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise TrainerError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset], preset=preset)
     if pathologies is not None:
         if pathologies not in ("all", "none"):
-            raise UserError(f"--pathologies takes 'all' or 'none', not {pathologies!r}")
+            raise TrainerError(f"--pathologies takes 'all' or 'none', not {pathologies!r}")
         if pathologies == "all":
             values.update(PATHOLOGIES_ALL)
     known = {f.name for f in fields(Config)}
     for key, value in overrides.items():
         if key not in known:
-            raise UserError(f"unknown config field {key!r}")
+            raise TrainerError(f"unknown config field {key!r}")
         if value is not None:
             values[key] = value
     config = Config(**values)
@@ -122,7 +122,7 @@ def validate(config: Config) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise UserError(message)
+            raise TrainerError(message)
 
 
 def with_overrides(config: Config, **changes: Any) -> Config:

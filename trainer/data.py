@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 MAGIC = 20240520
 VERSION = 1
@@ -59,7 +59,7 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
     The data is fsynced so that a later cache drop (see `read_shard`) really evicts it.
     """
     if tokens.size and int(tokens.max()) >= MAX_VOCAB:
-        raise UserError(f"token ids must fit in uint16 (< {MAX_VOCAB}) to write {path}")
+        raise TrainerError(f"token ids must fit in uint16 (< {MAX_VOCAB}) to write {path}")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -82,20 +82,20 @@ def read_header(path: Path) -> ShardInfo:
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
     except OSError as err:
-        raise UserError(f"cannot read shard {path}: {err.strerror or err}") from None
+        raise TrainerError(f"cannot read shard {path}: {err.strerror or err}") from None
     if len(raw) < HEADER_BYTES:
-        raise UserError(f"shard {path} is truncated: {size} bytes, shorter than its header")
+        raise TrainerError(f"shard {path} is truncated: {size} bytes, shorter than its header")
     header = np.frombuffer(raw, dtype="<i4")
     if int(header[0]) != MAGIC:
-        raise UserError(
+        raise TrainerError(
             f"shard {path} has magic {int(header[0])}, not {MAGIC}: not a fineweb/llm.c shard"
         )
     if int(header[1]) != VERSION:
-        raise UserError(f"shard {path} has version {int(header[1])}; only {VERSION} is known")
+        raise TrainerError(f"shard {path} has version {int(header[1])}; only {VERSION} is known")
     num_tokens = int(header[2])
     expected = HEADER_BYTES + 2 * num_tokens
     if num_tokens < 0 or size != expected:
-        raise UserError(
+        raise TrainerError(
             f"shard {path} is truncated or padded: header says {num_tokens} tokens "
             f"({expected} bytes) but the file has {size} bytes"
         )
@@ -118,7 +118,7 @@ def read_shard(path: Path, drop_page_cache: bool = True) -> np.ndarray:
         # readinto releases the GIL, so a prefetching thread overlaps with training.
         read = f.readinto(memoryview(tokens).cast("B"))
     if read != 2 * info.num_tokens:
-        raise UserError(f"shard {path} changed while being read ({read} bytes read)")
+        raise TrainerError(f"shard {path} changed while being read ({read} bytes read)")
     return tokens
 
 
@@ -128,7 +128,7 @@ def check_token_range(shard: ShardInfo, vocab_size: int, sample_tokens: int = 1 
     tokens = np.fromfile(shard.path, dtype="<u2", count=min(sample_tokens, shard.num_tokens),
                          offset=HEADER_BYTES)
     if tokens.size and int(tokens.max()) >= vocab_size:
-        raise UserError(
+        raise TrainerError(
             f"shard {shard.path} has token id {int(tokens.max())}, beyond the model's vocabulary "
             f"of {vocab_size}; use a preset with a larger vocabulary"
         )
@@ -139,7 +139,7 @@ def resolve_shards(pattern: str) -> list[ShardInfo]:
     paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)))
     paths = [p for p in paths if p.is_file()]
     if not paths:
-        raise UserError(f"no shard files match --data {pattern!r}")
+        raise TrainerError(f"no shard files match --data {pattern!r}")
     return [read_header(p) for p in paths]
 
 
@@ -157,7 +157,7 @@ def synthetic_tokens(
     every shard differs and the output does not depend on how it is chunked in memory.
     """
     if not 2 <= vocab_size <= MAX_VOCAB:
-        raise UserError(f"vocab size must be in 2..{MAX_VOCAB}, not {vocab_size}")
+        raise TrainerError(f"vocab size must be in 2..{MAX_VOCAB}, not {vocab_size}")
     successors = np.random.default_rng([seed, 0]).integers(
         0, vocab_size, size=(SUCCESSORS, vocab_size), dtype=np.int64
     )
@@ -189,12 +189,12 @@ def write_synthetic_shards(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way (--out /dev/null), no permission, ...
-        raise UserError(f"cannot create shard directory {out_dir}: {err.strerror or err}") \
+        raise TrainerError(f"cannot create shard directory {out_dir}: {err.strerror or err}") \
             from None
     paths = [out_dir / f"{prefix}_{i:06d}.bin" for i in range(len(token_counts))]
     existing = [p for p in paths if p.exists()]
     if existing:
-        raise UserError(f"{existing[0]} already exists; not overwriting shards")
+        raise TrainerError(f"{existing[0]} already exists; not overwriting shards")
     columns = (TextColumn("[bold]synthetic shards"), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
@@ -206,7 +206,7 @@ def write_synthetic_shards(
             try:
                 write_shard(path, tokens)
             except OSError as err:  # read-only directory, disk full
-                raise UserError(f"cannot write shard {path}: {err.strerror or err}") from None
+                raise TrainerError(f"cannot write shard {path}: {err.strerror or err}") from None
     return paths
 
 
@@ -276,7 +276,7 @@ class ShardLoader:
         self.global_tokens = world_size * self.local_tokens
         too_small = [s for s in shards if s.num_tokens < self.global_tokens + 1]
         if too_small:
-            raise UserError(
+            raise TrainerError(
                 f"shard {too_small[0].path} has {too_small[0].num_tokens} tokens, fewer than one "
                 f"global batch ({self.global_tokens + 1})"
             )
@@ -316,7 +316,7 @@ class ShardLoader:
         start = self.position + self.rank * self.local_tokens
         chunk = self.tokens[start:start + self.local_tokens + 1].astype(np.int64)
         if int(chunk.max()) >= self.vocab_size:  # would be an opaque indexing error later
-            raise UserError(
+            raise TrainerError(
                 f"shard {self.paths[self.shard_index]} has token id {int(chunk.max())}, beyond "
                 f"the model's vocabulary of {self.vocab_size}"
             )

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d+$")
@@ -56,26 +56,26 @@ def plan_launch(
     else one CPU process.
     """
     if nnodes < 1:
-        raise UserError(f"--nnodes must be at least 1, not {nnodes}")
+        raise TrainerError(f"--nnodes must be at least 1, not {nnodes}")
     if not 0 <= node_rank < nnodes:
-        raise UserError(f"--node-rank must be in 0..{nnodes - 1}, not {node_rank}")
+        raise TrainerError(f"--node-rank must be in 0..{nnodes - 1}, not {node_rank}")
     if nnodes > 1 and not rdzv_endpoint:
-        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
+        raise TrainerError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
     if rdzv_endpoint and not ENDPOINT_PATTERN.match(rdzv_endpoint):
-        raise UserError(f"--rdzv-endpoint takes HOST:PORT, not {rdzv_endpoint!r}")
+        raise TrainerError(f"--rdzv-endpoint takes HOST:PORT, not {rdzv_endpoint!r}")
     if cpu_procs is not None:
         if gpus:
-            raise UserError("use either --gpus N or --cpu-procs K, not both")
+            raise TrainerError("use either --gpus N or --cpu-procs K, not both")
         if cpu_procs < 1:
-            raise UserError(f"--cpu-procs must be at least 1, not {cpu_procs}")
+            raise TrainerError(f"--cpu-procs must be at least 1, not {cpu_procs}")
         return LaunchPlan("cpu", cpu_procs, nnodes, node_rank, rdzv_endpoint)
     have = available_gpus()
     if gpus is None:
         gpus = 1 if have else 0
     if gpus < 0:
-        raise UserError(f"--gpus must be 0 (CPU) or more, not {gpus}")
+        raise TrainerError(f"--gpus must be 0 (CPU) or more, not {gpus}")
     if gpus > have:
-        raise UserError(
+        raise TrainerError(
             f"--gpus {gpus} asks for {gpus} GPU{'s' if gpus > 1 else ''} but this machine has "
             f"{have}" + (" (torch sees no CUDA device)" if have == 0 else "")
         )
@@ -120,7 +120,7 @@ def launch(plan: LaunchPlan, spec_json: str) -> None:
         return
     done = subprocess.run(torchrun_command(plan, spec_json), env=child_env(plan), check=False)
     if done.returncode != 0:
-        raise UserError(
+        raise TrainerError(
             f"training failed: torchrun exited with code {done.returncode} "
             "(the failing rank's error is printed above)"
         )

@@ -31,9 +31,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.profiler import record_function
 
-from tracekit.errors import UserError
 from trainer import kernels
 from trainer.config import Config
+from trainer.errors import TrainerError
 
 MAX_VALUE_EMBEDS = 16
 VALUE_EMBEDS = [f"ve{i}" for i in range(MAX_VALUE_EMBEDS)]
@@ -176,7 +176,7 @@ def shard_units(shape: tuple[int, ...], spec: dict[str, Any]) -> int:
 
 def check_divides(name: str, units: int, world_size: int) -> None:
     if units % world_size:
-        raise UserError(f"{name}: {units} rows/matrices do not shard evenly over {world_size} "
+        raise TrainerError(f"{name}: {units} rows/matrices do not shard evenly over {world_size} "
                         "ranks; choose a number of processes that divides them")
 
 
@@ -211,7 +211,7 @@ class NorMuonAdam:
         table = PARAM_TABLE if table is None else table
         unknown = sorted(set(params) - set(table))
         if unknown:
-            raise UserError(f"no optimizer table entry for parameters {unknown}")
+            raise TrainerError(f"no optimizer table entry for parameters {unknown}")
         self.config = config
         self.distributed = dist.is_available() and dist.is_initialized() and world_size > 1
         self.rank = rank if self.distributed else 0
@@ -226,11 +226,11 @@ class NorMuonAdam:
         self.work_order = [n for n in WORK_ORDERS[config.work_order] if n in params]
         never_updated = sorted(set(params) - set(self.work_order))
         if never_updated:
-            raise UserError(f"parameters {never_updated} are missing from work order "
+            raise TrainerError(f"parameters {never_updated} are missing from work order "
                             f"{config.work_order!r}")
         if self.tied and (self.work_order.index(TIE_LEADER)
                           > self.work_order.index(TIE_FOLLOWER)):
-            raise UserError("work order must update lm_head before the embed tie copy")
+            raise TrainerError("work order must update lm_head before the embed tie copy")
         self.slots = {name: self._make_slot(name, params[name], table[name])
                       for name in self.issue_order}
         self.params = params

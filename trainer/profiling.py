@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError
 
 STEPS_PATTERN = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -46,13 +46,14 @@ def parse_steps(text: str) -> tuple[int, int]:
     """
     match = STEPS_PATTERN.match(text)
     if match is None:
-        raise UserError(f"--steps takes START-END like 6-10 (inclusive), not {text!r}")
+        raise TrainerError(f"--steps takes START-END like 6-10 (inclusive), not {text!r}")
     start = int(match.group(1))
     end = int(match.group(2)) if match.group(2) is not None else start
     if end < start:
-        raise UserError(f"--steps {text}: the end step {end} comes before the start step {start}")
+        raise TrainerError(
+            f"--steps {text}: the end step {end} comes before the start step {start}")
     if start < 1:
-        raise UserError(
+        raise TrainerError(
             f"--steps {text}: the first profiled step must be at least 1 (step {start - 1} "
             "would have to be the profiler's warmup step, and step 0 includes compilation)"
         )
@@ -62,7 +63,7 @@ def parse_steps(text: str) -> tuple[int, int]:
 def check_within_training(start: int, end: int, num_steps: int) -> None:
     """Profiled steps must exist: a run of `num_steps` steps has steps 0 .. num_steps-1."""
     if end >= num_steps:
-        raise UserError(
+        raise TrainerError(
             f"--steps {start}-{end} goes past the end of training: --num-steps {num_steps} "
             f"runs steps 0-{num_steps - 1}; use --num-steps {end + 1} or more"
         )

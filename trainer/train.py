@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch.profiler import record_function
 
-from tracekit.errors import UserError
 from trainer.config import Config, validate
 from trainer.data import ShardLoader, read_header
+from trainer.errors import TrainerError
 from trainer.manifest import (
     STEPS_NAME,
     RankInfo,
@@ -137,7 +137,7 @@ def init_distributed(device_kind: str) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_kind == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("this run asks for GPUs but torch sees no CUDA device")
+            raise TrainerError("this run asks for GPUs but torch sees no CUDA device")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(RunSpec.from_json(args.spec_json))
-    except UserError as err:
+    except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,6 +1,6 @@
 """Benchmark the timeline on a synthetic run of many kernels: build time and file size.
 
-    python -m tracekit.timeline.bench --kernels 100000 --out /tmp/timeline_100k.html
+    python -m tests.browser.bench --kernels 100000 --out /tmp/timeline_100k.html
 
 The run is made directly as frames (the `tracekit.trace` schema), not as JSON, so the numbers
 measure the timeline alone. Its shape imitates a training step: a compute stream of short

@@ -7,7 +7,6 @@ Screenshots go to pytest's tmp dir (their paths are printed with -s).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import pytest
 
 pytest.importorskip("plotly")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from chrome import (  # noqa: E402
+from tests.browser.bench import synthetic_run  # noqa: E402
+from tests.browser.chrome import (  # noqa: E402
     chromium,
     drawn_bars,
     find_browser,
@@ -26,11 +25,9 @@ from chrome import (  # noqa: E402
     relayout,
     severe_logs,
 )
-
-from tracekit.analysis import analyze_run  # noqa: E402
 from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
+from tracekit.pipeline import analyze_run  # noqa: E402
 from tracekit.timeline import write_timeline_html  # noqa: E402
-from tracekit.timeline.bench import synthetic_run  # noqa: E402
 from tracekit.timeline.lanes import build_timeline  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
     python tests/browser/zoom_bench.py --kernels 100000 200000
 
-For each size: the synthetic benchmark run (`tracekit.timeline.bench`) is written as a page,
+For each size: the synthetic benchmark run (`tests/browser/bench.py`) is written as a page,
 opened in headless chromium, and timed from navigation to Plotly's first render; then the plot
 is zoomed (`Plotly.relayout`) onto a 10 ms window and timed until that redraw, and any
 level-of-detail update it starts, has finished and a frame has gone by; then zoomed back out.
@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repo, when not installed
-from chrome import GL_SYNC_JS, chromium, open_timeline, relayout, severe_logs  # noqa: E402
+from tests.browser.chrome import GL_SYNC_JS, chromium, open_timeline, relayout, severe_logs  # noqa: E402
 
 
 def full_range(driver: Any) -> list[float]:
@@ -49,8 +48,8 @@ def measure_page(driver: Any, page: Path, window_ms: float = 10.0) -> dict[str, 
 
 
 def main() -> None:
+    from tests.browser.bench import synthetic_run
     from tracekit.timeline import write_timeline_html
-    from tracekit.timeline.bench import synthetic_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", type=int, nargs="+", default=[100_000, 200_000])

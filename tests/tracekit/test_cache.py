@@ -13,8 +13,8 @@ from typing import TypeVar
 import pandas as pd
 import pytest
 
-from tracekit import cache
-from tracekit.cache import cache_dir_for, load_cached, save_cache
+from tracekit.load import cache
+from tracekit.load.cache import cache_dir_for, load_cached, save_cache
 from tracekit.trace import Trace
 
 pytest.importorskip("pyarrow")
@@ -27,7 +27,7 @@ BIG_TRACE = DATA / "comm_gap_late" / "rank0.pt.trace.json.gz"
 
 def _parse(path: Path) -> Trace:
     """A real parse: with the cache on, the loader's second call would be a cache hit."""
-    from tracekit.load import load
+    from tracekit.pipeline import load
 
     enabled = os.environ.get(cache.CACHE_ENV)
     os.environ[cache.CACHE_ENV] = "0"
@@ -95,7 +95,8 @@ def test_second_load_hits_cache_with_equal_frames_and_is_faster(trace_copy: Path
 
 def test_loader_does_not_parse_a_cached_trace(trace_copy: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracekit.load import load, run
+    from tracekit.load import run
+    from tracekit.pipeline import load
 
     parsed = load(trace_copy, link=False, progress=False).traces[0]
     assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()
@@ -109,7 +110,7 @@ def test_loader_does_not_parse_a_cached_trace(trace_copy: Path,
 
 def test_linked_trace_round_trips(trace_copy: Path) -> None:
     pytest.importorskip("tracekit.link")
-    from tracekit.load import load
+    from tracekit.pipeline import load
 
     linked = load(trace_copy, link=True, progress=False).traces[0]
     save_cache(linked)
@@ -118,7 +119,7 @@ def test_linked_trace_round_trips(trace_copy: Path) -> None:
     _assert_same(linked, cached)
 
 
-from planted import EXTERNAL  # noqa: E402
+from tests.planted import EXTERNAL  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["cpu_only_rank34.pt.trace.json.gz", "amd_mi250_single.json.gz",
@@ -132,7 +133,7 @@ def test_other_traces_round_trip(name: str, tmp_path: Path,
     monkeypatch.setenv(cache.CACHE_ENV, "1")
     target = tmp_path / name
     shutil.copy2(source, target)
-    from tracekit.load import load
+    from tracekit.pipeline import load
 
     trace = load(target, progress=False).traces[0]
     save_cache(trace)
@@ -220,7 +221,7 @@ def test_corrupt_cache_is_a_miss(trace_copy: Path) -> None:
 def test_frames_from_the_cache_share_strings_like_parsed_ones(trace_copy: Path) -> None:
     """A cached load must be as compact as a parse: one str object per distinct value in
     every text column (a str per row would cost several times the frames' size)."""
-    from tracekit.load import load
+    from tracekit.pipeline import load
 
     parsed = load(trace_copy, progress=False).traces[0]
     assert (cache_dir_for(trace_copy) / cache.KEY_FILE).is_file()

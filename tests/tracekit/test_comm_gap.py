@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from planted import load_planted, planted_site
-from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
+from tests.planted import load_planted, planted_site
+from tests.synth import SynthTrace, write_run
 from tracekit.detectors import sm_contention
 from tracekit.detectors.comm_gap import (
     COMPUTE_SATURATION,
     LATE_LAUNCH,
     SM_STARVATION,
     WAITING_ON_COMPUTE,
-    call_line,
     detect,
 )
-from tracekit.load import load
+from tracekit.pipeline import load
+from tracekit.source import call_line
 
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"

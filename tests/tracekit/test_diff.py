@@ -15,8 +15,9 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from tests.synth import SynthTrace, write_run  # noqa: E402
 from tracekit.commands.diff import register
-from tracekit.diff import (
+from tracekit.compare import (
     RunDiff,
     compare_findings,
     diff_runs,
@@ -26,9 +27,6 @@ from tracekit.diff import (
 from tracekit.errors import UserError
 from tracekit.finding import Cause, Culprit, Finding, SourceLine
 from tracekit.trace import Run
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synth import SynthTrace, write_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_DATA = REPO / "tests" / "data" / "gpu"
@@ -72,7 +70,7 @@ def _has_detector(kind: str) -> bool:
 @cache
 def analyzed(scenario: str) -> tuple[Run, tuple[Finding, ...]]:
     """A planted run, loaded, linked and analysed once per test session."""
-    from tracekit.analysis import analyze_run
+    from tracekit.pipeline import analyze_run
 
     path = GPU_DATA / scenario
     if not path.is_dir():
@@ -177,7 +175,7 @@ def test_rank_filter() -> None:
 
 
 def test_json_is_plain_and_documented() -> None:
-    import tracekit.diff as diff_module
+    import tracekit.compare.schema as diff_module
 
     data = diff_of("sm_contention_eager", "sm_contention_triton").to_dict()
     text = json.dumps(data, allow_nan=False)  # no NaN sneaks through
@@ -297,7 +295,7 @@ def _synthetic_run(tmp_path: Path, name: str, overlap_us: float, step_ms: list[f
 
 
 def test_exposed_comm_and_steps_log(tmp_path: Path) -> None:
-    from tracekit.load import load
+    from tracekit.pipeline import load
 
     base_dir = _synthetic_run(tmp_path, "base", overlap_us=30.0,
                               step_ms=[1.0, 1.1, 0.9, 1.0], with_log=True)
@@ -382,7 +380,7 @@ TRACES = Path(__file__).resolve().parents[2] / "traces"
 
 @cache
 def analyzed_reference(name: str) -> tuple[Run, tuple[Finding, ...]]:
-    from tracekit.analysis import analyze_run
+    from tracekit.pipeline import analyze_run
 
     run, findings = analyze_run(TRACES / name, progress=False)
     return run, tuple(findings)

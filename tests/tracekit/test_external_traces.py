@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.load import load, load_trace
+from tracekit.pipeline import load, load_trace
 from tracekit.trace import Trace
 
 REPO = Path(__file__).resolve().parents[2]
-from planted import EXTERNAL  # noqa: E402
+from tests.planted import EXTERNAL  # noqa: E402
 
 if not EXTERNAL.is_dir():  # a checkout without the shared folder
     EXTERNAL = REPO / "tests" / "data" / "external"

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracekit.detectors.sm_contention import launch_columns, window_pairs
-from tracekit.load import load
-from tracekit.overlap import Coverage, kernel_overlap, union_intervals
+from tracekit.detectors.collectives import kernel_overlap, launch_columns
+from tracekit.intervals import Coverage, union_intervals, window_pairs
+from tracekit.pipeline import load
 
 pytest.importorskip("hta")
 
 from tracekit.hta import breakdown  # noqa: E402  (HTA is optional)
 
 ROOT = Path(__file__).resolve().parents[2]
-from planted import EXTERNAL  # noqa: E402
+from tests.planted import EXTERNAL  # noqa: E402
 
 TRACES = [
     EXTERNAL / "a100_nccl_2ranks_rank0.json.gz",

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tracekit.link import kernel_source, link_trace, op_stack
-from tracekit.link.source import SourceIndex, choose_line
-from tracekit.load import load_trace
+from tracekit.link import link_trace, op_stack
+from tracekit.pipeline import load_trace
+from tracekit.source import SourceIndex, choose_line
 from tracekit.trace import Trace
 
 PID, TID, BWD_TID = 100, 100, 200
@@ -200,7 +200,7 @@ def test_source_lines_skip_torch_frames_and_narrow(linked: Trace) -> None:
 
 
 def test_backward_kernels_point_at_the_forward_line(linked: Trace) -> None:
-    src = kernel_source(linked)
+    src = linked.kernels
     k = linked.kernels.reset_index(drop=True)
     fill = src[k["correlation"] == 13].iloc[0]
     assert (fill.src_file, fill.src_line, fill.src_line_exact, fill.src_from_fwd) == (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tracekit.errors import UserError
-from tracekit.load import load, load_trace
+from tracekit.intervals import nest
 from tracekit.load.frames import (
     ANNOTATION_COLUMNS,
     FLOW_COLUMNS,
@@ -24,7 +24,7 @@ from tracekit.load.frames import (
     STEP_COLUMNS,
     kernel_category,
 )
-from tracekit.load.intervals import nest
+from tracekit.pipeline import load, load_trace
 
 PID, TID, BWD_TID = 100, 100, 200
 
@@ -363,7 +363,7 @@ def test_sliced_and_parallel_reading_equals_whole_document(
     assert set(whole.launches["name"]) >= {"cuLaunchKernelEx", "cudaLaunchKernel"}
     meta, columns = stream.extract_file(path, processes - 1)
     assert meta == whole.meta and len(columns["kernels"]["ts"]) == len(whole.kernels)
-    sliced = load_trace_file(TraceJob(path, False, (tmp_path,), processes=processes))
+    sliced = load_trace_file(TraceJob(path, processes=processes))
     _frames_equal(whole, sliced)
 
 
@@ -384,7 +384,7 @@ def test_unsliceable_text_is_read_whole(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_progress_bar_over_rank_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tracekit.load.run import show_progress
+    from tracekit.load.progress import show_progress
 
     for rank in (0, 1):
         write_trace(tmp_path / f"rank{rank}.json", [x("cpu_op", "aten::add", 0, 10)],

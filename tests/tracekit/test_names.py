@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.load import load
 from tracekit.names import cut_to, kernel_label
+from tracekit.pipeline import load
 
 REPO = Path(__file__).resolve().parents[2]
 

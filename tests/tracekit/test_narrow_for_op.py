@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.link.source import SourceIndex
+from tracekit.source import SourceIndex
 
 MODEL_PY = textwrap.dedent('''\
     import torch

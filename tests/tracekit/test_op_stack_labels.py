@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.detectors.sm_contention import detect
-from tracekit.load import load
+from tracekit.pipeline import load
 
 REPO = Path(__file__).resolve().parents[2]
 TIE_RUN = REPO / "traces" / "switch-tie-eager"

@@ -1,4 +1,4 @@
-"""tracekit.rankwise: one process per rank gives exactly the findings of one process."""
+"""tracekit.pipeline.rankwise: one process per rank gives exactly the findings of one process."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.analysis import analyze_run
 from tracekit.errors import UserError
-from tracekit.rankwise import analyze_rankwise
+from tracekit.pipeline import analyze_rankwise, analyze_run
 from tracekit.report import render_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +82,8 @@ def test_rank_processes_parse_their_file_in_slices(monkeypatch: pytest.MonkeyPat
 def test_diff_from_rank_processes_equals_diff_of_loaded_runs(base: str, new: str) -> None:
     """`cli.py diff` (each rank's per-name totals computed in its own process) reports what
     diff_runs reports from both runs loaded in this process."""
-    from tracekit.diff import diff_paths, diff_runs
+    from tracekit.compare import diff_runs
+    from tracekit.pipeline import diff_paths
 
     apart, *_ = diff_paths(REPO / base, REPO / new, progress=False)
     base_run, base_findings = analyze_run(REPO / base, progress=False)

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.analysis import analyze_run, analyze_run_and_print
+from tracekit.pipeline import analyze_run, analyze_run_and_print
 from tracekit.report import render_json, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-from planted import EXTERNAL  # noqa: E402
-from synth import SynthTrace, write_run  # noqa: E402
-
 import cli as cli_module  # noqa: E402
+from tests.planted import EXTERNAL  # noqa: E402
+from tests.synth import SynthTrace, write_run  # noqa: E402
 
 FINDING_KEYS = {"kind", "severity", "rank", "step", "start_us", "dur_us", "cost_us", "count",
                 "title", "culprit", "cause", "evidence", "suggestion"}

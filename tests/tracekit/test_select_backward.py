@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.planted import REPO, load_planted, planted_line  # noqa: E402
+from tests.synth import SynthTrace, write_run  # noqa: E402
 from tracekit.detectors.select_backward import detect
-from tracekit.load import load
-from tracekit.load.run import source_snapshot
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from planted import REPO, load_planted, planted_line  # noqa: E402
-from synth import SynthTrace, write_run  # noqa: E402
+from tracekit.pipeline import load
+from tracekit.source import source_snapshot
 
 FILL = re.compile(r"FillFunctor")
 

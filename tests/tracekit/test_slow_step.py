@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.planted import GPU_DATA, load_planted, planted_line  # noqa: E402
+from tests.synth import SynthTrace, write_run  # noqa: E402
 from tracekit.detectors.slow_step import detect
-from tracekit.detectors.steptime import median_step_us
-from tracekit.load import load
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from planted import GPU_DATA, load_planted, planted_line  # noqa: E402
-from synth import SynthTrace, write_run  # noqa: E402
+from tracekit.link.steptime import median_step_us
+from tracekit.pipeline import load
 
 
 def test_planted_wait_found_at_step_8() -> None:

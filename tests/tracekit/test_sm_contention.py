@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from planted import load_planted, planted_site
-from synth import SynthTrace, write_run  # tests/ is on sys.path (tests/conftest.py)
 
+from tests.planted import load_planted, planted_site
+from tests.synth import SynthTrace, write_run
 from tracekit.detectors.sm_contention import detect
-from tracekit.load import load
 from tracekit.names import kernel_label
+from tracekit.pipeline import load
 
 COPY = "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>(int)"
 GEMM = "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32"

@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from tracekit.analysis import analyze_run  # noqa: E402
+from tests.browser.bench import synthetic_run  # noqa: E402
 from tracekit.errors import UserError  # noqa: E402
 from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
 from tracekit.load import load  # noqa: E402
+from tracekit.pipeline import analyze_run  # noqa: E402
 from tracekit.timeline import timeline_figure, write_timeline_html  # noqa: E402
-from tracekit.timeline.bench import synthetic_run  # noqa: E402
 from tracekit.timeline.figure import (  # noqa: E402
     LOD_MIN_BARS,
     HoverTable,

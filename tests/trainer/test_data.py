@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from tracekit.errors import UserError
 from trainer.data import (
     HEADER_BYTES,
     MAGIC,
@@ -21,6 +20,7 @@ from trainer.data import (
     synthetic_tokens,
     write_shard,
 )
+from trainer.errors import TrainerError as UserError
 
 
 def make_shard(path: Path, tokens: np.ndarray) -> Path:

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tracekit.errors import UserError
 from trainer.config import Config, make_config
+from trainer.errors import TrainerError as UserError
 from trainer.model import GPT, param_shapes
 from trainer.optim import (
     PARAM_TABLE,

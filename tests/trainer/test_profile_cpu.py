@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.errors import UserError
+from trainer.errors import TrainerError as UserError
 from trainer.profiling import ProfileSpec, check_within_training, parse_steps, profiler_schedule
 
 REPO = Path(__file__).resolve().parents[2]

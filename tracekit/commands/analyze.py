@@ -8,16 +8,9 @@ from typing import Any
 
 import typer
 
+from tracekit.commands.options import PARAM_HELP, split_kinds
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
-
-
-def split_kinds(kinds: list[str] | None) -> list[str] | None:
-    """`--kinds a,b --kinds c` -> [a, b, c]; None when not given."""
-    if not kinds:
-        return None
-    names = [k.strip() for item in kinds for k in item.split(",") if k.strip()]
-    return names or None
 
 
 def fails(findings: list[Finding], fail_on: str | None) -> bool:
@@ -110,12 +103,15 @@ def register(app: typer.Typer) -> None:
         html: Path = typer.Option(None, "--html",
                                   help="Also write the interactive timeline with the findings "
                                        "(.html)."),
+        param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
     ) -> None:
         """Find why steps are slow: select_backward, sm_contention, comm_gap, slow_step."""
-        from tracekit.analysis import analyze_run
-        from tracekit.rankwise import analyze_rankwise
+        # Imported when the command runs: `cli.py --help` stays fast (pandas, numpy).
+        from tracekit.detectors import parse_params
+        from tracekit.pipeline import analyze_rankwise, analyze_run
         from tracekit.report import print_report, render_json, render_markdown
 
+        params = parse_params(param)
         if fail_on is not None:
             fails([], fail_on)  # validate before the (long) load
         if markdown is not None:
@@ -127,7 +123,7 @@ def register(app: typer.Typer) -> None:
         # A timeline needs every rank's events in this process; findings alone do not.
         analyze = analyze_run if html is not None else analyze_rankwise
         run, findings = analyze(path, kinds=split_kinds(kinds), rank=rank,
-                                min_cost_us=min_cost_us, progress=True)
+                                min_cost_us=min_cost_us, progress=True, params=params)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
         else:

@@ -1,6 +1,7 @@
 """`cli.py diff BASE NEW`: what changed between two runs (or two trace files).
 
-Rendering only; the comparison itself is `tracekit.diff` (data, JSON schema in its docstring).
+Rendering only; the comparison itself is `tracekit.compare` (data, JSON schema in
+`tracekit.compare.schema`), run by `tracekit.pipeline.diff`.
 """
 
 from __future__ import annotations
@@ -14,27 +15,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracekit.diff import CommRow, FindingRow, Row, RunDiff, StepComparison
+from tracekit.commands.options import PARAM_HELP
+from tracekit.compare import CommRow, FindingRow, Row, RunDiff, StepComparison
+from tracekit.detectors import parse_params
+from tracekit.durations import signed_us as _us
 from tracekit.errors import UserError
-from tracekit.finding import Finding
 from tracekit.names import cut_to, kernel_label
 from tracekit.report.terminal import report_console
 from tracekit.trace import Run
 
 NAME_WIDTH = 70
 STATUS_STYLE = {"appeared": "bold red", "disappeared": "bold green", "both": ""}
-
-
-def _us(value: float | None) -> str:
-    if value is None:
-        return "-"
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    if value >= 1e6:
-        return f"{sign}{value / 1e6:.2f} s"
-    if value >= 1e3:
-        return f"{sign}{value / 1e3:.2f} ms"
-    return f"{sign}{value:.1f} us"
 
 
 def _delta(value: float | None) -> Text:
@@ -250,12 +241,6 @@ def write_diff_html(result: RunDiff, base_run: Run, new_run: Run, out: Path,
 # ---- command ----------------------------------------------------------------------------------
 
 
-def _analyze(path: Path, progress: bool) -> tuple[Run, list[Finding]]:
-    from tracekit.analysis import analyze_run
-
-    return analyze_run(path, progress=progress)
-
-
 def diff_command(
     base: Path = typer.Argument(..., help="BASE run directory or trace file"),
     new: Path = typer.Argument(..., help="NEW run directory or trace file"),
@@ -263,10 +248,12 @@ def diff_command(
     html_out: Path | None = typer.Option(None, "--html", help="write a side-by-side timeline"),
     rank: int | None = typer.Option(None, "--rank", help="compare only this rank"),
     top: int = typer.Option(15, "--top", min=1, help="rows per table in the terminal report"),
+    param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
 ) -> None:
     """Compare two runs: step times, kernels, ops, findings and exposed communication."""
-    from tracekit.diff import diff_paths, diff_runs
+    from tracekit.pipeline import diff_loaded, diff_paths
 
+    params = parse_params(param)
     for path in (base, new):
         if not path.exists():
             raise UserError(f"{path}: no such file or directory")
@@ -276,11 +263,10 @@ def diff_command(
         check_output_path(html_out)
     progress = not as_json
     if html_out is None:  # findings and per-name totals only: one process per rank
-        result, *_ = diff_paths(base, new, rank=rank, progress=progress)
+        result, *_ = diff_paths(base, new, rank=rank, progress=progress, params=params)
     else:  # the side-by-side timeline needs both runs' events in this process
-        base_run, base_findings = _analyze(base, progress)
-        new_run, new_findings = _analyze(new, progress)
-        result = diff_runs(base_run, base_findings, new_run, new_findings, rank=rank)
+        result, base_run, new_run = diff_loaded(base, new, rank=rank, progress=progress,
+                                                params=params)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:

@@ -9,17 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tracekit.commands.options import PARAM_HELP, split_kinds
 from tracekit.errors import UserError
-
-
-def parse_rank(rank: str) -> int | str:
-    """`--rank 1` -> 1, `--rank all` -> "all"; anything else is a clear error."""
-    if rank.strip().lower() == "all":
-        return "all"
-    try:
-        return int(rank)
-    except ValueError:
-        raise UserError(f"--rank must be a rank number or 'all', not {rank!r}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +31,7 @@ def register(app: typer.Typer) -> None:
                                              "or repeated; default all)."),
         no_findings: bool = typer.Option(False, "--no-findings",
                                          help="Draw the trace only (skip the detectors)."),
+        param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
     ) -> None:
         """Write an interactive Plotly timeline (plotly.js embedded: opens offline)."""
         try:
@@ -48,20 +40,22 @@ def register(app: typer.Typer) -> None:
             raise UserError("timeline needs plotly (pip install plotly)") from None
         from rich.console import Console
 
-        from tracekit.analysis import analyze_run, load_run
-        from tracekit.commands.analyze import split_kinds
+        from tracekit.detectors import parse_params
+        from tracekit.pipeline import analyze_run, load
         from tracekit.timeline import check_output_path, write_timeline_html
-        from tracekit.timeline.lanes import parse_window
+        from tracekit.timeline.lanes import parse_rank, parse_window
 
         wanted = parse_rank(rank)
+        params = parse_params(param)
         parse_window(window)  # bad input fails before the (long) load
         check_output_path(out)
         if align not in ("clock", "step"):
             raise UserError(f"--align must be 'clock' or 'step', not {align!r}")
         if no_findings:
-            run, findings = load_run(path, progress=True), []
+            run, findings = load(path, progress=True), []
         else:
-            run, findings = analyze_run(path, kinds=split_kinds(kinds), progress=True)
+            run, findings = analyze_run(path, kinds=split_kinds(kinds), progress=True,
+                                        params=params)
         console = Console(stderr=True)
         with console.status("building the timeline"):
             written = write_timeline_html(run, findings, out, rank=wanted, step=step,

@@ -1,36 +1,61 @@
 """Detectors: pure functions of a loaded, linked Run that return Findings, registered by name.
 
-A detector module defines `detect(run: Run, **params) -> list[Finding]` decorated with
-`@register("kind")`; its docstring explains the pathology in plain words and justifies each
-threshold parameter's default from measured traces.
+A detector module defines a frozen `Params` dataclass (its thresholds, each default justified in
+the module docstring from measured traces) and `detect(run, params) -> list[Finding]` decorated
+with `@register("kind", Params)`. The decorated `detect` takes `detect(run)`,
+`detect(run, Params(...))` or `detect(run, min_gap_us=60)`; `run_detectors` takes one Params per
+kind (from `parse_params`, e.g. the CLI's `--param comm_gap.min_gap_us=60`). A detector that
+compares ranks also registers a summary of one rank (`register_summary`), computed with the same
+Params in the rank's own process (tracekit.pipeline.rankwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
 from tracekit.trace import Run, Trace
 
-Detector = Callable[..., list[Finding]]
-Summary = Callable[[Trace], Any]
+Summary = Callable[[Trace, Any], Any]
+
+
+@dataclass(frozen=True)
+class Detector:
+    kind: str
+    detect: Callable[..., list[Finding]]
+    """detect(run, params=None, **overrides)"""
+    params: type
+    """The frozen Params dataclass."""
+
 
 DETECTORS: dict[str, Detector] = {}
 SUMMARIES: dict[str, Summary] = {}
-"""Detectors that compare ranks register what they need of each rank: a small summary that
-`tracekit.rankwise` computes in the rank's process and hands to the others (Run.context)."""
+"""Detectors that compare ranks register what they need of each rank: a small summary
+(summary(trace, params)) that `tracekit.pipeline.rankwise` computes in the rank's process and
+hands to the others (Run.context)."""
 
-# Modules imported by `run_detectors`, so registration happens on first use.
+# Modules imported by `load_detectors`, so registration happens on first use.
 DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step")
 
 
-def register(kind: str) -> Callable[[Detector], Detector]:
-    def wrap(fn: Detector) -> Detector:
-        DETECTORS[kind] = fn
-        return fn
+def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]],
+                                                  Callable[..., list[Finding]]]:
+    """Register `fn(run, params)` as detector `kind` with its Params class."""
+
+    def wrap(fn: Callable[..., list[Finding]]) -> Callable[..., list[Finding]]:
+        @functools.wraps(fn)
+        def detect(run: Run, params_: Any = None, /, **overrides: Any) -> list[Finding]:
+            chosen = params_ if params_ is not None else params()
+            return fn(run, dataclasses.replace(chosen, **overrides) if overrides else chosen)
+
+        DETECTORS[kind] = Detector(kind, detect, params)
+        return detect
 
     return wrap
 
@@ -43,29 +68,35 @@ def register_summary(kind: str) -> Callable[[Summary], Summary]:
     return wrap
 
 
-def rank_summaries(trace: Trace, kinds: Iterable[str] | None = None) -> dict[str, Any]:
-    """Each wanted cross-rank detector's summary of one rank."""
-    load_detectors()
-    wanted = set(kinds) if kinds else set(SUMMARIES)
-    return {kind: fn(trace) for kind, fn in SUMMARIES.items() if kind in wanted}
-
-
 def load_detectors() -> dict[str, Detector]:
     for module in DETECTOR_MODULES:
         importlib.import_module(f"{__name__}.{module}")
     return DETECTORS
 
 
-def run_detectors(
-    run: Run,
-    kinds: Iterable[str] | None = None,
-    params: dict[str, dict[str, Any]] | None = None,
-) -> list[Finding]:
-    """Run the named detectors (all by default); findings sorted worst first."""
+def params_for(kind: str, params: Mapping[str, Any] | None) -> Any:
+    """The Params detector `kind` runs with: the given ones, else its defaults."""
+    chosen = (params or {}).get(kind)
+    return chosen if chosen is not None else load_detectors()[kind].params()
+
+
+def rank_summaries(trace: Trace, kinds: Iterable[str] | None = None,
+                   params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Each wanted cross-rank detector's summary of one rank."""
+    load_detectors()
+    wanted = set(kinds) if kinds else set(SUMMARIES)
+    return {kind: fn(trace, params_for(kind, params)) for kind, fn in SUMMARIES.items()
+            if kind in wanted}
+
+
+def run_detectors(run: Run, kinds: Iterable[str] | None = None,
+                  params: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Run the named detectors (all by default), each with its Params from `params` (defaults
+    for the kinds not in it); findings sorted worst first."""
     available = load_detectors()
     findings: list[Finding] = []
     for kind in check_kinds(kinds):
-        findings.extend(available[kind](run, **(params or {}).get(kind, {})))
+        findings.extend(available[kind].detect(run, params_for(kind, params)))
     return worst_first(findings)
 
 
@@ -77,6 +108,34 @@ def check_kinds(kinds: Iterable[str] | None) -> list[str]:
     if unknown:
         raise UserError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(available)}")
     return wanted
+
+
+def parse_params(items: Iterable[str] | None) -> dict[str, Any]:
+    """`["comm_gap.min_gap_us=60", "slow_step.factor=3"]` -> {kind: Params}, each value
+    converted to its field's type; a one-line error for an unknown detector, parameter or a
+    value of the wrong type."""
+    available = load_detectors()
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        kind, dot, field_name = name.strip().partition(".")
+        if not sep or not dot:
+            raise UserError(f"--param must look like DETECTOR.NAME=VALUE, not {item!r}")
+        if kind not in available:
+            raise UserError(f"--param {item}: unknown detector {kind!r}; known: "
+                            f"{', '.join(available)}")
+        fields = {f.name: f for f in dataclasses.fields(available[kind].params)}
+        if field_name not in fields:
+            raise UserError(f"--param {item}: {kind} has no parameter {field_name!r}; known: "
+                            f"{', '.join(fields)}")
+        default = getattr(available[kind].params(), field_name)
+        try:
+            value = type(default)(text.strip())
+        except ValueError:
+            raise UserError(f"--param {item}: {field_name} takes a {type(default).__name__}, "
+                            f"not {text.strip()!r}") from None
+        overrides.setdefault(kind, {})[field_name] = value
+    return {kind: available[kind].params(**values) for kind, values in overrides.items()}
 
 
 def worst_first(findings: list[Finding]) -> list[Finding]:

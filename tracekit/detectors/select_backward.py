@@ -44,9 +44,11 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
-from tracekit.detectors.steptime import run_step_us
-from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
-from tracekit.link import op_stack
+from tracekit.finding import Cause, Culprit, Finding, severity_from_cost
+from tracekit.link import op_stack, source_of_op
+from tracekit.link.ancestry import ancestor_matching
+from tracekit.link.steps import gpu_step_at
+from tracekit.link.steptime import run_step_us
 from tracekit.load.frames import name_matches
 from tracekit.trace import Run, Trace
 
@@ -63,24 +65,6 @@ DTYPE_BYTES: dict[str, int] = {
 COMPILED_PATTERN = re.compile(r"select_backward", re.IGNORECASE)
 
 
-def ancestor_matching(ops: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
-    """Row of each op's nearest ancestor-or-self where `mask` holds, else -1.
-
-    Walks all ops up one level per iteration (vectorised), so the cost is depth x rows.
-    """
-    parent = ops["parent"].to_numpy(dtype=np.int64)
-    found = np.where(mask, np.arange(len(ops)), -1)
-    current = parent.copy()
-    pending = np.nonzero((found < 0) & (current >= 0))[0]
-    while len(pending):
-        cur = current[pending]
-        hit = mask[cur]
-        found[pending[hit]] = cur[hit]
-        current[pending] = np.where(hit, -1, parent[cur])
-        pending = pending[(~hit) & (current[pending] >= 0)]
-    return found
-
-
 def gpu_work_by_op(trace: Trace) -> pd.DataFrame:
     """Kernels and memsets/memcpys with the row in `ops` that launched them.
 
@@ -92,14 +76,10 @@ def gpu_work_by_op(trace: Trace) -> pd.DataFrame:
     ext_to_op = pd.Series(np.arange(len(trace.ops)), index=trace.ops["external_id"])
     ext_to_op = ext_to_op[(ext_to_op.index >= 0) & ~ext_to_op.index.duplicated(keep="last")]
     kernels = trace.kernels.assign(kind="kernel")
-    if "op_idx" not in kernels:
-        kernels["op_idx"] = -1
     mem = trace.gpu_mem.assign(op_idx=-1, grid_x=np.nan, grid_y=np.nan, grid_z=np.nan,
                                blocks_per_sm=np.nan, kind="memory")
     # memcpy/memset rows carry no step from the linker: place them by the GPU step spans.
-    mem["step"] = gpu_step_of(trace, mem["ts"].to_numpy(dtype=float))
-    if "step" not in kernels:
-        kernels["step"] = gpu_step_of(trace, kernels["ts"].to_numpy(dtype=float))
+    mem["step"] = gpu_step_at(trace, mem["ts"].to_numpy(dtype=float))
     work = pd.concat([frame.reindex(columns=cols + ["external_id"]) for frame in (kernels, mem)
                       if len(frame)], ignore_index=True) if len(kernels) + len(mem) else \
         pd.DataFrame(columns=cols + ["external_id"])
@@ -108,16 +88,6 @@ def gpu_work_by_op(trace: Trace) -> pd.DataFrame:
     work["op_idx"] = np.where(op_idx >= 0, op_idx, by_ext).astype(np.int64)
     work["step"] = work["step"].fillna(-1).astype(np.int64)
     return work
-
-
-def gpu_step_of(trace: Trace, ts: np.ndarray) -> np.ndarray:
-    """GPU-side step number containing each timestamp, or -1."""
-    steps = trace.steps.dropna(subset=["gpu_ts"]).sort_values("gpu_ts")
-    if steps.empty:
-        return np.full(len(ts), -1)
-    pos = np.searchsorted(steps["gpu_ts"].to_numpy(), ts, side="right") - 1
-    inside = (pos >= 0) & (ts <= steps["gpu_end"].to_numpy()[np.clip(pos, 0, None)])
-    return np.where(inside, steps["step"].to_numpy()[np.clip(pos, 0, None)], -1)
 
 
 def bank_bytes(ops: pd.DataFrame, fwd_row: int, bwd_row: int) -> int | None:
@@ -143,21 +113,9 @@ def parse_json_field(text: Any) -> list[Any] | None:
     return value if isinstance(value, list) else None
 
 
-def source_of(ops: pd.DataFrame, row: int) -> SourceLine | None:
-    """The linker's user-code line of an op, when it found one."""
-    if row < 0 or "src_file" not in ops:
-        return None
-    file, line = ops.at[row, "src_file"], ops.at[row, "src_line"]
-    if not isinstance(file, str) or not file or pd.isna(line) or int(line) < 0:
-        return None
-    function = ops.at[row, "src_function"] if "src_function" in ops else ""
-    exact = bool(ops.at[row, "src_line_exact"]) if "src_line_exact" in ops else False
-    return SourceLine(file=file, line=int(line), function=str(function or ""), line_exact=exact)
-
-
 def source_keys(ops: pd.DataFrame) -> np.ndarray:
     """`file:line` of every op's user-code line (as source_of finds it), else "unknown"."""
-    if "src_file" not in ops or ops.empty:
+    if ops.empty:
         return np.full(len(ops), "unknown", dtype=object)
     files = ops["src_file"]
     lines = pd.to_numeric(ops["src_line"], errors="coerce")
@@ -200,8 +158,7 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
     sb_rows = np.nonzero(is_sb)[0]
     # The fwdbwd flow lands on the autograd wrapper op (evaluate_function: SelectBackward0);
     # take the nearest op at or above the select_backward that knows its forward op.
-    fwd_idx = ops["fwd_op_idx"].to_numpy(dtype=np.int64) if "fwd_op_idx" in ops else \
-        np.full(len(ops), -1)
+    fwd_idx = ops["fwd_op_idx"].to_numpy(dtype=np.int64)
     with_fwd = ancestor_matching(ops, fwd_idx >= 0)
     forward_rows = np.where(with_fwd[sb_rows] >= 0, fwd_idx[np.maximum(with_fwd[sb_rows], 0)], -1)
     line_keys = source_keys(ops)
@@ -278,9 +235,9 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
     cost_per_step = cost / n_steps
     bytes_each = bank_bytes(ops, occ.forward_row, int(occ.op_rows[0])) \
         if len(occ.op_rows) and not occ.compiled else None
-    source = source_of(ops, occ.forward_row) if occ.forward_row >= 0 else None
+    source = source_of_op(ops, occ.forward_row) if occ.forward_row >= 0 else None
     if source is None and len(occ.op_rows):
-        source = source_of(ops, int(occ.op_rows[0]))
+        source = source_of_op(ops, int(occ.op_rows[0]))
     stack = op_stack(trace, int(occ.op_rows[0])) if len(occ.op_rows) else []
     where = f"{source.file}:{source.line}" if source else occ.key
     what = "Inductor kernel " + occ.key if occ.compiled else f"bank indexing at {where}"
@@ -307,8 +264,13 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
         evidence=evidence, suggestion=SUGGESTION)
 
 
-@register("select_backward")
-def detect(run: Run) -> list[Finding]:
+@dataclass(frozen=True)
+class Params:
+    """select_backward has no thresholds: every occurrence is reported (see above)."""
+
+
+@register("select_backward", Params)
+def detect(run: Run, params: Params) -> list[Finding]:
     """One finding per rank and per forward indexing line (or Inductor kernel)."""
     findings: list[Finding] = []
     run_step = run_step_us(run)

@@ -37,10 +37,8 @@ Thresholds:
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,12 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
-from tracekit.detectors.steptime import run_step_us, step_table
+from tracekit.durations import format_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
-from tracekit.link import op_stack
+from tracekit.intervals import busy_us, window_rows
+from tracekit.link import op_stack, source_of_op
+from tracekit.link.steptime import SLOW_STEP_WARMUP_ROWS, run_step_us, step_table
+from tracekit.source import SourceFiles, call_in_with, call_name
 from tracekit.trace import Run, Trace
 
 COMPILE_PATTERN = re.compile(r"torch-compiled region|compiledfunction|dynamo|inductor|compile",
@@ -98,25 +99,6 @@ def categorise(label: str, default: str) -> str:
     return default
 
 
-def window_rows(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """All (window i, row j) with lo[i] <= ts[j] < hi[i]; a window's rows in frame order.
-
-    One sort of the frame and two searchsorted per window, instead of a full-frame filter per
-    step (the frame order is kept so that sums and "longest instance" ties come out as before).
-    A window with a NaN bound holds nothing (a comparison with NaN is false).
-    """
-    order = np.argsort(ts, kind="stable")
-    first = np.searchsorted(ts[order], lo, side="left")
-    last = np.searchsorted(ts[order], hi, side="left")
-    counts = np.where(np.isnan(lo) | np.isnan(hi), 0, np.maximum(last - first, 0))
-    window = np.repeat(np.arange(len(lo)), counts)
-    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    rows = order[np.repeat(first, counts) + offsets]
-    keep = np.lexsort((rows, window))
-    return window[keep], rows[keep]
-
-
 def op_self_time(trace: Trace) -> pd.Series:
     """Each op's time not spent in child ops or in CUDA runtime calls it made.
 
@@ -155,20 +137,6 @@ def sum_by_window(frame: pd.DataFrame, values: np.ndarray, lo: np.ndarray,
     for w, part in table.groupby(level="window", sort=False):
         out[int(w)] = part.droplevel("window")
     return out
-
-
-def busy_us(ts: np.ndarray, ends: np.ndarray, start: float, end: float) -> float:
-    """Union of kernel intervals inside [start, end) (overlapping streams counted once).
-
-    `ts`/`ends` are the kernels sorted by start, so a window needs no sort of its own.
-    """
-    inside = (ends > start) & (ts < end)
-    if not inside.any():
-        return 0.0
-    starts = np.maximum(ts[inside], start)
-    reach = np.maximum.accumulate(np.minimum(ends[inside], end))
-    gaps = np.clip(starts[1:] - reach[:-1], 0, None)
-    return float(reach[-1] - starts[0] - gaps.sum())
 
 
 def step_profiles(trace: Trace, rows: pd.DataFrame,
@@ -228,66 +196,6 @@ def choose(candidates: list[Candidate]) -> Candidate | None:
     return min(near, key=lambda c: (PRIORITY[c.category], -c.excess_us))
 
 
-@lru_cache(maxsize=64)
-def parse_source(path: str) -> ast.Module | None:
-    try:
-        return ast.parse(Path(path).read_text())
-    except (OSError, SyntaxError, ValueError):
-        return None
-
-
-@lru_cache(maxsize=256)
-def resolve_file(file: str, roots: tuple[Path, ...]) -> Path | None:
-    """The recorded file, resolved against the linker's source roots (the run's snapshot of
-    its code first), the way the linker resolved it."""
-    from tracekit.link.source import SourceIndex
-
-    return SourceIndex(roots=roots or (Path.cwd(),)).resolve(file)
-
-
-def call_name(frame_name: str) -> str:
-    """The called name of a python_function frame: "<built-in function sleep>" -> "sleep"."""
-    match = re.match(r"<built-in (?:function|method) (\w+)", frame_name)
-    if match:
-        return match.group(1)
-    match = re.match(r".*\(\d+\): (\w+)", frame_name)
-    return match.group(1) if match else ""
-
-
-def with_blocks(func: ast.AST, literal: str) -> list[ast.With]:
-    """`with` statements in `func` whose items mention the string `literal`."""
-    return [node for node in ast.walk(func) if isinstance(node, ast.With)
-            and any(isinstance(c, ast.Constant) and c.value == literal
-                    for item in node.items for c in ast.walk(item.context_expr))]
-
-
-def narrow_line(roots: tuple[Path, ...], file: str, def_line: int, function: str, called: str,
-                literal: str) -> int | None:
-    """Statement line of a call to `called` inside `with ...("literal")` in the function.
-
-    The function is the one defined at def_line or, if the file changed since recording, the
-    one function of that name holding such a `with`. Falls back to the `with` line itself;
-    None when the source is unreadable or nothing matches.
-    """
-    path = resolve_file(file, roots)
-    tree = parse_source(str(path)) if path else None
-    if tree is None:
-        return None
-    defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    funcs = [n for n in defs if n.lineno == def_line] or \
-        [n for n in defs if n.name == function and with_blocks(n, literal)]
-    if len(funcs) != 1:
-        return None
-    blocks = with_blocks(funcs[0], literal)
-    if not blocks:
-        return None
-    for inner in ast.walk(ast.Module(body=blocks[0].body, type_ignores=[])):
-        if isinstance(inner, ast.Call) and called and called in (
-                getattr(inner.func, "attr", None), getattr(inner.func, "id", None)):
-            return inner.lineno
-    return blocks[0].lineno
-
-
 def annotation_source(trace: Trace, row: int) -> SourceLine | None:
     """Innermost user frame around an annotation, narrowed to the call holding its time."""
     ann = trace.annotations.loc[row]
@@ -300,23 +208,11 @@ def annotation_source(trace: Trace, row: int) -> SourceLine | None:
     inside = py[(py["tid"] == ann["tid"]) & (py["ts"] >= ann["ts"]) & (py["end"] <= ann["end"])]
     inside = inside[inside["parent"] == frame.name] if "parent" in inside else inside
     longest = inside.sort_values("dur").iloc[-1]["name"] if len(inside) else ""
-    line = narrow_line(trace.source_roots, str(frame["file"]), int(frame["line"]),
-                       str(frame["function"]),
-                       call_name(str(longest)), str(ann["name"]))
+    files = SourceFiles(roots=trace.source_roots or (Path.cwd(),))
+    line = call_in_with(files, str(frame["file"]), int(frame["line"]), str(frame["function"]),
+                        call_name(str(longest)), str(ann["name"]))
     return SourceLine(file=str(frame["file"]), line=line or int(frame["line"]),
                       function=str(frame["function"]), line_exact=line is not None)
-
-
-def op_source(trace: Trace, row: int) -> SourceLine | None:
-    ops = trace.ops
-    if row < 0 or "src_file" not in ops or not ops.at[row, "src_file"]:
-        return None
-    line = ops.at[row, "src_line"]
-    if pd.isna(line) or int(line) < 0:
-        return None
-    return SourceLine(file=str(ops.at[row, "src_file"]), line=int(line),
-                      function=str(ops.at[row, "src_function"]),
-                      line_exact=bool(ops.at[row, "src_line_exact"]))
 
 
 def enclosing_stack(trace: Trace, tid: Any, ts: float, end: float, name: str) -> list[str]:
@@ -335,22 +231,22 @@ def cause_of(trace: Trace, chosen: Candidate) -> tuple[Cause, Culprit]:
         culprit = Culprit(kernel=str(k["name"]), stream=int(k["stream"]),
                           grid=[int(k["grid_x"]), int(k["grid_y"]), int(k["grid_z"])],
                           blocks_per_sm=float(k["blocks_per_sm"]))
-        op_row = int(k["op_idx"]) if "op_idx" in k and k["op_idx"] >= 0 else -1
+        op_row = int(k["op_idx"]) if k["op_idx"] >= 0 else -1
         return Cause(op=str(trace.ops.at[op_row, "name"]) if op_row >= 0 else None,
                      op_stack=op_stack(trace, op_row) if op_row >= 0 else [],
-                     source=op_source(trace, op_row)), culprit
+                     source=source_of_op(trace.ops, op_row)), culprit
     if chosen.frame in ("ops", "launches", "annotations"):
         frame = getattr(trace, chosen.frame)
         event = frame.loc[chosen.row]
         stack = enclosing_stack(trace, event["tid"], event["ts"], event["end"], chosen.label)
         if chosen.frame == "ops":
-            source = op_source(trace, chosen.row)
+            source = source_of_op(trace.ops, chosen.row)
         elif chosen.frame == "annotations":
             source = annotation_source(trace, chosen.row)
         else:
             owner = (trace.ops.index[trace.ops["external_id"] == event["external_id"]]
                      if event["external_id"] >= 0 else [])
-            source = op_source(trace, int(owner[0])) if len(owner) else None
+            source = source_of_op(trace.ops, int(owner[0])) if len(owner) else None
         return Cause(op=chosen.label, op_stack=stack, source=source), Culprit()
     return Cause(op=None, ordering="no kernel ran on this rank's GPU"), Culprit()
 
@@ -494,7 +390,7 @@ def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, fac
         findings.append(Finding(
             kind="slow_step", severity="low", rank=rank, step=step, start_us=0.0,
             dur_us=time_us, cost_us=round(time_us - median, 3), count=1,
-            title=(f"step {step} took {_duration(time_us)}, {time_us / median:.0f}x the median "
+            title=(f"step {step} took {format_us(time_us)}, {time_us / median:.0f}x the median "
                    f"{median / 1000:.1f} ms: {category}, once per run ({why})"),
             culprit=Culprit(), cause=Cause(),
             evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
@@ -504,10 +400,6 @@ def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, fac
     return findings
 
 
-def _duration(us: float) -> str:
-    return f"{us / 1e6:.2f} s" if us >= 1e6 else f"{us / 1000:.1f} ms"
-
-
 WARMUP_SUGGESTION = {
     "compilation": "expected once per process: keep it out of timed steps; Inductor's on-disk "
                    "caches (FX graph, autotuning) shorten it when the same machine runs again",
@@ -515,9 +407,18 @@ WARMUP_SUGGESTION = {
 }
 
 
-@register("slow_step")
-def detect(run: Run, factor: float = 2.0, min_excess_us: float = 1000.0, min_steps: int = 3,
-           skip_first_logged: int = 2) -> list[Finding]:
+@dataclass(frozen=True)
+class Params:
+    """Thresholds of the detector; see the module docstring for why each default."""
+
+    factor: float = 2.0
+    min_excess_us: float = 1000.0
+    min_steps: int = 3
+    skip_first_logged: int = SLOW_STEP_WARMUP_ROWS
+
+
+@register("slow_step", Params)
+def detect(run: Run, params: Params) -> list[Finding]:
     """Slow profiled steps per rank, plus unprofiled slow steps from steps.jsonl."""
     findings: list[Finding] = []
     profiled: set[int] = set()
@@ -526,7 +427,8 @@ def detect(run: Run, factor: float = 2.0, min_excess_us: float = 1000.0, min_ste
         profiled.update(run.context.profiled_steps)
     for trace in run.traces:
         profiled.update(int(s) for s in trace.steps["step"])
-        findings.extend(trace_findings(trace, factor, min_excess_us, min_steps, run_step))
-    findings.extend(steps_log_findings(run, profiled, factor, min_excess_us, min_steps,
-                                       skip_first_logged))
+        findings.extend(trace_findings(trace, params.factor, params.min_excess_us,
+                                       params.min_steps, run_step))
+    findings.extend(steps_log_findings(run, profiled, params.factor, params.min_excess_us,
+                                       params.min_steps, params.skip_first_logged))
     return findings

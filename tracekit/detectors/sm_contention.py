@@ -47,8 +47,6 @@ step against the median step time.
 
 from __future__ import annotations
 
-import re
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,18 +54,25 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register, register_summary
-from tracekit.detectors.steptime import run_step_us
-from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
-from tracekit.link import op_stack
+from tracekit.detectors.collectives import (
+    collective_name,
+    coverage_excluding_stream,
+    culprit_of,
+    dependency_rows,
+    launch_columns,
+    num_sms_of,
+    previous_end_on_stream,
+    ready_after_input,
+    suspect_mask,
+)
+from tracekit.detectors.labels import user_label
+from tracekit.finding import Cause, Finding, severity_from_cost, source_key
+from tracekit.intervals import window_pairs
+from tracekit.link import kernel_source
+from tracekit.link.steptime import run_step_us
 from tracekit.names import kernel_label
-from tracekit.overlap import Coverage
 from tracekit.trace import Run, Trace
 
-SUSPECT_CATEGORIES = frozenset({"elementwise", "reduction", "triton", "memory", "other"})
-"""Kernel categories that may be blamed for starving NCCL (GEMM/attention overlap is wanted)."""
-INTERNAL_LABEL = re.compile(
-    r"^(ProfilerStep#|nccl:|##|Torch-Compiled|record_param_comms|c10d::|CompiledFunction)")
-"""record_function names torch itself writes; user labels are everything else."""
 SUGGESTION = (
     "Keep the SMs free for NCCL: bound the culprit's grid (e.g. a persistent Triton kernel on a "
     "few SMs, like the transpose-copy kernel), or issue it before the collective starts or after "
@@ -75,8 +80,8 @@ SUGGESTION = (
 )
 
 
-@dataclass
-class ContentionParams:
+@dataclass(frozen=True)
+class Params:
     """Thresholds of the detector; see the module docstring for why each default."""
 
     min_waves: float = 1.0
@@ -89,214 +94,6 @@ class ContentionParams:
     """Largest spread (MAD) of cross-rank end differences for the ranks' clocks to be trusted."""
 
 
-# ---- shared helpers (comm_gap uses them too) ------------------------------------------------
-
-def num_sms_of(trace: Trace) -> int | None:
-    """Number of SMs of the trace's GPU (deviceProperties), when the trace says."""
-    return int(trace.num_sms) if trace.num_sms else None
-
-
-def sm_filling(kernels: pd.DataFrame, num_sms: int | None, min_waves: float = 1.0) -> np.ndarray:
-    """True for kernels with at least `min_waves` blocks per SM (every SM gets a block).
-
-    CUPTI's `blocks per SM` is grid blocks / numSms; where it is missing, grid / num_sms.
-    """
-    bps = kernels["blocks_per_sm"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if num_sms:
-        blocks = (kernels["grid_x"].to_numpy(dtype=np.float64, na_value=np.nan)
-                  * kernels["grid_y"].to_numpy(dtype=np.float64, na_value=np.nan)
-                  * kernels["grid_z"].to_numpy(dtype=np.float64, na_value=np.nan))
-        bps = np.where(np.isfinite(bps), bps, blocks / num_sms)
-    return np.nan_to_num(bps, nan=0.0) >= min_waves
-
-
-def suspect_mask(kernels: pd.DataFrame, num_sms: int | None, min_waves: float = 1.0
-                 ) -> np.ndarray:
-    """SM-filling kernels that are not GEMM, attention or NCCL: the ones that starve NCCL."""
-    category = kernels["category"].astype(str).to_numpy()
-    return (sm_filling(kernels, num_sms, min_waves)
-            & np.isin(category, list(SUSPECT_CATEGORIES))
-            & ~kernels["is_nccl"].to_numpy(dtype=bool))
-
-
-def launch_columns(trace: Trace) -> pd.DataFrame:
-    """Per kernel row: launch_ts, launch_end, launch_tid of its launch call (NaN/-1 if unknown)."""
-    kernels, launches = trace.kernels, trace.launches
-    if "launch_idx" in kernels:
-        idx = kernels["launch_idx"].fillna(-1).to_numpy(dtype=np.int64)
-    else:  # not linked: join on the correlation id
-        calls = launches[launches["is_kernel_launch"].astype(bool)]
-        by_corr = pd.Series(calls.index.to_numpy(), index=calls["correlation"].to_numpy())
-        by_corr = by_corr[~by_corr.index.duplicated(keep="last")]
-        idx = kernels["correlation"].map(by_corr).fillna(-1).to_numpy(dtype=np.int64)
-    ok = (idx >= 0) & (idx < len(launches))
-    safe = np.where(ok, idx, 0)
-
-    def take(col: str, missing: float) -> np.ndarray:
-        if not len(launches):
-            return np.full(len(kernels), missing)
-        return np.where(ok, launches[col].to_numpy(dtype=np.float64)[safe], missing)
-
-    return pd.DataFrame({"launch_ts": take("ts", np.nan), "launch_end": take("end", np.nan),
-                         "launch_tid": take("tid", -1).astype(np.int64),
-                         "launch_row": np.where(ok, idx, -1)}, index=kernels.index)
-
-
-def previous_end_on_stream(kernels: pd.DataFrame) -> np.ndarray:
-    """For each kernel, when everything before it on its stream had ended (NaN for the first)."""
-    order = kernels.sort_values(["stream", "ts"], kind="stable")
-    reach = order.groupby("stream", sort=False)["end"].cummax()
-    prev = reach.groupby(order["stream"], sort=False).shift(1)
-    return prev.reindex(kernels.index).to_numpy(dtype=np.float64)
-
-
-def window_pairs(lo: np.ndarray, hi: np.ndarray, iv_start: np.ndarray, iv_end: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (window i, interval j, overlap length) with positive overlap, vectorised.
-
-    Intervals sorted by start; for each window the candidates are those starting before its end
-    and after (its start - the longest interval), found with searchsorted and exploded.
-    """
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    if len(lo) == 0 or len(iv_start) == 0:
-        return empty
-    order = np.argsort(iv_start, kind="stable")
-    s, e = iv_start[order], iv_end[order]
-    longest = float(np.max(e - s))
-    first = np.searchsorted(s, lo - longest, side="left")
-    last = np.searchsorted(s, hi, side="left")
-    counts = np.maximum(last - first, 0)
-    if counts.sum() == 0:
-        return empty
-    wi = np.repeat(np.arange(len(lo)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(first, counts) + offsets
-    overlap = np.minimum(hi[wi], e[pos]) - np.maximum(lo[wi], s[pos])
-    keep = overlap > 0
-    return wi[keep], order[pos[keep]], overlap[keep]
-
-
-def coverage_excluding_stream(kernels: pd.DataFrame, mask: np.ndarray, streams: np.ndarray,
-                              lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Length of [lo, hi) covered by `mask` kernels on streams other than each window's stream.
-
-    One union per distinct window stream (a handful of comm streams), each queried vectorised.
-    """
-    out = np.zeros(len(lo))
-    k_stream = kernels["stream"].to_numpy()
-    ts, end = kernels["ts"].to_numpy(dtype=np.float64), kernels["end"].to_numpy(dtype=np.float64)
-    for stream in np.unique(streams):
-        pick = mask & (k_stream != stream)
-        cov = Coverage.of(ts[pick], end[pick])
-        rows = streams == stream
-        out[rows] = cov.overlap(lo[rows], hi[rows])
-    return out
-
-
-@dataclass
-class LabelIndex:
-    """User record_function spans on CPU threads as arrays, for many "label at (tid, t)" asks."""
-
-    tid: np.ndarray
-    ts: np.ndarray
-    end: np.ndarray
-    names: np.ndarray
-
-    @classmethod
-    def of(cls, trace: Trace) -> LabelIndex:
-        cached = _LABEL_INDEX.get(id(trace))
-        if cached is not None and cached[0]() is trace:
-            return cached[1]
-        ann = trace.annotations
-        if len(ann):
-            ann = ann[(ann["side"] == "cpu")
-                      & ~ann["name"].astype(str).str.match(INTERNAL_LABEL).to_numpy(bool)]
-        index = cls(tid=ann["tid"].to_numpy(dtype=np.int64) if len(ann) else np.zeros(0, int),
-                    ts=ann["ts"].to_numpy(dtype=np.float64) if len(ann) else np.zeros(0),
-                    end=ann["end"].to_numpy(dtype=np.float64) if len(ann) else np.zeros(0),
-                    names=ann["name"].astype(str).to_numpy() if len(ann) else np.zeros(0, str))
-        _LABEL_INDEX[id(trace)] = (weakref.ref(trace), index)
-        return index
-
-    def at(self, tid: int, t: float) -> str | None:
-        """The innermost (latest-starting) label open on thread `tid` at time `t`."""
-        if not len(self.ts) or tid < 0 or not np.isfinite(t):
-            return None
-        hit = np.flatnonzero((self.tid == tid) & (self.ts <= t) & (self.end >= t))
-        if not len(hit):
-            return None
-        return str(self.names[hit[np.argmax(self.ts[hit])]])
-
-
-_LABEL_INDEX: dict[int, tuple[weakref.ref, LabelIndex]] = {}
-
-
-def user_label(trace: Trace, tid: int, ts: float) -> str | None:
-    """The innermost user record_function label open on CPU thread `tid` at time `ts`."""
-    return LabelIndex.of(trace).at(tid, ts)
-
-
-def source_of_op(ops: pd.DataFrame, row: int) -> SourceLine | None:
-    """The linker's user source line of op `row`, or of its nearest ancestor that has one."""
-    if "src_file" not in ops:
-        return None
-    parents = ops["parent"].to_numpy()
-    hops = 0
-    while 0 <= row < len(ops) and hops < 64:
-        file, line = ops.at[row, "src_file"], ops.at[row, "src_line"]
-        if isinstance(file, str) and file and not pd.isna(line) and int(line) >= 0:
-            function = ops.at[row, "src_function"] if "src_function" in ops else ""
-            exact = bool(ops.at[row, "src_line_exact"]) if "src_line_exact" in ops else False
-            return SourceLine(file=file, line=int(line), function=str(function or ""),
-                              line_exact=exact)
-        row, hops = int(parents[row]), hops + 1
-    return None
-
-
-def kernel_source(trace: Trace, row: int) -> tuple[str | None, list[str], SourceLine | None]:
-    """(op name, op stack, user source line) behind kernel row `row`."""
-    kernels = trace.kernels
-    op_row = int(kernels.at[row, "op_idx"]) if "op_idx" in kernels else -1
-    if op_row < 0 or op_row >= len(trace.ops):
-        return None, [], None
-    # The link's op_stack, not a walk up `parent`: that interleaves the record_function
-    # labels (ProfilerStep#N, optimizer.step, tie:...) that say where in the step it ran.
-    return (str(trace.ops.at[op_row, "name"]), op_stack(trace, op_row),
-            source_of_op(trace.ops, op_row))
-
-
-def collective_name(kernels: pd.DataFrame) -> pd.Series:
-    """`Collective name` where recorded, else the NCCL kernel's name."""
-    coll = kernels["collective"].astype(object)
-    return coll.where(coll.notna() & (coll.astype(str) != ""), kernels["name"]).astype(str)
-
-
-def kernel_steps(trace: Trace) -> np.ndarray:
-    """GPU-side step of each kernel (the linker's column, else by the GPU step spans)."""
-    kernels = trace.kernels
-    if "step" in kernels:
-        return kernels["step"].fillna(-1).to_numpy(dtype=np.int64)
-    steps = trace.steps.dropna(subset=["gpu_ts"]).sort_values("gpu_ts")
-    ts = kernels["ts"].to_numpy(dtype=np.float64)
-    if steps.empty:
-        return np.full(len(ts), -1, dtype=np.int64)
-    pos = np.searchsorted(steps["gpu_ts"].to_numpy(), ts, side="right") - 1
-    safe = np.clip(pos, 0, None)
-    inside = (pos >= 0) & (ts <= steps["gpu_end"].to_numpy()[safe])
-    return np.where(inside, steps["step"].to_numpy()[safe], -1).astype(np.int64)
-
-
-def culprit_of(trace: Trace, row: int) -> Culprit:
-    k = trace.kernels
-    grid = [int(k.at[row, c]) for c in ("grid_x", "grid_y", "grid_z")] \
-        if not pd.isna(k.at[row, "grid_x"]) else None
-    bps = k.at[row, "blocks_per_sm"]
-    return Culprit(kernel=str(k.at[row, "name"]), stream=int(k.at[row, "stream"]), grid=grid,
-                   blocks_per_sm=None if pd.isna(bps) else round(float(bps), 2))
-
-
-def source_key(source: SourceLine | None) -> str:
-    return f"{source.file}:{source.line}" if source else ""
 
 
 # ---- victims ---------------------------------------------------------------------------------
@@ -314,14 +111,14 @@ class RankTables:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def nccl_table(trace: Trace, params: ContentionParams) -> RankTables:
+def nccl_table(trace: Trace, params: Params) -> RankTables:
     """NCCL kernels of a rank with launch, readiness, suspect overlap and instance keys."""
     k = trace.kernels
     suspects = suspect_mask(k, num_sms_of(trace), params.min_waves)
     is_nccl = k["is_nccl"].to_numpy(dtype=bool)
     launch = launch_columns(trace)
     prev_end = previous_end_on_stream(k)
-    steps = kernel_steps(trace)
+    steps = k["step"].to_numpy(dtype=np.int64)
     rows = np.flatnonzero(is_nccl)
     n = k.iloc[rows]
     table = pd.DataFrame({
@@ -349,7 +146,7 @@ def nccl_table(trace: Trace, params: ContentionParams) -> RankTables:
     return RankTables(trace=trace, nccl=table, suspects=suspects, rank=trace.rank)
 
 
-def add_peer_wait(tables: list[RankTables], params: ContentionParams) -> None:
+def add_peer_wait(tables: list[RankTables], params: Params) -> None:
     """eff_start: the latest start of the same collective instance over ranks (own clock).
 
     Ranks' clocks are put on the first rank's clock by the median difference of matched
@@ -391,7 +188,7 @@ def robust_stats(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"baseline": grouped["eff_dur"].median(), "mad": grouped["dev"].median()})
 
 
-def add_baselines(tables: list[RankTables], params: ContentionParams) -> None:
+def add_baselines(tables: list[RankTables], params: Params) -> None:
     """Per-collective baseline (median) and noise (scaled MAD) from clean instances."""
     for t in tables:
         t.nccl["eff_dur"] = (t.nccl["end"] - t.nccl["eff_start"]).clip(lower=0.0)
@@ -410,7 +207,7 @@ def add_baselines(tables: list[RankTables], params: ContentionParams) -> None:
         t.nccl["baseline_mad"] = own["mad"].fillna(other["mad"]).fillna(0.0).to_numpy()
 
 
-def add_late_start(t: RankTables, params: ContentionParams) -> None:
+def add_late_start(t: RankTables, params: Params) -> None:
     """The input each collective waited for (dependency_row), when it was then ready to run
     (ready), its delay (start - ready) and the suspect overlap of that delay."""
     nccl, k = t.nccl, t.trace.kernels
@@ -425,51 +222,7 @@ def add_late_start(t: RankTables, params: ContentionParams) -> None:
         k, t.suspects, nccl["stream"].to_numpy(), ready, ts)
 
 
-def ready_after_input(kernels: pd.DataFrame, dependency: np.ndarray, ready: np.ndarray,
-                      start: np.ndarray) -> np.ndarray:
-    """`ready` moved to the end of the dependency kernel (when there is one), at most `start`."""
-    dep_end = np.where(dependency >= 0,
-                       kernels["end"].to_numpy(dtype=np.float64)[np.clip(dependency, 0, None)],
-                       -np.inf)
-    return np.minimum(np.maximum(ready, dep_end), start)
-
-
-def dependency_rows(trace: Trace, victims: pd.DataFrame, slack_us: float = 0.5) -> np.ndarray:
-    """Per victim, the kernel whose output it waited for (else -1).
-
-    Traces do not record which event a collective's stream waited on, but the event is recorded
-    on the issuing (compute) stream at issue time, so it fires when the last kernel launched on
-    that stream before the collective's launch ends. Per other stream, that kernel is a
-    dependency when it ended while the victim was otherwise ready (after victims["ready"]: its
-    launch had returned and its stream was free) and by its start (+ `slack_us` of clock
-    rounding). Among streams, the one ending last.
-    """
-    k = trace.kernels
-    out = np.full(len(victims), -1, dtype=np.int64)
-    if not len(victims) or not len(k):
-        return out
-    launch_ts = launch_columns(trace)["launch_ts"].to_numpy(dtype=np.float64)
-    v_launch = victims["launch_ts"].to_numpy(dtype=np.float64)
-    v_stream = victims["stream"].to_numpy()
-    ready = victims["ready"].to_numpy(dtype=np.float64)
-    start = victims["ts"].to_numpy(dtype=np.float64)
-    ends = k["end"].to_numpy(dtype=np.float64)
-    best_end = np.full(len(victims), -np.inf)
-    candidates = ~k["is_nccl"].to_numpy(dtype=bool) & np.isfinite(launch_ts)
-    streams = k["stream"].to_numpy()
-    for stream in np.unique(streams[candidates]):
-        rows = np.flatnonzero(candidates & (streams == stream))
-        rows = rows[np.argsort(launch_ts[rows], kind="stable")]
-        before = np.searchsorted(launch_ts[rows], v_launch, side="left") - 1
-        has = (before >= 0) & np.isfinite(v_launch) & (v_stream != stream)
-        row = rows[np.clip(before, 0, None)]
-        end = ends[row]
-        hit = has & (end > ready) & (end <= start + slack_us) & (end > best_end)
-        out[hit], best_end[hit] = row[hit], end[hit]
-    return out
-
-
-def classify_victims(t: RankTables, params: ContentionParams) -> pd.DataFrame:
+def classify_victims(t: RankTables, params: Params) -> pd.DataFrame:
     """Victims (slowed and/or late) with cost and their top culprit kernel row."""
     n = t.nccl
     excess = n["eff_dur"] - n["baseline"]
@@ -592,10 +345,8 @@ def _round_or_none(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else round(float(value), 3)
 
 
-def contention_victims(run: Run, params: ContentionParams | None = None
-                       ) -> dict[int, pd.DataFrame]:
+def contention_victims(run: Run, params: Params) -> dict[int, pd.DataFrame]:
     """Per rank, the NCCL kernels hurt by SM-filling kernels (one row each, with culprit_row)."""
-    params = params or ContentionParams()
     tables = [nccl_table(t, params) for t in run.traces if len(t.kernels)]
     tables = sorted([t for t in tables + peer_tables(run) if len(t.nccl)], key=lambda t: t.rank)
     if not any(t.trace is not None for t in tables):
@@ -612,10 +363,10 @@ def contention_victims(run: Run, params: ContentionParams | None = None
 
 
 @register_summary("sm_contention")
-def nccl_summary(trace: Trace) -> pd.DataFrame | None:
+def nccl_summary(trace: Trace, params: Params) -> pd.DataFrame | None:
     """What other ranks need of this one: its NCCL table (instances, durations, cleanliness),
-    with the default thresholds (the ones `analyze` runs with)."""
-    return nccl_table(trace, ContentionParams()).nccl if len(trace.kernels) else None
+    with the thresholds the detector runs with."""
+    return nccl_table(trace, params).nccl if len(trace.kernels) else None
 
 
 def peer_tables(run: Run) -> list[RankTables]:
@@ -629,11 +380,10 @@ def peer_tables(run: Run) -> list[RankTables]:
             if rank not in held and table is not None]
 
 
-@register("sm_contention")
-def detect(run: Run, **params: Any) -> list[Finding]:
+@register("sm_contention", Params)
+def detect(run: Run, params: Params) -> list[Finding]:
     """NCCL kernels slowed or delayed by SM-filling non-GEMM kernels, merged per culprit line."""
-    p = ContentionParams(**params)
-    victims = contention_victims(run, p)
+    victims = contention_victims(run, params)
     findings: list[Finding] = []
     run_step = run_step_us(run)
     for trace in run.traces:

@@ -2,10 +2,13 @@
 source line; every backward op learns its forward op. Adds the (link) columns of
 `tracekit.trace` in place and returns the same Trace.
 
-    from tracekit.link import link_trace, op_stack, kernel_source
+    from tracekit.link import link_trace, op_stack
     link_trace(trace)
     trace.kernels[["name", "launch_idx", "op_idx", "step", "src_file", "src_line"]]
     op_stack(trace, trace.kernels.op_idx[0])  # ["ProfilerStep#8", "optimizer.step", ...]
+
+Also here: an op's ancestry and source line (`ancestry`), and the run's step time, the one
+definition every detector, comparison and report uses (`steptime`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tracekit.link.ancestry import kernel_source, op_stack, source_of_op
 from tracekit.link.backward import forward_ops
 from tracekit.link.launches import link_launches
-from tracekit.link.source import SourceIndex
-from tracekit.link.sources import SRC_COLUMNS, launch_sources, op_sources
+from tracekit.link.op_source import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.load.columns import as_column
+from tracekit.source import SourceIndex
+from tracekit.source import source_roots as default_roots
 from tracekit.trace import Trace
 
-__all__ = ["link_trace", "op_stack", "kernel_source"]
+__all__ = ["kernel_source", "link_trace", "op_stack", "source_of_op"]
 
 KERNEL_SRC_COLUMNS = [*SRC_COLUMNS, "src_from_fwd"]
 DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "cuLaunchKernelEx", "hipModuleLaunchKernel"})
@@ -33,7 +38,6 @@ DRIVER_MODULE_LAUNCHES = frozenset({"cuLaunchKernel", "cuLaunchKernelEx", "hipMo
 REFINABLE = frozenset({"other", "elementwise", "reduction"})
 """Name-based categories that a Triton launch overrides (never gemm, attention, nccl)."""
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_STACK_DEPTH = 256
 
 
 def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> Trace:
@@ -43,8 +47,6 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     lines to statements); defaults to the trace's directory, its parents and the cwd.
     """
     if source_roots is None:
-        from tracekit.load.run import source_roots as default_roots
-
         source_roots = default_roots(trace.path.parent, None)
     link_launches(trace)
     trace.ops["fwd_op_idx"] = forward_ops(trace.ops, trace.flows)
@@ -141,41 +143,3 @@ def link_warnings(trace: Trace) -> list[str]:
     return out
 
 
-def op_stack(trace: Trace, op_idx: int) -> list[str]:
-    """Names of the op's enclosing ops and CPU annotations, outermost first, ending with it:
-    ["ProfilerStep#8", "optimizer.step", "tie:lm_head->embed", "aten::copy_"].
-
-    Ops nest through `parent`; CPU user annotations (record_function labels, ProfilerStep#N)
-    are a separate frame, so they are merged in by time: those on the op's thread whose span
-    holds the op's span. At equal start and duration an annotation counts as the outer one
-    (record_function opens before the ops it wraps), and ops keep their parent order.
-    """
-    if op_idx is None or op_idx < 0 or op_idx >= len(trace.ops):
-        return []
-    ops = trace.ops
-    parent = ops["parent"].to_numpy()
-    chain: list[int] = []
-    row = int(op_idx)
-    while row >= 0 and len(chain) < MAX_STACK_DEPTH:
-        chain.append(row)
-        row = int(parent[row])
-    chain.reverse()
-    ts, dur = ops["ts"].to_numpy(dtype=float), ops["dur"].to_numpy(dtype=float)
-    names = ops["name"].to_numpy(dtype=object)
-    entries = [(ts[r], -dur[r], 1, depth, str(names[r])) for depth, r in enumerate(chain)]
-    ann = trace.annotations
-    if len(ann):
-        start, end = ts[op_idx], float(ops["end"].iat[op_idx])
-        around = ann[(ann["side"] == "cpu") & (ann["tid"] == ops["tid"].iat[op_idx])
-                     & (ann["ts"] <= start) & (ann["end"] >= end)]
-        entries += [(float(a_ts), -float(a_dur), 0, 0, str(a_name)) for a_ts, a_dur, a_name
-                    in zip(around["ts"], around["dur"], around["name"], strict=True)]
-    entries.sort(key=lambda entry: entry[:4])
-    return [entry[4] for entry in entries]
-
-
-def kernel_source(trace: Trace) -> pd.DataFrame:
-    """Per kernel: src_file, src_line, src_function, src_line_exact, src_from_fwd, src_path
-    (from its op, or the forward op for kernels launched in backward). Index aligned with
-    trace.kernels."""
-    return trace.kernels[[*KERNEL_SRC_COLUMNS, "src_path"]].copy()

@@ -13,8 +13,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from tracekit.intervals import innermost_containing, propagate_down
 from tracekit.load.frames import name_matches
-from tracekit.load.intervals import innermost_containing, propagate_down
 
 BACKWARD_ROOT = re.compile(r"^autograd::engine::evaluate_function:")
 BACKWARD_NODE = re.compile(r"Backward\d*$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracekit.load.intervals import innermost_containing
+from tracekit.intervals import innermost_containing
 from tracekit.trace import Trace
 
 

@@ -1,8 +1,8 @@
 """Ops -> the user's source line that ran them.
 
 For every op: the innermost Python frame of user code (see `tracekit.load.userframes`) that
-encloses it on the same thread. The frame gives file, function and def line; `source.py` narrows
-the def line to the statement when the file is readable. Backward ops have no user frame of
+encloses it on the same thread. The frame gives file, function and def line; `tracekit.source`
+narrows the def line to the statement when the file is readable. Backward ops have no user frame of
 their own (the autograd engine runs them), so they take their forward op's line.
 
 Compiled code: an Inductor kernel's cpu_op (`triton_poi_fused_add_select_backward_2`) runs in
@@ -19,9 +19,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from tracekit.link.source import KERNEL_PREFIX, SourceIndex
+from tracekit.intervals import innermost_containing, propagate_down
 from tracekit.load.frames import name_matches
-from tracekit.load.intervals import innermost_containing, propagate_down
+from tracekit.source import KERNEL_PREFIX, SourceIndex
 from tracekit.trace import Trace
 
 SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]

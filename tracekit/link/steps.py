@@ -23,7 +23,8 @@ def _cpu_step(trace: Trace, t: np.ndarray) -> np.ndarray:
                          steps["step"].to_numpy(), t)
 
 
-def _gpu_step(trace: Trace, t: np.ndarray) -> np.ndarray:
+def gpu_step_at(trace: Trace, t: np.ndarray) -> np.ndarray:
+    """GPU-side step whose span holds each time (-1 if none)."""
     steps = trace.steps.dropna(subset=["gpu_ts", "gpu_end"])
     return step_of_times(steps["gpu_ts"].to_numpy(), steps["gpu_end"].to_numpy(),
                          steps["step"].to_numpy(), t)
@@ -37,7 +38,7 @@ def assign_steps(trace: Trace) -> None:
     is_gpu = (annotations["side"] == "gpu").to_numpy()
     step = _cpu_step(trace, annotations["ts"].to_numpy())
     if is_gpu.any():
-        step[is_gpu] = _gpu_step(trace, annotations["ts"].to_numpy()[is_gpu])
+        step[is_gpu] = gpu_step_at(trace, annotations["ts"].to_numpy()[is_gpu])
     annotations["step"] = step
     launch_step = trace.launches["step"].to_numpy()
     for gpu in (trace.kernels, trace.gpu_mem):
@@ -47,7 +48,7 @@ def assign_steps(trace: Trace) -> None:
         step[has_launch] = launch_step[launch[has_launch]]
         orphan = step < 0
         if orphan.any():
-            step[orphan] = _gpu_step(trace, gpu["ts"].to_numpy()[orphan])
+            step[orphan] = gpu_step_at(trace, gpu["ts"].to_numpy()[orphan])
         gpu["step"] = step
     _fill_gpu_spans(trace)
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.intervals import nest
 from tracekit.load import columns as col
 from tracekit.load import extract
 from tracekit.load.extract import Columns
-from tracekit.load.intervals import nest
 from tracekit.trace import FRAME_NAMES, Trace
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")

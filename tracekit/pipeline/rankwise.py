@@ -10,7 +10,7 @@ it; the parent sees only small things:
                the loader does.
   2. summary:  each rank process sends what other ranks need of it: its median step and the
                summaries of the detectors that compare ranks (tracekit.detectors.SUMMARIES,
-               e.g. sm_contention's NCCL table).
+               e.g. sm_contention's NCCL table), computed with the detectors' Params.
   3. detect:   the parent hands every rank process the run's RankContext (the run's step time,
                the profiled steps, every rank's summaries); each runs the detectors on a Run
                holding its own rank with that context and sends back its findings.
@@ -26,15 +26,22 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from tracekit.compare import RankTotals, rank_totals
+from tracekit.detectors import check_kinds, rank_summaries, run_detectors, worst_first
 from tracekit.errors import UserError
 from tracekit.finding import Finding
-from tracekit.trace import RankContext, Run, Trace
+from tracekit.link.steptime import median_step_us, step_us_over_ranks
+from tracekit.load.progress import LoadProgress, show_progress
+from tracekit.load.run import TraceJob, load_trace_file
+from tracekit.load.rundir import finish_ranks, plan_load, read_steps_log, skip_or_raise
+from tracekit.pipeline.analysis import analyze_run, linker, select_findings
+from tracekit.trace import RankContext, Run, Trace, check_rank
 
 
 @dataclass
@@ -46,38 +53,28 @@ class RankSummary:
     detector_summaries: dict[str, Any]
 
 
-def rank_process(job: Any, conn: Connection, gate: Any, kinds: list[str] | None) -> None:
+def rank_process(job: TraceJob, conn: Connection, gate: Any, kinds: list[str] | None,
+                 params: Mapping[str, Any] | None) -> None:
     """One rank's whole analysis, in its own process, driven by the parent over `conn`."""
     try:
         with gate:  # at most `workers` ranks are parsed at once
-            from tracekit.load.run import load_trace_file
-
             trace = load_trace_file(job)
         conn.send(("loaded", trace.thin()))
         message, value = conn.recv()
         if message == "stop":
             return
         trace.rank, trace.world_size = value
-        from tracekit.detectors import rank_summaries
-        from tracekit.detectors.steptime import median_step_us
-
         conn.send(("summary", RankSummary(median_step_us(trace),
                                           frozenset(int(s) for s in trace.steps["step"]),
-                                          rank_summaries(trace, kinds))))
+                                          rank_summaries(trace, kinds, params))))
         message, value = conn.recv()
         if message == "stop":
             return
-        from tracekit.detectors import run_detectors
-
         path, manifest, steps_log, context, want_totals = value
         run = Run(path=path, traces=[trace], manifest=manifest, steps_log=steps_log,
                   context=context)
-        findings = run_detectors(run, kinds=kinds)
-        totals = None
-        if want_totals:
-            from tracekit.diff import rank_totals
-
-            totals = rank_totals(trace)
+        findings = run_detectors(run, kinds=kinds, params=params)
+        totals = rank_totals(trace) if want_totals else None
         conn.send(("findings", (findings, totals)))
     except (EOFError, BrokenPipeError):  # the parent stopped (an error on another rank)
         return
@@ -120,46 +117,34 @@ class RankProcess:
 
 def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
                      rank: int | None = None, min_cost_us: float = 0.0,
-                     progress: bool = True, workers: int | None = None
-                     ) -> tuple[Run, list[Finding]]:
+                     progress: bool = True, workers: int | None = None,
+                     params: Mapping[str, Any] | None = None) -> tuple[Run, list[Finding]]:
     """Findings of a run directory, worst first, with `analyze_run`'s arguments and results;
     the Run returned holds thin traces (no events: enough for report headers)."""
     run, findings, _ = analyze_rankwise_totals(path, kinds, rank, min_cost_us, progress,
-                                               workers, totals=False)
+                                               workers, totals=False, params=params)
     return run, findings
 
 
 def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None,
                             rank: int | None = None, min_cost_us: float = 0.0,
                             progress: bool = True, workers: int | None = None,
-                            totals: bool = True) -> tuple[Run, list[Finding], list[Any]]:
-    """`analyze_rankwise`, plus each rank's `tracekit.diff.RankTotals` (what `diff` needs of
+                            totals: bool = True, params: Mapping[str, Any] | None = None
+                            ) -> tuple[Run, list[Finding], list[RankTotals]]:
+    """`analyze_rankwise`, plus each rank's `tracekit.compare.RankTotals` (what `diff` needs of
     a run besides its findings) when `totals`."""
-    from tracekit.analysis import analyze_run, check_rank, select_findings
-    from tracekit.detectors import check_kinds, worst_first
-    from tracekit.detectors.steptime import step_us_over_ranks
-    from tracekit.load.run import (
-        LoadProgress,
-        TraceJob,
-        finish_ranks,
-        plan_load,
-        read_steps_log,
-        show_progress,
-    )
-
     plan = plan_load(path)
     kinds = check_kinds(kinds) if kinds else None  # before minutes of loading
     if len(plan.files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
         full, found = analyze_run(plan.path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
-                                  progress=progress)
-        from tracekit.diff import rank_totals
-
+                                  progress=progress, params=params)
         sums = [rank_totals(t) for t in full.traces] if totals else []
         return replace(full, traces=[t.thin() for t in full.traces]), found, sums
     cpus = max(1, workers or _cpus())
     # Fewer files than CPUs: each rank process also parses its file in slices on its share.
     per_file = max(1, cpus // len(plan.files))
-    jobs = [TraceJob(f, True, plan.roots, processes=per_file) for f in plan.files]
+    link = linker(plan)
+    jobs = [TraceJob(f, link, processes=per_file) for f in plan.files]
     context = mp.get_context()
     gate = context.Semaphore(max(1, cpus // per_file))
     steps_log = read_steps_log(plan.run_dir)
@@ -168,7 +153,8 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
         for job in jobs:
             parent_end, child_end = context.Pipe()
             # Not a daemon: it may start its own slice parsers. Joined or ended below.
-            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds))
+            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds,
+                                                                    params))
             process.start()
             child_end.close()
             ranks.append(RankProcess(job.path, process, parent_end))
@@ -207,8 +193,6 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
 def _load_ranks(ranks: list[RankProcess], bar: Any) -> tuple[list[RankProcess], list[str]]:
     """Wait for every rank process to load its file; files that are not traces are skipped
     (as the loader does in a directory), other errors stop everything."""
-    from tracekit.load.run import skip_or_raise
-
     loaded: list[RankProcess] = []
     skipped: list[str] = []
     waiting = {r.conn: r for r in ranks}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tracekit.durations import format_us
 from tracekit.finding import Finding
-from tracekit.report.text import format_us, grouped, short_kernel, source_text
+from tracekit.report.text import grouped, short_kernel, source_text
 from tracekit.trace import Run
 
 

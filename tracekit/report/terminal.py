@@ -13,8 +13,9 @@ import sys
 from rich.console import Console
 from rich.text import Text
 
+from tracekit.durations import format_us
 from tracekit.finding import Finding
-from tracekit.report.text import format_us, grouped, short_kernel, source_text
+from tracekit.report.text import grouped, short_kernel, source_text
 from tracekit.trace import Run
 
 SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}

@@ -8,15 +8,6 @@ from tracekit.finding import SEVERITY_ORDER, Finding
 from tracekit.names import cut_to, kernel_label
 
 
-def format_us(us: float) -> str:
-    """Microseconds as a short human duration: 850 us, 12.3 ms, 1.52 s."""
-    if us >= 1e6:
-        return f"{us / 1e6:.2f} s"
-    if us >= 1e3:
-        return f"{us / 1e3:.1f} ms"
-    return f"{us:.0f} us"
-
-
 def short_kernel(name: str | None, width: int = 60) -> str:
     """A kernel's label (tracekit.names), cut to `width`."""
     return cut_to(kernel_label(name), width)

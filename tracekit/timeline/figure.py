@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from tracekit.durations import ms_or_us
 from tracekit.finding import Finding
 from tracekit.names import cut_to
 from tracekit.timeline.lanes import DUR, Timeline
@@ -333,10 +334,6 @@ def outline_shapes(rows: pd.DataFrame, colour: str, dash: str, width: float) -> 
             for a, b, y in rows[["x0", "x1", "y"]].itertuples(index=False)]
 
 
-def cost_text(us: float) -> str:
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
-
-
 def finding_layout(marks: list[FindingMark], x_mid: float) -> tuple[list[dict], list[dict]]:
     """Shapes (window band, culprit/victim outlines) and annotations for the findings.
 
@@ -372,7 +369,7 @@ def finding_layout(marks: list[FindingMark], x_mid: float) -> tuple[list[dict], 
             "arrowcolor": colour, "ax": -50 if left else 50, "ay": -34,
             "xanchor": "right" if left else "left", "align": "left",
             "visible": f.rank not in boxed_ranks,
-            "text": (f"<b>#{m.index + 1} {f.kind}</b>{step} · costs {cost_text(f.cost_us)}"
+            "text": (f"<b>#{m.index + 1} {f.kind}</b>{step} · costs {ms_or_us(f.cost_us)}"
                      f"<br>{escape(cut_to(f.title, 90))}"),
             "font": {"size": 11, "color": "#111"}, "bgcolor": "rgba(255,255,240,0.9)",
             "bordercolor": colour, "borderwidth": 1.5, "borderpad": 3})

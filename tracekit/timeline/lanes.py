@@ -19,7 +19,7 @@ import pandas as pd
 
 from tracekit.errors import UserError
 from tracekit.names import kernel_labels
-from tracekit.trace import Run, Trace
+from tracekit.trace import Run, Trace, select_traces
 
 STEP_PREFIX = "ProfilerStep#"
 # Kernel names are often 300-character C++ templates: hover shows the start, enough to know it.
@@ -63,18 +63,20 @@ class Timeline:
         return float(ys.min()) - 0.5, float(ys.max()) + 0.5
 
 
-def select_traces(run: Run, rank: int | str | None) -> list[Trace]:
-    """The traces to draw: all, or one rank (a clear error when the rank is not in the run)."""
-    if rank is None or rank == "all":
-        return list(run.traces)
+def parse_rank(rank: int | str | None) -> int | str:
+    """`--rank 1` -> 1, `--rank all` (or None) -> "all"; anything else is a clear error."""
+    if rank is None or str(rank).strip().lower() == "all":
+        return "all"
     try:
-        wanted = int(rank)
+        return int(rank)
     except (TypeError, ValueError):
         raise UserError(f"--rank must be a rank number or 'all', not {rank!r}") from None
-    if wanted not in run.ranks:
-        raise UserError(f"rank {wanted} is not in this run (ranks: "
-                        f"{', '.join(map(str, run.ranks))})")
-    return [run.rank(wanted)]
+
+
+def timeline_traces(run: Run, rank: int | str | None) -> list[Trace]:
+    """The traces to draw: all, or one rank (a clear error when the rank is not in the run)."""
+    wanted = parse_rank(rank)
+    return select_traces(run, None if wanted == "all" else int(wanted))
 
 
 def first_step_start(trace: Trace, step: int | None = None) -> float | None:
@@ -421,7 +423,7 @@ def build_timeline(run: Run, rank: int | str | None = None, step: int | None = N
                    window: str | tuple[float, float] | None = None,
                    align: str = "clock") -> Timeline:
     """Lanes, bars and step spans of the chosen ranks, aligned and cut to step/window."""
-    traces = select_traces(run, rank)
+    traces = timeline_traces(run, rank)
     if not traces:
         raise UserError("the run has no rank traces to draw")
     offsets, origin_text = clock_offsets(traces, align)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from tracekit.durations import ms_or_us
 from tracekit.timeline.figure import (
     LOD_DETAIL_MAX,
     LOD_MERGE_DIVISOR,
     FindingMark,
     HoverTable,
-    cost_text,
 )
 
 PLOT_DIV = "tracekit-timeline"
@@ -196,7 +196,7 @@ def findings_table(marks: list[FindingMark]) -> str:
             f"<td>{m.index + 1}</td><td class='sev-{f.severity}'>{f.severity}</td>"
             f"<td>{html.escape(f.kind)}</td><td>{f.rank}</td>"
             f"<td>{'' if f.step is None else f.step}</td>"
-            f"<td class='num'>{cost_text(f.cost_us)}</td><td class='num'>{f.count}</td>"
+            f"<td class='num'>{ms_or_us(f.cost_us)}</td><td class='num'>{f.count}</td>"
             f"<td>{html.escape(f.title)}</td><td><code>{html.escape(where)}</code></td></tr>")
     head = ("<tr><th>#</th><th>severity</th><th>kind</th><th>rank</th><th>step</th>"
             "<th>cost</th><th>count</th><th>what</th><th>where</th></tr>")
