@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer import kernels  # noqa: E402
+from trainer import kernels
 
 RAGGED = [(1, 1), (65, 130), (1000, 37), (768, 50257)]
 

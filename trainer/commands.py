@@ -138,6 +138,7 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="generator seed (same seed, same shards)")] = 0,
 ) -> None:
     """Write synthetic shards in the fineweb/llm.c format (a learnable successor process)."""
+    # The trainer's modules (torch) load only when a command runs: `cli.py --help` stays fast.
     from trainer.data import MAX_VOCAB, write_synthetic_shards
 
     if shards < 1 or tokens < 2:
@@ -167,6 +168,7 @@ def run_job(
 ) -> Path | None:
     """Validate, prepare data, create the run directory, launch. Returns the run directory on
     the node that holds rank 0's outputs (None on other nodes of a multi-node run)."""
+    # The trainer's modules (torch) load only when a command runs: `cli.py --help` stays fast.
     from trainer.config import make_config
     from trainer.data import check_token_range, ensure_synthetic_shards, resolve_shards
     from trainer.launch import launch, plan_launch

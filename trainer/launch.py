@@ -113,7 +113,7 @@ def child_env(plan: LaunchPlan) -> dict[str, str]:
 
 def launch(plan: LaunchPlan, spec_json: str) -> None:
     """Run the job: in this process for one CPU process, else through torchrun (and wait)."""
-    from trainer.train import RunSpec, run
+    from trainer.train import RunSpec, run  # torch: imported only when a job runs
 
     if plan.in_process:
         run(RunSpec.from_json(spec_json))

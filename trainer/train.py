@@ -158,6 +158,7 @@ def build_model_and_optimizer(config: Config, ctx: Dist) -> tuple[Any, Any, Any,
 
     The optimizer gets the raw model's parameters: compilation wraps the module, not its tensors.
     """
+    # The model and optimizer modules load triton (slow): only when a model is built.
     from trainer.model import GPT
     from trainer.optim import NorMuonAdam
 

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from tests.browser.bench import synthetic_run  # noqa: E402
-from tests.browser.chrome import (  # noqa: E402
+from tests.browser.bench import synthetic_run
+from tests.browser.chrome import (
     chromium,
     drawn_bars,
     find_browser,
@@ -25,10 +25,10 @@ from tests.browser.chrome import (  # noqa: E402
     relayout,
     severe_logs,
 )
-from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
-from tracekit.pipeline import analyze_run  # noqa: E402
-from tracekit.timeline import write_timeline_html  # noqa: E402
-from tracekit.timeline.lanes import build_timeline  # noqa: E402
+from tracekit.finding import Cause, Culprit, Finding
+from tracekit.pipeline import analyze_run
+from tracekit.timeline import write_timeline_html
+from tracekit.timeline.lanes import build_timeline
 
 pytestmark = pytest.mark.slow
 GPU = Path(__file__).resolve().parents[1] / "data" / "gpu"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repo, when not installed
-from tests.browser.chrome import GL_SYNC_JS, chromium, open_timeline, relayout, severe_logs  # noqa: E402
+from tests.browser.chrome import GL_SYNC_JS, chromium, open_timeline, relayout, severe_logs
 
 
 def full_range(driver: Any) -> list[float]:

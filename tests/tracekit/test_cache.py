@@ -109,7 +109,6 @@ def test_loader_does_not_parse_a_cached_trace(trace_copy: Path,
 
 
 def test_linked_trace_round_trips(trace_copy: Path) -> None:
-    pytest.importorskip("tracekit.link")
     from tracekit.pipeline import load
 
     linked = load(trace_copy, link=True, progress=False).traces[0]

@@ -66,7 +66,7 @@ def gap_trace(scenario: str, steps: int = 3) -> SynthTrace:
     return t
 
 
-def findings_for(tmp_path: Path, scenario: str):  # noqa: ANN201
+def findings_for(tmp_path: Path, scenario: str):
     return detect(load(write_run(tmp_path / scenario, [gap_trace(scenario)]), progress=False))
 
 
@@ -148,7 +148,7 @@ def test_call_line_finds_the_call_or_gives_up(tmp_path: Path) -> None:
 
 # ---- the planted H200 traces --------------------------------------------------------------------
 
-def stale(run, function: str, def_line: int) -> bool:  # noqa: ANN001
+def stale(run, function: str, def_line: int) -> bool:
     """True when the traces were recorded from an older version of the script (the profiler
     names frames by their def line, and the script's def line for `function` is not among them).
     """

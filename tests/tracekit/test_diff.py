@@ -4,7 +4,6 @@ synthetic data, and the CLI's JSON/HTML/error behaviour."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -15,17 +14,17 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from tests.synth import SynthTrace, write_run  # noqa: E402
+from tests.synth import SynthTrace, write_run
 from tracekit.commands.diff import register
 from tracekit.compare import (
     RunDiff,
     compare_findings,
     diff_runs,
     finding_key,
-    normalize_kernel_name,
 )
 from tracekit.errors import UserError
 from tracekit.finding import Cause, Culprit, Finding, SourceLine
+from tracekit.names import normalize_kernel_name
 from tracekit.trace import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,22 +50,6 @@ DIRECT_COPY = ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kern
 # ---- the planted GPU pairs --------------------------------------------------------------------
 
 
-def _available_kinds() -> list[str]:
-    """Detectors whose modules exist (all of them once the detector helpers are done)."""
-    from tracekit.detectors import DETECTOR_MODULES, DETECTORS
-
-    for module in DETECTOR_MODULES:
-        try:
-            importlib.import_module(f"tracekit.detectors.{module}")
-        except ModuleNotFoundError:
-            continue
-    return list(DETECTORS)
-
-
-def _has_detector(kind: str) -> bool:
-    return kind in _available_kinds()
-
-
 @cache
 def analyzed(scenario: str) -> tuple[Run, tuple[Finding, ...]]:
     """A planted run, loaded, linked and analysed once per test session."""
@@ -77,7 +60,7 @@ def analyzed(scenario: str) -> tuple[Run, tuple[Finding, ...]]:
         pytest.skip(f"{path} not recorded")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRACEKIT_CACHE", "0")  # never write caches into tests/data
-        run, findings = analyze_run(path, kinds=_available_kinds(), progress=False)
+        run, findings = analyze_run(path, progress=False)
     return run, tuple(findings)
 
 
@@ -119,10 +102,9 @@ def test_sm_contention_fix_swaps_the_copy_kernel() -> None:
     assert copy_row is not None and copy_row.base_count > 0 and copy_row.new_count == 0
     copy_op = result.row("kernels_by_launching_op", "aten::copy_")
     assert copy_op is not None and copy_op.new_count == 0
-    if _has_detector("sm_contention"):
-        resolved = [r for r in result.findings.resolved if r.kind == "sm_contention"]
-        assert resolved, result.findings
-        assert not [r for r in result.findings.introduced if r.kind == "sm_contention"]
+    resolved = [r for r in result.findings.resolved if r.kind == "sm_contention"]
+    assert resolved, result.findings
+    assert not [r for r in result.findings.introduced if r.kind == "sm_contention"]
 
 
 def test_slow_step_wait_shows_in_step_times_and_findings() -> None:
@@ -137,9 +119,8 @@ def test_slow_step_wait_shows_in_step_times_and_findings() -> None:
     assert steps.welch_p is not None and steps.mannwhitney_p is not None
     wait = result.row("cpu_labels", "data:wait_shard")
     assert wait is not None and wait.new_us - wait.base_us > 25_000
-    if _has_detector("slow_step"):
-        assert [r for r in result.findings.introduced if r.kind == "slow_step"]
-        assert not [r for r in result.findings.resolved if r.kind == "slow_step"]
+    assert [r for r in result.findings.introduced if r.kind == "slow_step"]
+    assert not [r for r in result.findings.resolved if r.kind == "slow_step"]
 
 
 def test_comm_gap_fix_resolves_the_gaps() -> None:
@@ -148,14 +129,13 @@ def test_comm_gap_fix_resolves_the_gaps() -> None:
     for row in result.comm:
         assert row.base_nccl_us and row.new_nccl_us
         assert 0 <= row.base_exposed_us <= row.base_nccl_us + 1e-6
-    if _has_detector("comm_gap"):
-        # Findings sit at the def line of the recording script's step function in both runs, so
-        # some match as "common"; what the fix must show is that their cost collapses.
-        rows = [r for r in result.findings.resolved + result.findings.common
-                + result.findings.introduced if r.kind == "comm_gap"]
-        base_cost = sum(r.base_cost_us for r in rows)
-        new_cost = sum(r.new_cost_us for r in rows)
-        assert base_cost > 0 and new_cost < 0.5 * base_cost, rows
+    # Findings sit at the def line of the recording script's step function in both runs, so
+    # some match as "common"; what the fix must show is that their cost collapses.
+    rows = [r for r in result.findings.resolved + result.findings.common
+            + result.findings.introduced if r.kind == "comm_gap"]
+    base_cost = sum(r.base_cost_us for r in rows)
+    new_cost = sum(r.new_cost_us for r in rows)
+    assert base_cost > 0 and new_cost < 0.5 * base_cost, rows
 
 
 def test_same_run_diffs_to_nothing() -> None:

@@ -23,7 +23,7 @@ from tracekit.pipeline import load
 
 pytest.importorskip("hta")
 
-from tracekit.hta import breakdown  # noqa: E402  (HTA is optional)
+from tracekit.hta import breakdown
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.planted import EXTERNAL  # noqa: E402

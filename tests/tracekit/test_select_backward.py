@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.planted import REPO, load_planted, planted_line  # noqa: E402
-from tests.synth import SynthTrace, write_run  # noqa: E402
+from tests.planted import REPO, load_planted, planted_line
+from tests.synth import SynthTrace, write_run
 from tracekit.detectors.select_backward import detect
 from tracekit.pipeline import load
 from tracekit.source import source_snapshot

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.planted import GPU_DATA, load_planted, planted_line  # noqa: E402
-from tests.synth import SynthTrace, write_run  # noqa: E402
+from tests.planted import GPU_DATA, load_planted, planted_line
+from tests.synth import SynthTrace, write_run
 from tracekit.detectors.slow_step import detect
 from tracekit.link.steptime import median_step_us
 from tracekit.pipeline import load

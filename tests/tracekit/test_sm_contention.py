@@ -40,7 +40,7 @@ def contention_rank(rank: int, *, beside: str | None, grid: int, slow_dur: float
     return t
 
 
-def run_of(tmp_path: Path, traces: list[SynthTrace]):  # noqa: ANN201
+def run_of(tmp_path: Path, traces: list[SynthTrace]):
     return load(write_run(tmp_path / "run", traces), progress=False)
 
 

@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from tests.browser.bench import synthetic_run  # noqa: E402
-from tracekit.errors import UserError  # noqa: E402
-from tracekit.finding import Cause, Culprit, Finding  # noqa: E402
-from tracekit.load import load  # noqa: E402
-from tracekit.pipeline import analyze_run  # noqa: E402
-from tracekit.timeline import timeline_figure, write_timeline_html  # noqa: E402
-from tracekit.timeline.figure import (  # noqa: E402
+from tests.browser.bench import synthetic_run
+from tracekit.errors import UserError
+from tracekit.finding import Cause, Culprit, Finding
+from tracekit.load import load
+from tracekit.pipeline import analyze_run
+from tracekit.timeline import timeline_figure, write_timeline_html
+from tracekit.timeline.figure import (
     LOD_MIN_BARS,
     HoverTable,
     bar_traces,
@@ -25,7 +25,7 @@ from tracekit.timeline.figure import (  # noqa: E402
     make_figure,
     merge_close,
 )
-from tracekit.timeline.lanes import build_timeline, parse_window  # noqa: E402
+from tracekit.timeline.lanes import build_timeline, parse_window
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = REPO / "tests" / "data" / "gpu"

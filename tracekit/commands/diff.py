@@ -152,6 +152,7 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
 
 
 def _timeline_panel(run: Run, rank: int | None):  # -> (Timeline, list of plotly traces)
+    # plotly (the timeline) is imported only for --html: the command starts fast without it.
     from tracekit.timeline import build_timeline
     from tracekit.timeline.figure import bar_traces
 

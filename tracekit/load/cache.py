@@ -81,7 +81,7 @@ def trace_key(path: Path) -> dict[str, Any]:
 
 def _pyarrow_available() -> bool:
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
         return False
@@ -145,7 +145,7 @@ def load_cached(path: Path) -> Trace | None:
                   for name in FRAME_NAMES}
     except (OSError, ValueError, KeyError, TypeError, ImportError):
         return None
-    except Exception:  # noqa: BLE001 - pyarrow raises its own types on corrupt files
+    except Exception:
         return None
     _release_arrow_memory()
     scalars = stored.get("trace", {})
@@ -211,7 +211,7 @@ def save_cache(trace: Trace) -> None:
             shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         tmp = None
-    except Exception:  # noqa: BLE001 - caching must never break an analysis
+    except Exception:
         return
     finally:
         if tmp is not None:

@@ -18,6 +18,7 @@ from tracekit.intervals import nest
 from tracekit.load import columns as col
 from tracekit.load import extract
 from tracekit.load.extract import Columns
+from tracekit.load.userframes import is_user_file
 from tracekit.trace import FRAME_NAMES, Trace
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
@@ -216,8 +217,6 @@ FRAME_NAME = re.compile(r"^(?P<file>.*)\((?P<line>\d+)\): (?P<function>.*)$")
 
 def build_python(cols: Columns) -> pd.DataFrame:
     """Python frames (with_stack=True), parsed from "file(N): function" and nested by time."""
-    from tracekit.load.userframes import is_user_file
-
     ts, dur, end = _times(cols)
     depth, parent = nest(cols["tid"], ts, end)
     names = _names(cols)

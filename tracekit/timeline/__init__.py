@@ -33,7 +33,7 @@ def timeline_figure(run: Run, findings: Sequence[Finding] = (), rank: int | str 
 
     `focus`: one of `findings` to zoom onto (its title box shown), the rest still drawn.
     """
-    from tracekit.timeline.figure import focus_on, make_figure
+    from tracekit.timeline.figure import focus_on, make_figure  # plotly, when drawn only
 
     tl = build_timeline(run, rank=rank, step=step, window=window, align=align)
     fig, marks = make_figure(run, tl, list(findings), step=step, title=title)
