@@ -54,9 +54,9 @@ def layer_of(module: str) -> tuple[int, str]:
     best: tuple[int, str] | None = None
     for index, layer in enumerate(LAYERS):
         for prefix in layer:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > len(best[1]):
-                    best = (index, prefix)
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and (best is None or len(prefix) > len(best[1])):
+                best = (index, prefix)
     assert best is not None, f"{module} is in no layer"
     return best
 
