@@ -7,8 +7,10 @@ Heavy imports (torch) happen inside the commands so that `cli.py --help` stays f
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,19 +87,36 @@ class JobOptions:
     out_dir: Path
 
 
-def train_command(
+def job_options(
     preset: Preset = None, pathologies: Pathologies = None, bank_access: BankAccess = None,
     tie_copy: TieCopy = None, work_order: WorkOrder = None, prefetch: Prefetch = None,
     loader_wait_step: LoaderWaitStep = None, num_steps: NumSteps = None, seq_len: SeqLen = None,
     batch_size: BatchSize = None, compile: Compile = None, data: Data = None, seed: Seed = None,
     gpus: Gpus = None, cpu_procs: CpuProcs = None, nnodes: Nnodes = 1, node_rank: NodeRank = 0,
     rdzv_endpoint: RdzvEndpoint = None, name: Name = None, out_dir: OutDir = Path("traces"),
-) -> None:
+) -> JobOptions:
+    """The options `train` and `profile` share; its signature is theirs (see `with_job_options`)."""
+    return JobOptions(**locals())
+
+
+def with_job_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command(own options..., **job)` the shared options after its own: typer reads
+    the signature set here, and `job` holds the shared ones (`job_options(**job)`)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params = own + list(inspect.signature(job_options, eval_str=True).parameters.values())
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+@with_job_options
+def train_command(**job: Any) -> None:
     """Train without the profiler; writes <out-dir>/<run>/manifest.json and steps.jsonl."""
-    options = JobOptions(**locals())
-    run_job(options, kind="train", steps=None, with_stack=True, record_shapes=True)
+    run_job(job_options(**job), kind="train", steps=None, with_stack=True, record_shapes=True)
 
 
+@with_job_options
 def profile_command(
     steps: Annotated[str, typer.Option(
         help="steps to record on every rank, START-END inclusive; START >= 1")] = "6-10",
@@ -107,20 +126,13 @@ def profile_command(
         "--shapes/--no-shapes", help="record input shapes (record_shapes)")] = True,
     analyze: Annotated[bool, typer.Option(
         "--analyze/--no-analyze", help="run tracekit's analysis on the traces afterwards")] = True,
-    preset: Preset = None, pathologies: Pathologies = None, bank_access: BankAccess = None,
-    tie_copy: TieCopy = None, work_order: WorkOrder = None, prefetch: Prefetch = None,
-    loader_wait_step: LoaderWaitStep = None, num_steps: NumSteps = None, seq_len: SeqLen = None,
-    batch_size: BatchSize = None, compile: Compile = None, data: Data = None, seed: Seed = None,
-    gpus: Gpus = None, cpu_procs: CpuProcs = None, nnodes: Nnodes = 1, node_rank: NodeRank = 0,
-    rdzv_endpoint: RdzvEndpoint = None, name: Name = None, out_dir: OutDir = Path("traces"),
+    **job: Any,
 ) -> None:
     """Train up to the last profiled step and record torch.profiler traces of those steps.
 
     Writes <out-dir>/<run>/rank{R}.pt.trace.json.gz per rank, manifest.json and steps.jsonl.
     """
-    given = {k: v for k, v in locals().items()
-             if k not in ("steps", "stack", "shapes", "analyze")}
-    run_dir = run_job(JobOptions(**given), kind="profile", steps=steps, with_stack=stack,
+    run_dir = run_job(job_options(**job), kind="profile", steps=steps, with_stack=stack,
                       record_shapes=shapes)
     if run_dir is None:
         return

@@ -17,15 +17,10 @@ from tracekit.finding import Cause, Culprit, Finding
 from tracekit.load import load
 from tracekit.pipeline import analyze_run
 from tracekit.timeline import timeline_figure, write_timeline_html
-from tracekit.timeline.figure import (
-    LOD_MIN_BARS,
-    HoverTable,
-    bar_traces,
-    finding_marks,
-    make_figure,
-    merge_close,
-)
+from tracekit.timeline.bars import LOD_MIN_BARS, HoverTable, bar_traces, merge_close
+from tracekit.timeline.figure import make_figure
 from tracekit.timeline.lanes import build_timeline, parse_window
+from tracekit.timeline.marks import finding_marks
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = REPO / "tests" / "data" / "gpu"

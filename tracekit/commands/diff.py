@@ -154,7 +154,7 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
 def _timeline_panel(run: Run, rank: int | None):  # -> (Timeline, list of plotly traces)
     # plotly (the timeline) is imported only for --html: the command starts fast without it.
     from tracekit.timeline import build_timeline
-    from tracekit.timeline.figure import bar_traces
+    from tracekit.timeline.bars import bar_traces
 
     # align="step": x = 0 is each rank's first ProfilerStep, so the two runs line up.
     tl = build_timeline(run, rank=rank, align="step")

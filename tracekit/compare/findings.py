@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tracekit.compare.schema import FindingRow, FindingsDiff
-from tracekit.finding import Finding, SourceLine
+from tracekit.finding import Finding, SourceLine, source_key
 from tracekit.names import normalize_kernel_name
 from tracekit.source import SourceFiles
 from tracekit.trace import Run
@@ -43,9 +43,9 @@ def finding_key(finding: Finding, line_text: LineText | None = None
     return finding.kind, where, culprit
 
 
-def _source_text(finding: Finding) -> str | None:
-    source = finding.cause.source if finding.cause else None
-    return f"{source.file}:{source.line}" if source else None
+def cause_key(finding: Finding) -> str:
+    """`file:line` of a finding's cause ("" when it has none)."""
+    return source_key(finding.cause.source if finding.cause else None)
 
 
 def _group_findings(findings: list[Finding], line_text: LineText | None
@@ -71,7 +71,7 @@ def compare_findings(base: list[Finding], new: list[Finding],
         first = (b or n)[0]
         b_cost = float(sum(f.cost_us for f in b))
         n_cost = float(sum(f.cost_us for f in n))
-        sources = list(dict.fromkeys(x for x in map(_source_text, b[:1] + n[:1]) if x))
+        sources = list(dict.fromkeys(x for x in map(cause_key, b[:1] + n[:1]) if x))
         row = FindingRow(kind=key[0], source=" -> ".join(sources) or None, culprit=key[2],
                          title=first.title,
                          ranks=sorted({f.rank for f in b + n}),

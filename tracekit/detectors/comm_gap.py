@@ -94,7 +94,9 @@ class Params:
     """Thresholds of the detector; see the module docstring for why each default."""
 
     min_gap_us: float = 50.0
+    """Idle time from which a gap is reported (back-to-back collectives start 2-20 us apart)."""
     min_gap_step_frac: float = 0.005
+    """... and the share of the run's step time it must reach."""
     min_waves: float = 1.0
     dominant_frac: float = 0.5
     """A CPU activity explains a late launch when it covers this share of the gap."""

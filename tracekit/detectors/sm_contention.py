@@ -85,6 +85,7 @@ class Params:
     """Thresholds of the detector; see the module docstring for why each default."""
 
     min_waves: float = 1.0
+    """Blocks per SM from which a kernel fills every SM (a suspect, when not GEMM/attention)."""
     min_slowdown: float = 0.10
     min_excess_us: float = 20.0
     noise_mads: float = 4.0

@@ -63,7 +63,8 @@ def write_timeline_html(run: Run, findings: Sequence[Finding], out: str | Path,
                         window: str | tuple[float, float] | None = None, align: str = "clock",
                         title: str | None = None) -> Path:
     """Write the self-contained interactive timeline page (plotly.js inlined); returns path."""
-    from tracekit.timeline.figure import HoverTable, figure_title, make_figure
+    from tracekit.timeline.bars import HoverTable
+    from tracekit.timeline.figure import figure_title, make_figure
     from tracekit.timeline.page import page_html, write_page
 
     out = check_output_path(Path(out))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.errors import UserError
+from tracekit.link.ancestry import ancestor_levels
 from tracekit.names import kernel_labels
 from tracekit.trace import Run, Trace, select_traces
 
@@ -229,6 +230,11 @@ def short_names(names: pd.Series) -> pd.Series:
     return escape_html(cut.where(s.str.len() <= MAX_NAME_CHARS, cut + "…"))
 
 
+def escape(text: str) -> str:
+    """One text for a tooltip or label, as HTML (see escape_html)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def escape_html(s: pd.Series) -> pd.Series:
     """Trace text goes into tooltips as HTML: kernel names are full of < and >."""
     return s.str.replace("&", "&amp;").str.replace("<", "&lt;").str.replace(">", "&gt;")
@@ -249,23 +255,17 @@ def op_chain(ops: pd.DataFrame, op_idx: np.ndarray, depth: int = 4) -> pd.Series
     (aten::zeros ← aten::select_backward).
     """
     idx = np.asarray(op_idx, dtype=np.int64)
-    n = len(idx)
-    if ops.empty or n == 0:
-        return pd.Series([""] * n, dtype=object)
+    chain = np.full(len(idx), "", dtype=object)
+    if ops.empty or len(idx) == 0:
+        return pd.Series(chain, dtype=object)
     names = short_names(ops["name"]).to_numpy(dtype=object)
-    parent = ops["parent"].fillna(-1).to_numpy(dtype=np.int64) if "parent" in ops else \
-        np.full(len(ops), -1)
-    current = np.where((idx >= 0) & (idx < len(ops)), idx, -1)
-    chain = pd.Series(np.where(current >= 0, names[np.clip(current, 0, None)], ""), dtype=object)
-    for _ in range(depth - 1):
-        current = np.where(current >= 0, parent[np.clip(current, 0, None)], -1)
-        more = current >= 0
-        step = pd.Series(np.where(more, names[np.clip(current, 0, None)], ""), dtype=object)
-        chain = chain.where(~more, chain + " ← " + step)
-    return chain
+    levels = ancestor_levels(ops["parent"].to_numpy(dtype=np.int64), idx)
+    for level, (rows, current) in zip(range(depth), levels, strict=False):
+        chain[rows] = names[current] if level == 0 else chain[rows] + " ← " + names[current]
+    return pd.Series(chain, dtype=object)
 
 
-def source_text(ops: pd.DataFrame, op_idx: np.ndarray) -> tuple[pd.Series, pd.Series]:
+def op_source_text(ops: pd.DataFrame, op_idx: np.ndarray) -> tuple[pd.Series, pd.Series]:
     """Launching op chain and its user source line ("file:line") for rows pointing into ops."""
     idx = np.asarray(op_idx, dtype=np.int64)
     n = len(idx)
@@ -286,7 +286,7 @@ def launch_text(trace: Trace, gpu: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     wins over its op's.
     """
     op_idx = gpu["op_idx"].fillna(-1).to_numpy() if "op_idx" in gpu else np.full(len(gpu), -1)
-    op_name, src = source_text(trace.ops, op_idx)
+    op_name, src = op_source_text(trace.ops, op_idx)
     op_name.index = src.index = gpu.index
     if "src_file" in gpu and "src_line" in gpu:
         own = file_line(gpu["src_file"], gpu["src_line"])
@@ -350,7 +350,7 @@ def cpu_bars(trace: Trace, lanes: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=BAR_COLUMNS)
     top = ops[ops["depth"] == 0]
     y = top["tid"].map(dict(zip(cpu_lanes["tid"], cpu_lanes["y"], strict=True)))
-    _, src = source_text(ops, top.index.to_numpy())
+    _, src = op_source_text(ops, top.index.to_numpy())
     src.index = top.index
     hover = ("<b>" + short_names(top["name"]) + "</b><br>CPU op · " + DUR
              + np.where(src != "", "<br>line " + src, ""))

@@ -14,12 +14,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from tracekit.durations import ms_or_us
-from tracekit.timeline.figure import (
-    LOD_DETAIL_MAX,
-    LOD_MERGE_DIVISOR,
-    FindingMark,
-    HoverTable,
-)
+from tracekit.timeline.bars import LOD_DETAIL_MAX, LOD_MERGE_DIVISOR, HoverTable
+from tracekit.timeline.marks import FindingMark
 
 PLOT_DIV = "tracekit-timeline"
 
