@@ -91,7 +91,8 @@ SUGGESTIONS = {
 
 @dataclass(frozen=True)
 class Params:
-    """Thresholds of the detector; see the module docstring for why each default."""
+    """Thresholds of the detector (`--param comm_gap.NAME=VALUE`); the module docstring says
+    why each default."""
 
     min_gap_us: float = 50.0
     """Idle time from which a gap is reported (back-to-back collectives start 2-20 us apart)."""
