@@ -14,8 +14,7 @@ pytest.importorskip("plotly")
 from tests.browser.bench import synthetic_run
 from tracekit.errors import UserError
 from tracekit.finding import Cause, Culprit, Finding
-from tracekit.load import load
-from tracekit.pipeline import analyze_run
+from tracekit.pipeline import analyze_run, load
 from tracekit.timeline import timeline_figure, write_timeline_html
 from tracekit.timeline.bars import LOD_MIN_BARS, HoverTable, bar_traces, merge_close
 from tracekit.timeline.figure import make_figure
