@@ -26,7 +26,7 @@ from tracekit.link.launches import link_launches
 from tracekit.link.op_source import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.load.columns import as_column
-from tracekit.source import SourceIndex
+from tracekit.source import SourceIndex, on_disk
 from tracekit.source import source_roots as default_roots
 from tracekit.trace import Trace
 
@@ -100,7 +100,7 @@ def display_paths(files: pd.Series, index: SourceIndex) -> np.ndarray:
         if path is None:
             shown.append("")
             continue
-        absolute = path.resolve()
+        absolute = on_disk(path)
         shown.append(str(absolute.relative_to(cwd)) if absolute.is_relative_to(cwd)
                      else str(absolute))
     return np.array(shown, dtype=object)[codes]

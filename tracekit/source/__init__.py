@@ -5,11 +5,16 @@ source, used by the linker, the detectors and the comparison.
 """
 
 from tracekit.source.calls import call_in_with, call_line
-from tracekit.source.files import SourceFiles
+from tracekit.source.files import SourceFiles, SourcePath, on_disk
 from tracekit.source.narrow import KERNEL_PREFIX, Narrowed, SourceIndex, choose_line
 from tracekit.source.parse import call_name
-from tracekit.source.roots import SOURCE_SNAPSHOT_DIR, source_roots, source_snapshot
+from tracekit.source.roots import (
+    SOURCE_SNAPSHOT_DIR,
+    snapshot_location,
+    source_roots,
+    source_snapshot,
+)
 
 __all__ = ["KERNEL_PREFIX", "SOURCE_SNAPSHOT_DIR", "Narrowed", "SourceFiles", "SourceIndex",
-           "call_in_with", "call_line", "call_name", "choose_line", "source_roots",
-           "source_snapshot"]
+           "SourcePath", "call_in_with", "call_line", "call_name", "choose_line", "on_disk",
+           "snapshot_location", "source_roots", "source_snapshot"]

@@ -4,9 +4,8 @@ the statement that made a call (what a detector blames) is found by parsing the 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-from tracekit.source.files import SourceFiles
+from tracekit.source.files import SourceFiles, SourcePath
 from tracekit.source.parse import ParsedFile, called_name
 
 
@@ -20,7 +19,7 @@ def function_at(parsed: ParsedFile, function: str, def_line: int
     return None
 
 
-def call_line(path: Path | None, def_line: int, function: str, callee: str,
+def call_line(path: SourcePath | None, def_line: int, function: str, callee: str,
               files: SourceFiles | None = None) -> int | None:
     """Line of the first call to `callee` in the function defined at `def_line` of the file
     at `path` (parsed through `files` when given, so once per file).

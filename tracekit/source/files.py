@@ -1,10 +1,14 @@
 """Where a profiler frame's source file is: resolved against the run's source roots (its code
 snapshot first), then read and parsed once. The one resolver behind the linker, the detectors
-and the comparison."""
+and the comparison.
+
+A root is a directory or a code snapshot archive (`.zip`, see `tracekit.source.roots`); a file
+found in an archive is a `zipfile.Path`, read like a file on disk (`SourcePath`)."""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +18,25 @@ from tracekit.source.parse import ParsedFile, parse_source
 MAX_SEARCH_DEPTH = 4
 MAX_SEARCH_FILES = 20000
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "build", "dist"})
+ARCHIVE_SUFFIX = ".zip"
+
+SourcePath = Path | zipfile.Path
+"""A readable source file: on disk, or a member of a snapshot archive."""
+
+
+def open_root(root: Path) -> SourcePath:
+    """A root to look files up in: the directory itself, or the inside of a snapshot archive."""
+    if root.suffix == ARCHIVE_SUFFIX and root.is_file():
+        return zipfile.Path(root)
+    return root
+
+
+def on_disk(path: SourcePath) -> Path:
+    """Where a source file is, as an absolute path; for an archive member,
+    `<archive>/<member>` (the archive's path with the member's inside it)."""
+    if isinstance(path, zipfile.Path):
+        return Path(str(path.root.filename)).resolve() / path.at
+    return path.resolve()
 
 
 @dataclass
@@ -27,19 +50,21 @@ class SourceFiles:
     """Project directories searched (shallowly) for a frame file not found under `roots`:
     a script run as `python scripts/x.py` is named "x.py" in frames. Default: those of `roots`
     that look like a project (have .git, pyproject.toml or setup.py)."""
-    _paths: dict[str, Path | None] = field(default_factory=dict)
+    _paths: dict[str, SourcePath | None] = field(default_factory=dict)
+    _opened: dict[Path, SourcePath] = field(default_factory=dict)
     _listing: dict[Path, list[Path]] = field(default_factory=dict)
-    _parsed: dict[Path, ParsedFile | None] = field(default_factory=dict)
+    _parsed: dict[str, ParsedFile | None] = field(default_factory=dict)
     _lines: dict[str, list[str] | None] = field(default_factory=dict)
 
-    def resolve(self, file: str) -> Path | None:
+    def resolve(self, file: str) -> SourcePath | None:
         """The readable file a frame's (usually sys.path-relative) file name refers to."""
         if file in self._paths:
             return self._paths[file]
-        found: Path | None = None
+        found: SourcePath | None = None
         if file and not file.startswith("<"):
             candidate = Path(file)
-            options = [candidate] if candidate.is_absolute() else [r / file for r in self.roots]
+            options = [candidate] if candidate.is_absolute() else \
+                [self._open(r) / file for r in self.roots]
             for option in options:
                 try:
                     if option.is_file():
@@ -51,6 +76,11 @@ class SourceFiles:
                 found = self._search(file)
         self._paths[file] = found
         return found
+
+    def _open(self, root: Path) -> SourcePath:
+        if root not in self._opened:
+            self._opened[root] = open_root(root)
+        return self._opened[root]
 
     def _search(self, file: str) -> Path | None:
         """The shortest path under a project root that ends with `file`, if any."""
@@ -97,14 +127,15 @@ class SourceFiles:
         self._listing[root] = found
         return found
 
-    def parsed(self, path: Path) -> ParsedFile | None:
+    def parsed(self, path: SourcePath) -> ParsedFile | None:
         """The parsed file (None when unreadable or not Python)."""
-        if path not in self._parsed:
+        key = str(path)
+        if key not in self._parsed:
             try:
-                self._parsed[path] = parse_source(path.read_bytes(), str(path))
+                self._parsed[key] = parse_source(path.read_bytes(), key)
             except OSError:
-                self._parsed[path] = None
-        return self._parsed[path]
+                self._parsed[key] = None
+        return self._parsed[key]
 
     def lines(self, file: str) -> list[str] | None:
         """The text lines of a frame's file (None when it cannot be read)."""

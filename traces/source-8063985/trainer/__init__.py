@@ -1,1 +1,0 @@
-"""A compact modded-nanogpt-style GPT trainer that records torch.profiler traces."""
