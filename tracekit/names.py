@@ -13,6 +13,9 @@ template values (vector widths, tile sizes), lambda ids (`#3`), long hashes and 
 purpose: `vectorized_elementwise_kernel<4, FillFunctor<float>, ..>` and
 `..<4, CUDAFunctor_add<float>, ..>` are different work, and stripping them would hide exactly
 the kernels a fix removes (the select_backward zero-fill).
+
+Names repeat thousands of times, so everything per name is computed once per distinct name
+(`normalize_each`, `kernel_labels`, `name_matches`).
 """
 
 from __future__ import annotations
@@ -164,3 +167,13 @@ def normalize_each(names: pd.Series, fn: Callable[[str], str]) -> pd.Series:
     codes, uniques = pd.factorize(names.astype(str))
     mapped = np.array([fn(u) for u in uniques], dtype=object)
     return pd.Series(mapped[codes], index=names.index)
+
+
+def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
+    """pattern.search per row, evaluated once per distinct name (names repeat a lot)."""
+    if len(names) == 0:
+        return np.zeros(0, dtype=bool)
+    codes, uniques = pd.factorize(pd.Series(names, dtype=object) if isinstance(names, list)
+                                  else names)
+    hits = np.array([pattern.search(str(u)) is not None for u in uniques], dtype=bool)
+    return hits[codes]

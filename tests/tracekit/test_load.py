@@ -21,9 +21,9 @@ from tracekit.load.frames import (
     LAUNCH_COLUMNS,
     OP_COLUMNS,
     PYTHON_COLUMNS,
-    STEP_COLUMNS,
     kernel_category,
 )
+from tracekit.load.steps import STEP_COLUMNS
 from tracekit.pipeline import load, load_trace
 
 PID, TID, BWD_TID = 100, 100, 200

@@ -49,7 +49,7 @@ from tracekit.link import op_stack, source_of_op
 from tracekit.link.ancestry import ancestor_matching
 from tracekit.link.steps import gpu_step_at
 from tracekit.link.steptime import run_step_us
-from tracekit.load.frames import name_matches
+from tracekit.names import name_matches
 from tracekit.trace import Run, Trace
 
 SELECT_BACKWARD_OP = "aten::select_backward"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.intervals import innermost_containing, propagate_down
-from tracekit.load.frames import name_matches
+from tracekit.names import name_matches
 
 BACKWARD_ROOT = re.compile(r"^autograd::engine::evaluate_function:")
 BACKWARD_NODE = re.compile(r"Backward\d*$")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.intervals import innermost_containing, propagate_down
-from tracekit.load.frames import name_matches
+from tracekit.names import name_matches
 from tracekit.source import KERNEL_PREFIX, SourceIndex
 from tracekit.trace import Trace
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracekit.load.frames import gpu_spans_from_launches, step_of_times
+from tracekit.load.steps import gpu_spans_from_launches, step_of_times
 from tracekit.trace import Trace
 
 

@@ -18,10 +18,11 @@ from tracekit.intervals import nest
 from tracekit.load import columns as col
 from tracekit.load import extract
 from tracekit.load.extract import Columns
+from tracekit.load.steps import build_steps
 from tracekit.load.userframes import is_user_file
+from tracekit.names import name_matches
 from tracekit.trace import FRAME_NAMES, Trace
 
-STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 KERNEL_LAUNCH_NAME = re.compile(
     r"^(?:cuda|cu|hip)(?:Ext)?(?:Module)?Launch(?:Cooperative)?Kernel"
     r"|^(?:cuda|cu|hip)GraphLaunch"
@@ -80,7 +81,6 @@ PYTHON_COLUMNS = [
 ]
 FLOW_COLUMNS = ["id", "src_tid", "src_ts", "dst_tid", "dst_ts"]
 ANNOTATION_COLUMNS = ["name", "side", "pid", "tid", "stream", "ts", "dur", "end", "external_id"]
-STEP_COLUMNS = ["step", "cpu_ts", "cpu_end", "gpu_ts", "gpu_end"]
 
 INT32_COLUMNS: dict[str, tuple[str, ...]] = {
     "kernels": ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "registers",
@@ -97,16 +97,6 @@ resources, which CUDA itself bounds by 2^31 - 1), and never combined into wider 
 (pid, tid, device, stream, correlation, external_id, seq, flow id) and element counts stay
 int64: they are join keys, are packed into wider keys (device << 32 | stream), or can be
 large."""
-
-
-def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
-    """pattern.search per row, evaluated once per distinct name (names repeat a lot)."""
-    if len(names) == 0:
-        return np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(pd.Series(names, dtype=object) if isinstance(names, list)
-                                  else names)
-    hits = np.array([pattern.search(str(u)) is not None for u in uniques], dtype=bool)
-    return hits[codes]
 
 
 def kernel_category(name: str, is_nccl: bool) -> str:
@@ -269,82 +259,6 @@ def build_annotations(cols: Columns) -> pd.DataFrame:
         "external_id": cols["external_id"],
     }
     return col.frame(columns, ANNOTATION_COLUMNS)
-
-
-def build_steps(ops: pd.DataFrame, annotations: pd.DataFrame, kernels: pd.DataFrame,
-                gpu_mem: pd.DataFrame, launches: pd.DataFrame) -> pd.DataFrame:
-    """One row per ProfilerStep#N: CPU span, and GPU span.
-
-    The GPU span is the GPU-side ProfilerStep annotation when the trace has one; otherwise the
-    first..last kernel (or memcpy/memset) whose launch lies inside the CPU span. Kernel times are
-    never compared with CPU spans: the GPU runs behind the CPU.
-    """
-    cpu_steps = _step_spans(pd.concat([
-        _step_spans(ops),
-        _step_spans(annotations.loc[annotations["side"] == "cpu"]),
-    ], ignore_index=True))
-    if cpu_steps.empty:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "step" else "float64")
-                             for c in STEP_COLUMNS})
-    gpu_steps = _step_spans(annotations.loc[annotations["side"] == "gpu", ["name", "ts", "end"]])
-    steps = cpu_steps.rename(columns={"ts": "cpu_ts", "end": "cpu_end"}).merge(
-        gpu_steps.rename(columns={"ts": "gpu_ts", "end": "gpu_end"}), on="step", how="left"
-    )
-    missing = steps["gpu_ts"].isna().to_numpy()
-    if missing.any():
-        fallback = gpu_spans_from_launches(steps, kernels, gpu_mem, launches)
-        steps.loc[missing, "gpu_ts"] = fallback["gpu_ts"].to_numpy()[missing]
-        steps.loc[missing, "gpu_end"] = fallback["gpu_end"].to_numpy()[missing]
-    steps["step"] = steps["step"].astype(np.int64)
-    return steps[STEP_COLUMNS].reset_index(drop=True)
-
-
-def _step_spans(rows: pd.DataFrame) -> pd.DataFrame:
-    """(step, ts, end) of rows named ProfilerStep#N (or already having `step`), one row per
-    N (widest span)."""
-    if "step" in rows:
-        found = rows[["step", "ts", "end"]]
-    else:
-        is_step = name_matches(rows["name"], STEP_NAME)
-        found = rows.loc[is_step, ["ts", "end"]].copy()
-        found["step"] = (
-            rows.loc[is_step, "name"].astype(object).str.extract(STEP_NAME, expand=False)
-            .astype(np.int64)
-        )
-    if found.empty:
-        return pd.DataFrame({"step": pd.Series(dtype="int64"), "ts": pd.Series(dtype="float64"),
-                             "end": pd.Series(dtype="float64")})
-    spans = found.groupby("step", as_index=False).agg(ts=("ts", "min"), end=("end", "max"))
-    return spans.sort_values("ts", ignore_index=True)
-
-
-def step_of_times(steps_ts: np.ndarray, steps_end: np.ndarray, step_numbers: np.ndarray,
-                  t: np.ndarray) -> np.ndarray:
-    """Step number whose [ts, end] contains each time t (-1 if none). Steps do not overlap."""
-    out = np.full(len(t), -1, dtype=np.int64)
-    if len(steps_ts) == 0 or len(t) == 0:
-        return out
-    order = np.argsort(steps_ts, kind="stable")
-    starts, ends, numbers = steps_ts[order], steps_end[order], step_numbers[order]
-    pos = np.searchsorted(starts, t, side="right") - 1
-    ok = pos >= 0
-    ok[ok] = t[ok] <= ends[pos[ok]]
-    out[ok] = numbers[pos[ok]]
-    return out
-
-
-def gpu_spans_from_launches(steps: pd.DataFrame, kernels: pd.DataFrame, gpu_mem: pd.DataFrame,
-                            launches: pd.DataFrame) -> pd.DataFrame:
-    """Per step, first start and last end of the GPU work launched inside its CPU span."""
-    gpu = pd.concat([kernels[["ts", "end", "correlation"]], gpu_mem[["ts", "end", "correlation"]]],
-                    ignore_index=True)
-    by_corr = launches.drop_duplicates("correlation").set_index("correlation")["ts"]
-    launch_ts = gpu["correlation"].map(by_corr).to_numpy(dtype=np.float64, na_value=np.nan)
-    step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(),
-                         steps["step"].to_numpy(), np.nan_to_num(launch_ts, nan=-np.inf))
-    gpu = gpu.assign(step=step)
-    spans = gpu[gpu["step"] >= 0].groupby("step").agg(gpu_ts=("ts", "min"), gpu_end=("end", "max"))
-    return steps[["step"]].join(spans, on="step")[["gpu_ts", "gpu_end"]]
 
 
 def num_sms_of(meta: dict[str, Any], kernels: pd.DataFrame) -> int | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from tracekit.timeline.lanes import DUR, escape
+from tracekit.timeline.rows import DUR, escape
 
 # Category -> (legend label, colour). Colour-blind-friendly-ish, NCCL loud, CPU quiet.
 CATEGORY_STYLE: dict[str, tuple[str, str]] = {

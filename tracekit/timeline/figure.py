@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 
 from tracekit.finding import Finding
 from tracekit.timeline.bars import LOD_MERGE_DIVISOR, LOD_MIN_BARS, HoverTable, bar_traces
-from tracekit.timeline.lanes import Timeline, escape
+from tracekit.timeline.lanes import Timeline
 from tracekit.timeline.marks import (
     CULPRIT_COLOUR,
     VICTIM_COLOUR,
@@ -29,6 +29,7 @@ from tracekit.timeline.marks import (
     finding_layout,
     finding_marks,
 )
+from tracekit.timeline.rows import escape
 from tracekit.trace import Run
 
 LANE_PX = 30

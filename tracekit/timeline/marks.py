@@ -10,7 +10,8 @@ import pandas as pd
 from tracekit.durations import ms_or_us
 from tracekit.finding import Finding
 from tracekit.names import cut_to
-from tracekit.timeline.lanes import Timeline, escape
+from tracekit.timeline.lanes import Timeline
+from tracekit.timeline.rows import escape
 
 CULPRIT_COLOUR = "#000000"
 VICTIM_COLOUR = "#e6007e"
