@@ -3,6 +3,7 @@
 # plant. Usage: bash tests/programs/record_planted_ddp.sh OUT_DIR
 # OUT_DIR gets cases-a.tar and cases-b.tar (<case>/rank{0,1}.pt.trace.json.gz, timing.json and
 # the log of each case) and summary.json (median step per case and its difference from `none`).
+# EXTRA_FLAGS=--smoke runs the same cases at toy sizes on the CPU (gloo), to try the script.
 set -uo pipefail
 out=${1:?out dir}
 prog=$(dirname "$0")/planted_ddp.py
