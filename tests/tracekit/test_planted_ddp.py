@@ -66,10 +66,10 @@ def at_plant(finding: Finding, line: int) -> bool:
     return source is not None and Path(source.file).name == PROGRAM.name and source.line == line
 
 
-def cost_per_steady_step(finding: Finding) -> float:
+def cost_per_steady_step(finding: Finding, steps: list[int]) -> float:
     """The finding's mean cost over the steady steps (what the cost budget gave it there)."""
     by_step = finding.evidence.get("cost_by_step_us") or {}
-    return sum(float(by_step.get(s, by_step.get(str(s), 0.0))) for s in STEADY) / len(STEADY)
+    return sum(float(by_step.get(s, by_step.get(str(s), 0.0))) for s in steps) / len(steps)
 
 
 def claims_steady_steps(finding: Finding) -> bool:
@@ -137,7 +137,7 @@ def test_gpu_idle_finds_each_plant_at_its_line_with_its_measured_cost(case: str)
             and f.evidence.get("idle_cause") == spec["idle_cause"]
             and spec["rank"] in (None, f.rank)]
     assert hits, f"no gpu_idle/{spec['idle_cause']} at line {spec['line']}: {described(found)}"
-    cost = max(cost_per_steady_step(f) for f in hits)
+    cost = max(cost_per_steady_step(f, spec.get("steady_steps", STEADY)) for f in hits)
     effect = spec["effect_us"]["profiled"]
     assert abs(cost - effect) <= TOLERANCE * effect, f"{cost:.0f} us per step against {effect}"
 
@@ -150,7 +150,7 @@ def test_straggler_names_the_late_rank_and_its_sleep_with_the_measured_cost() ->
             and f.evidence.get("late_rank", f.rank) == spec["late_rank"]]
     assert hits, f"no straggler on rank {spec['late_rank']} at line {spec['line']}: " \
                  f"{described(found)}"
-    cost = max(cost_per_steady_step(f) for f in hits)
+    cost = max(cost_per_steady_step(f, spec.get("steady_steps", STEADY)) for f in hits)
     effect = spec["effect_us"]["profiled"]
     assert abs(cost - effect) <= TOLERANCE * effect, f"{cost:.0f} us per step against {effect}"
 
