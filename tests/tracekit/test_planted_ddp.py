@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from planted import GPU_DATA, REPO
 
-from tracekit.analysis import analyze_run
+from tests.planted import GPU_DATA, REPO
 from tracekit.finding import Finding
 from tracekit.link import link_trace
-from tracekit.load import load
+from tracekit.pipeline import analyze_run, load
 from tracekit.trace import Run
 
 PROGRAM = REPO / "tests" / "programs" / "planted_ddp.py"
