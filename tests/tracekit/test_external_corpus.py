@@ -41,8 +41,7 @@ MISSING = {
 # Invariants that fail today on these traces only.
 FAILING = {
     "slowdown": {"recsys_a100_rank3of8.json.gz", "recsys_v100_rank1of2.json.gz"},
-    "step_sum": {"a100_nccl_2ranks_rank0.json.gz", "recsys_a100_rank0of16_lost_events.json.gz",
-                 "recsys_a100_rank3of8.json.gz", "recsys_v100_rank1of2.json.gz"},
+    "step_sum": {"recsys_a100_rank3of8.json.gz"},
 }
 WASTED_COMPUTE = {"select_backward"}  # kinds whose cost is busy GPU time, not lost time
 
@@ -60,6 +59,12 @@ def trace_of(name: str):
 
 def steps_of(name: str) -> dict[int, dict]:
     return {s["step"]: s for s in EXPECTED[name]["steps"]}
+
+
+def trusted_steps_of(name: str) -> dict[int, dict]:
+    """Steps whose accounting is trusted (EXPECTATIONS.md says why the others are not: there
+    a step's length itself is uncertain, so invariants measured against it skip them)."""
+    return {n: s for n, s in steps_of(name).items() if s["reliable"]}
 
 
 def text_of(f: Finding) -> str:
@@ -102,13 +107,14 @@ def test_every_trace_loads_through_the_public_loader_with_its_profiler_steps(nam
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_no_finding_occurrence_costs_more_than_its_step(name: str) -> None:
-    steps = steps_of(name)
-    longest = max((s["wall_us"] for s in steps.values()), default=None)
+    steps = trusted_steps_of(name)
+    longest = max((s["wall_us"] for s in steps_of(name).values()), default=None)
     for f in findings_of(name):
         by_step = f.evidence.get("cost_by_step_us")
         if isinstance(by_step, dict):  # merged over steps: what it costs in each
             for n, us in by_step.items():
-                assert us <= steps[int(n)]["wall_us"] * 1.01, (f.kind, f.title, n, us)
+                if int(n) in steps:
+                    assert us <= steps[int(n)]["wall_us"] * 1.01, (f.kind, f.title, n, us)
             continue
         step_us = steps[f.step]["wall_us"] if f.step in steps else longest
         if step_us is not None:
@@ -125,7 +131,7 @@ def _failing(key: str) -> list[object]:
 
 @pytest.mark.parametrize("name", _failing("step_sum"))
 def test_the_findings_of_a_step_together_cost_no_more_than_the_step(name: str) -> None:
-    for n, s in steps_of(name).items():
+    for n, s in trusted_steps_of(name).items():
         claimed = cost_of(findings_of(name), n)
         assert claimed <= s["wall_us"] * 1.01, (n, claimed, s["wall_us"])
 
