@@ -95,6 +95,9 @@ class Trace:
     detectors that read source use the same roots."""
     gpu_activity: bool | None = None
     """Set on `thin` copies, whose frames are empty: whether the full trace had GPU events."""
+    device: str = "cpu"
+    """The accelerator the trace was recorded on: cuda, hip, xpu, mtia or cpu
+    (tracekit.load.device)."""
 
     @property
     def has_gpu(self) -> bool:

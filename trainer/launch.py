@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -112,15 +113,46 @@ def child_env(plan: LaunchPlan) -> dict[str, str]:
 
 
 def launch(plan: LaunchPlan, spec_json: str) -> None:
-    """Run the job: in this process for one CPU process, else through torchrun (and wait)."""
-    from trainer.train import RunSpec, run  # torch: imported only when a job runs
+    """Run the job: in this process for one CPU process, else through torchrun (and wait).
 
+    Ctrl-C or SIGTERM given to this process is passed on to torchrun, which passes it to every
+    rank; each rank then stops cleanly (trace files whole or absent, rank 0 records the stop in
+    the manifest), and here the manifest is completed with what only the launcher knows.
+    """
+    from trainer.manifest import finish_after_launch
+    from trainer.train import RunSpec, Stopped, run  # torch: imported only when a job runs
+
+    spec = RunSpec.from_json(spec_json)
     if plan.in_process:
-        run(RunSpec.from_json(spec_json))
+        try:
+            run(spec)
+        except Stopped as stop:
+            raise TrainerError(f"training {stop} (the run's manifest.json records where)"
+                               ) from None
         return
-    done = subprocess.run(torchrun_command(plan, spec_json), env=child_env(plan), check=False)
-    if done.returncode != 0:
+    received: list[int] = []
+    process = subprocess.Popen(torchrun_command(plan, spec_json), env=child_env(plan),
+                               start_new_session=True)
+
+    def forward(signum: int, frame: object) -> None:
+        if not received:  # once: torchrun stops its ranks on the first
+            received.append(signum)
+            process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    signal_name = signal.Signals(received[0]).name if received else None
+    if plan.node_rank == 0:
+        finish_after_launch(Path(spec.run_dir), returncode, signal_name)
+    if signal_name:
+        raise TrainerError(f"training stopped by {signal_name} (the run's manifest.json records "
+                        "where, and which ranks wrote their traces)")
+    if returncode != 0:
         raise TrainerError(
-            f"training failed: torchrun exited with code {done.returncode} "
+            f"training failed: torchrun exited with code {returncode} "
             "(the failing rank's error is printed above)"
         )

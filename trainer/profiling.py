@@ -8,7 +8,10 @@ trace holds exactly `ProfilerStep#start` .. `ProfilerStep#end`.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,40 @@ def trace_path(run_dir: Path, rank: int) -> Path:
     return run_dir / f"rank{rank}.pt.trace.json.gz"
 
 
+PARTIAL_SUFFIX = ".partial"
+"""Files being written end in this (never a trace name): a run stopped mid-write leaves at most
+such a file, which tracekit does not read, and never a cut-off trace under the real name."""
+
+
+def write_trace(prof: profile, out: Path, rank: int) -> None:
+    """Export the trace as `out` (gzip) so that `out` is either whole or absent.
+
+    Kineto writes plain JSON to a hidden temporary file; it is gzipped into `<out>.partial`,
+    flushed to disk, and renamed onto `out` (a rename within a directory is atomic). Any
+    failure (a full disk, a signal mid-write) removes both temporary files.
+    """
+    text = out.with_name(f".{out.name.removesuffix('.gz')}{PARTIAL_SUFFIX}")
+    part = out.with_name(out.name + PARTIAL_SUFFIX)
+    try:
+        prof.export_chrome_trace(str(text))  # no .gz in the name: torch writes plain JSON
+        with open(text, "rb") as src, open(part, "wb") as raw:
+            with gzip.GzipFile(filename=out.name.removesuffix(".gz"), mode="wb", fileobj=raw,
+                               compresslevel=6) as gz:
+                shutil.copyfileobj(src, gz, 1 << 20)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(part, out)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise TrainerError(f"rank {rank}: could not write its trace {out.name} "
+                        f"({exc.strerror or exc}); no partial file was left") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        text.unlink(missing_ok=True)
+
+
 def profiler_schedule(spec: ProfileSpec) -> object:
     """wait until start-1, one warmup step, record start..end, and never a second cycle.
 
@@ -98,13 +135,16 @@ def maybe_profile(
         activities.append(ProfilerActivity.CUDA)
     out = trace_path(run_dir, rank)
     exported: list[Path] = []
+    stopped: list[BaseException] = []
 
     def on_trace_ready(prof: profile) -> None:
+        if stopped:  # the profiler exports the cycle cut short by an interruption: skip it
+            return
         # A run directory is never reused, so an existing file means a second export: refuse it
         # rather than overwrite the real trace.
         if out.exists():
             raise RuntimeError(f"profiler tried to export a second trace over {out}")
-        prof.export_chrome_trace(str(out))  # torch gzips when the name ends in .gz
+        write_trace(prof, out, rank)
         exported.append(out)
 
     with profile(
@@ -114,6 +154,10 @@ def maybe_profile(
         record_shapes=spec.record_shapes,
         with_stack=spec.with_stack,
     ) as prof:
-        yield prof
+        try:
+            yield prof
+        except BaseException as exc:  # Ctrl-C, a scheduler's SIGTERM, an error on this rank
+            stopped.append(exc)
+            raise
     if not exported:
         raise RuntimeError(f"rank {rank}: no trace was exported for steps {spec.start}-{spec.end}")

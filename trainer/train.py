@@ -9,12 +9,16 @@ more than one process); `python -m trainer.train --spec-json '{...}'` is the tor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +37,9 @@ from trainer.manifest import (
     RunManifest,
     git_state,
     nccl_version,
+    ranks_with_traces,
     snapshot_source,
+    stop_reason,
     this_rank_info,
 )
 from trainer.profiling import ProfileSpec, maybe_profile, trace_path
@@ -216,6 +222,7 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
     log = StepLog(run_dir / STEPS_NAME, console, num_steps, ctx.device.type) \
         if ctx.is_main else None
     local_tokens = config.batch_size * config.seq_len
+    step = 0
     try:
         with maybe_profile(profile_spec, run_dir, ctx.rank, ctx.device) as prof:
             for step in range(num_steps):
@@ -251,6 +258,10 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
                         ))
                 if prof is not None:
                     prof.step()  # after step N: the profiler's step_num becomes N + 1
+    except BaseException as exc:
+        if log is not None:
+            record_stop(manifest, run_dir, exc, step, len(log.records))
+        raise
     finally:
         loader.close()
         if log is not None:
@@ -263,6 +274,7 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
     manifest.status = "complete"
     manifest.end_time = now_iso()
     manifest.summary = asdict(summary)
+    manifest.ranks_with_traces = ranks_with_traces(run_dir)
     manifest.write(run_dir)
     print_summary(console, summary, profile_spec, log.unit)
     return summary
@@ -293,6 +305,44 @@ def make_manifest(spec: RunSpec, ctx: Dist, config: Config, num_params: int) -> 
               "prefetch": config.prefetch, "loader_wait_step": config.loader_wait_step,
               "num_params": num_params, "nnodes": spec.nnodes},
     )
+
+
+def record_stop(manifest: RunManifest, run_dir: Path, exc: BaseException, step: int,
+                done: int) -> None:
+    """Rank 0 notes in the manifest that the run stopped early, why, and at which step."""
+    manifest.status, reason = stop_reason(exc)
+    manifest.stop = {"reason": reason, "at_step": step, "steps_done": done}
+    manifest.end_time = now_iso()
+    manifest.ranks_with_traces = ranks_with_traces(run_dir)
+    with contextlib.suppress(OSError):  # a full disk: the manifest keeps saying "running"
+        manifest.write(run_dir)
+
+
+class Stopped(Exception):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+    """A termination signal (SIGTERM from a scheduler or torchrun) arrived during training."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into a `Stopped` exception in the training loop, so that the profiler,
+    the step log and the manifest are closed properly (Python's default is to die at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def profiler_activities(device: torch.device) -> list[str]:
@@ -390,11 +440,12 @@ def now_iso() -> str:
 
 def run(spec: RunSpec) -> RunSummary | None:
     """Run this process's part of the job; always leaves the process group."""
-    ctx = init_distributed(spec.device)
-    try:
-        return train(spec, ctx)
-    finally:
-        dist.destroy_process_group()
+    with stop_on_sigterm():
+        ctx = init_distributed(spec.device)
+        try:
+            return train(spec, ctx)
+        finally:
+            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,6 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (Stopped, KeyboardInterrupt) as stop:
+        name = "SIGINT" if isinstance(stop, KeyboardInterrupt) else \
+            signal.Signals(stop.signum).name
+        print(f"rank {os.environ.get('RANK', 0)}: stopped by {name}", file=sys.stderr)
+        sys.exit(128 + (stop.signum if isinstance(stop, Stopped) else signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -279,8 +279,8 @@ def _truncated_gzip(path: Path) -> None:
     (lambda p: None, "no such file"),
     (lambda p: p.write_bytes(b""), "empty file"),
     (lambda p: p.write_bytes(gzip.compress(b"")), "empty file"),
-    (_truncated_gzip, "truncated or corrupt gzip"),
-    (lambda p: p.write_text('{"traceEvents": [1, 2'), "invalid JSON"),
+    (_truncated_gzip, "truncated gzip: the file ends at byte"),
+    (lambda p: p.write_text('{"traceEvents": [1, 2'), "truncated JSON"),
     (lambda p: p.write_text('{"events": []}'), "not a profiler trace"),
     (lambda p: p.write_text("[1, 2, 3]"), "not a profiler trace"),
 ])
@@ -323,7 +323,7 @@ def test_two_files_claiming_one_rank(tmp_path: Path) -> None:
 def test_broken_file_in_a_directory_is_an_error(tmp_path: Path) -> None:
     write_trace(tmp_path / "rank0.json", [x("cpu_op", "aten::add", 0, 10)])
     (tmp_path / "rank1.json").write_text('{"traceEvents": [')
-    with pytest.raises(UserError, match="rank1.json: invalid JSON"):
+    with pytest.raises(UserError, match="rank1.json: truncated JSON"):
         load(tmp_path, progress=False, workers=2)
 
 

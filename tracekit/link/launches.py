@@ -26,6 +26,8 @@ def launch_index(launches: pd.DataFrame, correlation: pd.Series) -> np.ndarray:
         ["correlation", "is_kernel_launch"], ascending=[True, False], kind="stable"
     )
     first = ranked.drop_duplicates("correlation")
+    if first.empty:  # no launch carries a correlation id
+        return np.full(len(correlation), -1, dtype=np.int64)
     by_corr = pd.Index(first["correlation"].to_numpy())
     pos = by_corr.get_indexer(correlation.to_numpy())
     rows = first["_row"].to_numpy()
@@ -54,6 +56,8 @@ def op_by_external_id(ops: pd.DataFrame, external_id: np.ndarray) -> np.ndarray:
         .sort_values(["external_id", "depth"], ascending=[True, False], kind="stable")
         .drop_duplicates("external_id")
     )
+    if deepest.empty:  # no op carries an External id
+        return np.full(len(external_id), -1, dtype=np.int64)
     pos = pd.Index(deepest["external_id"].to_numpy()).get_indexer(external_id)
     out = np.where(pos >= 0, deepest["_row"].to_numpy()[np.maximum(pos, 0)], -1)
     out[external_id < 0] = -1

@@ -42,7 +42,7 @@ import pandas as pd
 from tracekit.trace import FRAME_NAMES, Trace
 
 # 3: launches in one row order however the file was sliced (see extract.GROUPED_BY).
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = 4
 CACHE_DIR_NAME = ".tkcache"
 KEY_FILE = "key.json"
 HASH_SPAN_BYTES = 1 << 20
@@ -157,6 +157,7 @@ def load_cached(path: Path) -> Trace | None:
         num_sms=scalars.get("num_sms"),
         warnings=list(scalars.get("warnings", [])),
         linked=bool(scalars.get("linked", False)),
+        device=str(scalars.get("device", "cpu")),
         **frames,
     )
 
@@ -201,6 +202,7 @@ def save_cache(trace: Trace) -> None:
             "num_sms": trace.num_sms,
             "warnings": trace.warnings,
             "linked": trace.linked,
+            "device": trace.device,
         }
         dtypes = {name: {str(c): str(t) for c, t in getattr(trace, name).dtypes.items()}
                   for name in FRAME_NAMES}

@@ -24,10 +24,17 @@ Columns = dict[str, Any]
 EMPTY: dict[str, Any] = col.EMPTY
 
 KERNEL_CATS = ("kernel", "Kernel")
+MTIA_DEVICE_CATS = ("mtia_ccp_events",)
+"""MTIA device activity: kernels, and DMA transfers (`dma_request`) that are its memcpys."""
+MTIA_DMA = "dma_request"
+MTIA_SYNC = ("event_record", "event_wait")
+"""MTIA stream-event markers (like CUDA's cudaEventRecord/StreamWaitEvent): not kernels."""
 MEMCPY_CATS = ("gpu_memcpy", "Memcpy")
 MEMSET_CATS = ("gpu_memset", "Memset")
 OP_CATS = ("cpu_op", "Operator")
-LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "Runtime", "Driver")
+LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "Runtime", "Driver", "xpu_runtime", "mtia_runtime")
+"""Host-side runtime calls (CUDA and HIP share cuda_runtime/cuda_driver; Intel XPU and MTIA
+have their own)."""
 PYTHON_CATS = ("python_function",)
 CPU_ANNOTATION_CATS = ("user_annotation",)
 GPU_ANNOTATION_CATS = ("gpu_user_annotation",)
@@ -37,9 +44,16 @@ FLOW_CATS = ("fwdbwd",)
 def bucket_by_category(events: list[Any]) -> dict[Any, list[dict[str, Any]]]:
     """Group events by category (one pass; the event dicts themselves are not copied)."""
     buckets: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for event in events:
-        if type(event) is dict:
-            buckets[event.get("cat")].append(event)
+    try:
+        for event in events:
+            if type(event) is dict:
+                buckets[event.get("cat")].append(event)
+    except TypeError:  # an unhashable category (a list, an object): none tracekit reads
+        buckets.clear()
+        for event in events:
+            if type(event) is dict:
+                cat = event.get("cat")
+                buckets[cat if cat is None or type(cat) is str else repr(cat)].append(event)
     return buckets
 
 
@@ -53,9 +67,10 @@ def take(buckets: dict[Any, list[dict[str, Any]]], cats: tuple[str, ...]
 
 
 def well_formed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events that have a name and a numeric start: Kineto always writes both, but a
-    hand-edited or cut-off trace may not, and one such event must not sink a whole column."""
-    return [e for e in events
+    """Events that have a name and a numeric start (and `args`, if any, an object): Kineto
+    always writes them so, but a hand-edited or cut-off trace may not, and one such event must
+    not sink a whole column. An event whose args are not an object keeps its other fields."""
+    return [e if type(e.get("args", EMPTY)) is dict else {**e, "args": EMPTY} for e in events
             if type(e.get("ts")) in (int, float) and type(e.get("name")) is str
             and type(e.get("dur", 0.0)) in (int, float)]
 
@@ -129,7 +144,7 @@ def gpu_mem(memcpy: list[dict[str, Any]], memset: list[dict[str, Any]]) -> Colum
     """Memcpy and memset activities."""
     rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
              a.get("device", -1), a.get("stream", -1), a.get("correlation", -1),
-             a.get("External id", -1), a.get("bytes", -1))
+             a.get("External id", -1), a.get("bytes", a.get("size", -1)))
             for e in memcpy + memset for a in (e.get("args") or EMPTY,)]
     cols = _base(rows)
     cols.update({
@@ -201,19 +216,57 @@ def flows(events: list[dict[str, Any]]) -> Columns:
 
 def _safely(extract: Any, *event_lists: list[dict[str, Any]]) -> Columns:
     """Extract; on a malformed event (no ts/name, a non-numeric time), drop such events and
-    extract again. The fast path never inspects events one by one."""
+    extract again. The fast path never inspects events one by one. Rows whose start is not a
+    finite number (NaN, Infinity: a broken writer) are dropped as well."""
     try:
-        return extract(*event_lists)
-    except (KeyError, TypeError, ValueError):
-        return extract(*[well_formed(events) for events in event_lists])
+        cols = extract(*event_lists)
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+        cols = extract(*[well_formed(events) for events in event_lists])
+    return finite_starts(cols)
+
+
+def finite_starts(cols: Columns) -> Columns:
+    """The rows of `cols` whose ts is finite (every column filtered alike)."""
+    ok = np.isfinite(cols["ts"])
+    if ok.all():
+        return cols
+    keep = np.flatnonzero(ok)
+    return {name: values[keep] if isinstance(values, np.ndarray)
+            else [values[i] for i in keep] for name, values in cols.items()}
+
+
+def mtia_split(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                      list[dict[str, Any]]]:
+    """MTIA device events -> (kernels, DMA transfers); stream-event markers are dropped."""
+    kernel_rows: list[dict[str, Any]] = []
+    dma: list[dict[str, Any]] = []
+    for event in events:
+        name = event.get("name")
+        if name == MTIA_DMA:
+            dma.append(event)
+        elif name not in MTIA_SYNC:
+            kernel_rows.append(event)
+    return kernel_rows, dma
+
+
+def census(buckets: dict[Any, list[dict[str, Any]]], entries: int) -> Columns:
+    """How many entries the events array had and how many objects of each category: what the
+    loader says about a trace in which it finds nothing to read."""
+    cats = list(buckets)
+    return {"cat": ["(none)" if c is None else str(c) for c in cats],
+            "count": np.array([len(buckets[c]) for c in cats], dtype=np.int64),
+            "entries": np.array([entries], dtype=np.int64)}
 
 
 def extract_all(events: list[Any]) -> dict[str, Columns]:
     """Raw columns of every frame from a list of events (a whole trace or one slice of it)."""
     buckets = bucket_by_category(events)
+    mtia_kernels, mtia_dma = mtia_split(take(buckets, MTIA_DEVICE_CATS))
     out = {
-        "kernels": _safely(kernels, take(buckets, KERNEL_CATS)),
-        "gpu_mem": _safely(gpu_mem, take(buckets, MEMCPY_CATS), take(buckets, MEMSET_CATS)),
+        "census": census(buckets, len(events)),
+        "kernels": _safely(kernels, take(buckets, KERNEL_CATS) + mtia_kernels),
+        "gpu_mem": _safely(gpu_mem, take(buckets, MEMCPY_CATS) + mtia_dma,
+                           take(buckets, MEMSET_CATS)),
         "ops": _safely(ops, take(buckets, OP_CATS)),
         "launches": _safely(launches, take(buckets, LAUNCH_CATS)),
         "python": _safely(python, take(buckets, PYTHON_CATS)),

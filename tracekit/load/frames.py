@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.errors import UserError
 from tracekit.intervals import nest
 from tracekit.load import columns as col
-from tracekit.load import extract
+from tracekit.load import device, extract
 from tracekit.load.extract import Columns
 from tracekit.load.steps import build_steps
 from tracekit.load.userframes import is_user_file
@@ -26,9 +27,12 @@ from tracekit.trace import FRAME_NAMES, Trace
 KERNEL_LAUNCH_NAME = re.compile(
     r"^(?:cuda|cu|hip)(?:Ext)?(?:Module)?Launch(?:Cooperative)?Kernel"
     r"|^(?:cuda|cu|hip)GraphLaunch"
+    r"|^(?:ur|pi)EnqueueKernelLaunch|^zeCommandListAppendLaunch(?:Cooperative)?Kernel"
+    r"|^runFunction\b"
 )
-"""CUDA runtime/driver and HIP calls that start kernels (cudaLaunchKernel, cuLaunchKernelEx,
-hipExtModuleLaunchKernel, cudaGraphLaunch, ...). Memcpy/memset calls are launches too, but not
+"""CUDA runtime/driver, HIP, Intel XPU (Unified Runtime, PI, Level Zero) and MTIA (runFunction)
+calls that start kernels (cudaLaunchKernel, cuLaunchKernelEx, hipExtModuleLaunchKernel,
+cudaGraphLaunch, urEnqueueKernelLaunch, ...). Memcpy/memset calls are launches too, but not
 kernel launches."""
 
 NCCL_NAME = re.compile(r"nccl|rccl", re.IGNORECASE)
@@ -119,10 +123,11 @@ def _categories(names: pd.Series, is_nccl: np.ndarray) -> np.ndarray:
 
 
 def _times(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ts, dur (NaN or negative -> 0) and end."""
+    """ts, dur (NaN, infinite or negative -> 0) and end."""
     ts, dur = cols["ts"], cols["dur"]
-    if np.isnan(dur).any() or (dur < 0).any():
-        dur = np.maximum(np.nan_to_num(dur, nan=0.0), 0.0)
+    usable = np.isfinite(dur) & (dur >= 0)
+    if not usable.all():
+        dur = np.where(usable, dur, 0.0)
     return ts, dur, ts + dur
 
 
@@ -310,19 +315,58 @@ def build_frames(raw: dict[str, Columns]) -> dict[str, pd.DataFrame]:
 
 
 def trace_from_frames(frames: dict[str, pd.DataFrame], meta: dict[str, Any], path: Path,
-                      rank: int | None = None) -> Trace:
-    """A Trace with rank, world size, SM count and load warnings filled in."""
+                      rank: int | None = None, census: Columns | None = None) -> Trace:
+    """A Trace with rank, world size, SM count, device kind and load warnings filled in;
+    a one-line error for a trace with nothing to read (see `check_readable`)."""
+    counts = category_counts(census)
+    if census is not None:
+        check_readable(frames, counts, int(np.sum(census["entries"])), path)
     info_rank, world_size = rank_info(meta)
+    has_activity = len(frames["kernels"]) > 0 or len(frames["gpu_mem"]) > 0
     trace = Trace(
         path=path,
         rank=rank if rank is not None else (info_rank if info_rank is not None else 0),
         world_size=world_size if world_size is not None else 1,
         meta=meta,
         num_sms=num_sms_of(meta, frames["kernels"]),
+        device=device.detect(meta, set(counts), frames["launches"], has_activity),
         **frames,
     )
     trace.warnings.extend(load_warnings(trace))
     return trace
+
+
+def category_counts(census: Columns | None) -> dict[str, int]:
+    """Events per category from the census of every slice (see `extract.census`)."""
+    if census is None:
+        return {}
+    counts: dict[str, int] = {}
+    for cat, n in zip(census["cat"], census["count"], strict=True):
+        counts[cat] = counts.get(cat, 0) + int(n)
+    return counts
+
+
+def check_readable(frames: dict[str, pd.DataFrame], counts: dict[str, int], entries: int,
+                   path: Path) -> None:
+    """One line for a trace in which nothing is read: an empty events array, an array whose
+    entries are not event objects, or events of no category tracekit knows."""
+    if any(len(frames[name]) for name in READ_FRAMES):
+        return
+    if entries == 0:
+        raise UserError(f"{path}: empty trace (traceEvents holds no events)")
+    objects = sum(counts.values())
+    if objects == 0:
+        raise UserError(f"{path}: not a profiler trace ({entries:,} entries in traceEvents, "
+                        "none of them an event object)")
+    shown = ", ".join(f"{cat} x{n:,}" for cat, n in
+                      sorted(counts.items(), key=lambda item: -item[1])[:6])
+    raise UserError(f"{path}: no profiler events tracekit reads ({objects:,} events, by "
+                    f"category: {shown}; it reads cpu_op, kernel, cuda_runtime, "
+                    "user_annotation, python_function and their kin)")
+
+
+READ_FRAMES = ("kernels", "gpu_mem", "ops", "launches", "python", "annotations")
+"""Frames that hold events: a trace with rows in none of them has nothing to analyse."""
 
 
 def build_trace(doc: dict[str, Any], path: Path, rank: int | None = None) -> Trace:
@@ -331,7 +375,7 @@ def build_trace(doc: dict[str, Any], path: Path, rank: int | None = None) -> Tra
     raw = extract.extract_all(events)
     events.clear()  # the event dicts go now, before the frames are built
     del events
-    return trace_from_frames(build_frames(raw), doc, path, rank)
+    return trace_from_frames(build_frames(raw), doc, path, rank, census=raw["census"])
 
 
 def load_warnings(trace: Trace) -> list[str]:

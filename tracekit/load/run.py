@@ -76,8 +76,10 @@ def read_trace_file(job: TraceJob) -> Trace:
             del doc
             return share_trace_strings(trace)
         frames = build_frames(columns)
+        census = columns.pop("census")
         del columns
-        return share_trace_strings(trace_from_frames(frames, meta, job.path, job.rank))
+        return share_trace_strings(trace_from_frames(frames, meta, job.path, job.rank,
+                                                     census=census))
     finally:
         forget_shared()
 

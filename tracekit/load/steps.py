@@ -9,7 +9,8 @@ import pandas as pd
 
 from tracekit.names import name_matches
 
-STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
+STEP_NAME = re.compile(r"^ProfilerStep#(\d{1,9})$")
+"""A profiler step span; a number too big for the int32 step columns is not a step."""
 
 
 STEP_COLUMNS = ["step", "cpu_ts", "cpu_end", "gpu_ts", "gpu_end"]

@@ -47,6 +47,8 @@ MAX_WORKERS = 15
 MIN_CPUS_FOR_POOL = 2
 SEPARATORS = (b"},\n  {", b'},{"', b'}, {"')
 EVENTS_KEY = re.compile(rb'(?<!\\)"traceEvents"\s*:\s*\[')
+BARE_HEADER = b'{"traceEvents":['
+"""What a bare event array (Chrome's array form) is read as: the object form's start."""
 
 
 class NotSliceable(Exception):
@@ -79,6 +81,7 @@ class EventSlices:
         self.slice_bytes = slice_bytes
         self.meta: dict[str, Any] | None = None
         self.text_bytes = 0
+        self.bare = False
 
     def __iter__(self) -> Iterator[bytearray]:
         chunks = text_chunks(self.path)
@@ -98,10 +101,19 @@ class EventSlices:
         yield from self._finish(header, buf, separator)
 
     def _read_header(self, chunks: Iterator[bytes], buf: bytearray) -> bytes:
-        """Text up to and including the events array's `[` (moved out of `buf`)."""
+        """Text up to and including the events array's `[` (moved out of `buf`). A bare array
+        of events (Chrome's array form) gets the header of the object form, and `bare` is
+        set so that `_finish` closes that object."""
         for chunk in chunks:
             buf += chunk
             self.text_bytes += len(chunk)
+            start = buf.lstrip(b" \t\r\n\xef\xbb\xbf")[:1]
+            if start == b"[":
+                del buf[:buf.index(b"[") + 1]
+                self.bare = True
+                return BARE_HEADER
+            if start and start != b"{":
+                break
             match = EVENTS_KEY.search(buf)
             if match:
                 header = bytes(buf[:match.end()])
@@ -136,8 +148,13 @@ class EventSlices:
             raise NotSliceable("cannot find the end of the events array")
         if buf[:close].strip():
             yield _array_text(buf, close)
+        trailer = bytes(buf[close + 1:])
+        if self.bare:
+            if trailer.strip():
+                raise NotSliceable("text after the events array")
+            trailer = b"}"
         try:
-            meta = parse_json(header + b"]" + bytes(buf[close + 1:]))
+            meta = parse_json(header + b"]" + trailer)
         except ValueError:
             raise NotSliceable("the text around the events array is not valid JSON") from None
         if not isinstance(meta, dict) or meta.get("traceEvents") != []:
@@ -254,3 +271,28 @@ def _extract_in_pool(slices: EventSlices, workers: int) -> list[dict[str, Column
             while len(in_flight) > 2 * workers:
                 in_flight.popleft().result()
         return [p.result() if isinstance(p, Future) else p for p in parts]
+
+
+def header_meta(path: Path) -> dict[str, Any]:
+    """The top-level keys written before the events array (Kineto puts distributedInfo and
+    deviceProperties there), read from the file's first bytes only; {} when there are none or
+    the start of the file is not the object form. Cheap: lets a run directory's rank files be
+    checked against each other before any of them is parsed."""
+    slices = EventSlices(path)
+    chunks = text_chunks(path)
+    try:
+        header = slices._read_header(chunks, bytearray())
+    except (NotSliceable, OSError):
+        return {}
+    finally:
+        chunks.close()
+    if slices.bare:
+        return {}
+    try:
+        meta = parse_json(header + b"]}")
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    meta.pop("traceEvents", None)
+    return meta

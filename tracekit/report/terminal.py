@@ -15,6 +15,7 @@ from rich.text import Text
 
 from tracekit.durations import format_us
 from tracekit.finding import Finding
+from tracekit.load.device import describe_traces
 from tracekit.report.text import grouped, short_kernel, source_text
 from tracekit.trace import Run
 
@@ -35,8 +36,8 @@ def run_header(run: Run) -> Text:
     """One line saying what was analysed: path, ranks, steps, GPU or not."""
     steps = sorted({int(s) for t in run.traces for s in t.steps["step"]})
     step_text = f"steps {steps[0]}-{steps[-1]}" if steps else "no ProfilerStep spans"
-    gpu = "GPU" if any(t.has_gpu for t in run.traces) else "CPU only"
-    return Text(f"{run.path}: {len(run.traces)} rank(s), {step_text}, {gpu}", style="bold")
+    device = describe_traces(run.traces)
+    return Text(f"{run.path}: {len(run.traces)} rank(s), {step_text}, {device}", style="bold")
 
 
 def finding_lines(f: Finding) -> Text:
