@@ -114,6 +114,8 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
         console.print(Text(f"{label}: {info.path}  ranks {info.ranks}, "
                            f"{info.profiled_steps} profiled step spans, {info.findings} "
                            "findings", style="bold"))
+    for difference in result.context.get("differences", []):
+        console.print(Text(f"{difference}", style="bold yellow"))
     if result.rank is not None:
         console.print(f"(rank {result.rank} only)")
     console.print("Times are per profiled step and rank; counts are totals.", style="dim")

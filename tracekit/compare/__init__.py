@@ -12,20 +12,25 @@ a trace has no steps). Counts are totals, so "appeared"/"disappeared" are exact.
 Kernel names are matched across runs by `tracekit.names.normalize_kernel_name`.
 
 Findings are matched on (kind, cause source, normalised culprit kernel), falling back to the
-cause op when a finding has neither; findings of one key on several ranks are summed. The cause
+cause op when a finding has neither; findings of one key on several ranks are summed. Ranks are
+paired only with the same rank: a rank in one run only is left out (with a note), and two runs
+with no rank in common are not compared. How the runs differ beyond their timings (device,
+world size, ranks, versions, profiled steps) comes first in the report (`context`). The cause
 source is the file and the text of its line when each run's copy of the file can be read (runs
 of different code: an edit above the line moves it, the finding is still the same), else
 `file:line`.
 
 The parts: `schema` (the data classes and the JSON form), `steps` (step-time statistics),
 `tables` (per-name tables), `totals` (one rank's share, computed where the rank is loaded),
-`findings` (matching findings across runs), `comm` (exposed communication). Nothing here
+`findings` (matching findings across runs), `comm` (exposed communication), `context` (what
+each run is, and where they differ). Nothing here
 loads or analyses a run: `tracekit.pipeline` does, and hands the results in.
 """
 
 from __future__ import annotations
 
 from tracekit.compare.comm import compare_comm
+from tracekit.compare.context import RunContexts, context_of, paired_ranks
 from tracekit.compare.findings import compare_findings, finding_key, source_line_reader
 from tracekit.compare.schema import (
     CommRow,
@@ -69,13 +74,15 @@ def diff_totals(base_run: Run, base_totals: list[RankTotals], base_findings: lis
                 rank: int | None = None, skip_steps_below: int = COMPARE_FROM_STEP) -> RunDiff:
     """`diff_runs` from each rank's totals: the runs' traces need only their steps (thin
     traces, as tracekit.pipeline.rankwise returns, do)."""
-    base_traces, new_traces = select_traces(base_run, rank), select_traces(new_run, rank)
-    if rank is not None:
-        base_findings = [f for f in base_findings if f.rank == rank]
-        new_findings = [f for f in new_findings if f.rank == rank]
-        base_totals = [t for t in base_totals if t.rank == rank]
-        new_totals = [t for t in new_totals if t.rank == rank]
+    context = RunContexts(context_of(base_run), context_of(new_run))
     notes: list[str] = []
+    ranks = paired_ranks(base_run, new_run, rank, notes)
+    base_traces = [t for t in select_traces(base_run, rank) if t.rank in ranks]
+    new_traces = [t for t in select_traces(new_run, rank) if t.rank in ranks]
+    base_findings = [f for f in base_findings if f.rank in ranks]
+    new_findings = [f for f in new_findings if f.rank in ranks]
+    base_totals = [t for t in base_totals if t.rank in ranks]
+    new_totals = [t for t in new_totals if t.rank in ranks]
     steps = compare_steps(base_run, new_run, base_traces, new_traces, skip_steps_below)
     base_per, new_per = step_count(base_traces), step_count(new_traces)
     tables = {name: compare_tables(combined_table(base_totals, name, base_per),
@@ -100,6 +107,7 @@ def diff_totals(base_run: Run, base_totals: list[RankTotals], base_findings: lis
         comm=compare_comm({t.rank: t.comm for t in base_totals if t.comm},
                           {t.rank: t.comm for t in new_totals if t.comm}),
         notes=notes,
+        context=context.to_dict(),
     )
 
 

@@ -39,7 +39,14 @@ cannot be computed):
       "comm": [CommRow],
         CommRow = {"rank": int, "base_nccl_us", "new_nccl_us", "base_exposed_us",
                    "new_exposed_us", "delta_exposed_us": float | null}   # per profiled step
-      "notes": [str]
+      "notes": [str],
+      "context": {
+        "base": Context, "new": Context,
+          Context = {"device": str, "world_size": int | null, "ranks": [int],
+                     "torch_version", "cuda_version", "nccl_version": str | null,
+                     "profiled_steps": [int]}
+        "differences": [str]     # "BASE and NEW differ in device: BASE ..., NEW ...", ...
+      }
     }
 
 `kernels_by_launching_op`: GPU time of the kernels launched under each CPU op name, counting a
@@ -174,6 +181,7 @@ class RunDiff:
     findings: FindingsDiff
     comm: list[CommRow]
     notes: list[str] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
