@@ -350,3 +350,46 @@ def test_an_event_whose_category_is_a_list_is_left_out(tmp_path: Path) -> None:
     ops[0]["cat"] = [1, 2]
     run, _ = analyze_run(write_doc(tmp_path / "t.json", doc), progress=False)
     assert len(run.traces[0].ops) == len(ops) - 1
+
+
+def test_ids_too_big_for_int64_or_infinite_read_as_missing(tmp_path: Path) -> None:
+    doc = base_doc(BASES[2])
+    ops = [e for e in doc["traceEvents"] if e.get("cat") == "cpu_op"]
+    ops[0]["args"]["External id"] = 10**30
+    ops[1]["args"]["External id"] = float("inf")
+    ops[2]["tid"] = 1e308
+    run, _ = analyze_run(write_doc(tmp_path / "t.json", doc), progress=False)
+    frame = run.traces[0].ops
+    assert len(frame) == len(ops)
+    assert (frame["external_id"] == -1).sum() >= 2
+
+
+def test_list_valued_ids_and_durations_read_as_missing(tmp_path: Path) -> None:
+    doc = base_doc(BASES[0])
+    kernels = [e for e in doc["traceEvents"] if e.get("cat") == "kernel"]
+    for event in kernels:
+        event["pid"], event["dur"] = [1, 2], []
+    run, _ = analyze_run(write_doc(tmp_path / "t.json", doc), progress=False)
+    frame = run.traces[0].kernels
+    assert len(frame) == len(kernels) and (frame["dur"] == 0).all()
+
+
+def test_events_whose_name_is_not_a_string_are_left_out(tmp_path: Path) -> None:
+    doc = base_doc(BASES[1])
+    annotations = [e for e in doc["traceEvents"] if e.get("cat") == "gpu_user_annotation"]
+    for event in annotations:
+        event["name"] = True
+    run, _ = analyze_run(write_doc(tmp_path / "t.json", doc), progress=False)
+    assert (run.traces[0].annotations["side"] == "gpu").sum() == 0
+
+
+def test_steps_of_no_measurable_length_give_no_slow_step() -> None:
+    """Timestamps so large (1e18 us) that a float loses the steps' lengths: a median step of
+    0 us has no outliers (it divided by zero)."""
+    import pandas as pd
+
+    from tracekit.detectors.slow_step import slow_steps
+
+    table = pd.DataFrame({"step": [1, 2, 3, 4], "cpu_us": [0.0, 0.0, 0.0, 128.0],
+                          "cpu_ts": [1e18] * 4, "gpu_us": [0.0] * 4, "gpu_from": [1e18] * 4})
+    assert slow_steps(table, factor=1.5, min_excess_us=10.0) == []

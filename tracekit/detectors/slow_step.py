@@ -144,6 +144,8 @@ def slow_steps(table: pd.DataFrame, factor: float, min_excess_us: float) -> list
         if times.notna().sum() < 3:
             continue
         median = float(times.median())
+        if not median > 0:  # steps of no measurable length (broken times): no outliers
+            continue
         slow = table[(times > factor * median) & (times - median >= min_excess_us)]
         normal = table[~table.index.isin(slow.index) & times.notna()]
         if slow.empty or normal.empty:

@@ -118,11 +118,21 @@ def arg_floats(args: list[dict[str, Any]], key: str) -> np.ndarray:
 def floats(values: list[Any]) -> np.ndarray:
     """float64 array; None and non-numeric strings become NaN."""
     try:
-        return np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
+        arr = np.array(values, dtype=np.float64)
+        if arr.shape == (len(values),):  # not lists of numbers, which make a 2-D array
+            return arr
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return np.array([_to_float(v) for v in values], dtype=np.float64)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return np.nan
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return np.nan
 
 
 def ints(values: list[Any], missing: int = -1) -> np.ndarray:
@@ -131,7 +141,9 @@ def ints(values: list[Any], missing: int = -1) -> np.ndarray:
     Hex strings ("0x0", as AMD traces write streams) are read as hex.
     """
     try:
-        return np.array(values, dtype=np.int64)
+        arr = np.array(values, dtype=np.int64)
+        if arr.shape == (len(values),):  # not lists of numbers, which make a 2-D array
+            return arr
     except (TypeError, ValueError, OverflowError):
         pass
     out = np.full(len(values), missing, dtype=np.int64)
@@ -140,20 +152,29 @@ def ints(values: list[Any], missing: int = -1) -> np.ndarray:
     return out
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _to_int(value: Any, missing: int) -> int:
+    """One value as an int64; `missing` for what is not a number or does not fit."""
     if value is None or isinstance(value, bool):
         return missing if value is None else int(value)
+    number: int
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return missing if value != value else int(value)
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return missing
+        number = int(value)
+    elif isinstance(value, str):
         text = value.strip()
         try:
-            return int(text, 16) if text.lower().startswith("0x") else int(float(text))
-        except ValueError:
+            number = int(text, 16) if text.lower().startswith("0x") else int(float(text))
+        except (ValueError, OverflowError):
             return missing
-    return missing
+    else:
+        return missing
+    return number if INT64_MIN <= number <= INT64_MAX else missing
 
 
 def triples(values: list[Any]) -> np.ndarray:
@@ -192,13 +213,17 @@ def json_texts(values: list[Any]) -> list[str]:
 def numeric_ids(values: list[Any]) -> np.ndarray:
     """Thread/process ids as int64; non-numeric ids (rare, e.g. "Spans") get negative codes."""
     try:
-        return np.array(values, dtype=np.int64)
+        arr = np.array(values, dtype=np.int64)
+        if arr.shape == (len(values),):
+            return arr
     except (TypeError, ValueError, OverflowError):
-        codes, _ = pd.factorize(pd.Series(values, dtype=object).astype(str))
-        out = np.array([_to_int(v, -1) if not isinstance(v, str) else -1 for v in values])
-        non_numeric = out < 0
-        out[non_numeric] = -2 - codes[non_numeric]
-        return out.astype(np.int64)
+        pass
+    codes, _ = pd.factorize(pd.Series(values, dtype=object).astype(str))
+    out = np.array([_to_int(v, -1) if not isinstance(v, str) else -1 for v in values],
+                   dtype=np.int64)
+    non_numeric = out < 0
+    out[non_numeric] = -2 - codes[non_numeric]
+    return out
 
 
 def as_column(values: Any) -> Any:
