@@ -1,6 +1,6 @@
 """The import graph of tracekit/ and trainer/ (every import, function-level ones included): no
 circles, and layers only point down: commands -> pipeline -> compare/report/timeline ->
-detectors -> link -> source/load -> base modules."""
+detectors -> accounting -> link -> source/load -> base modules."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tracekit.pipeline",),
     ("tracekit.compare", "tracekit.report", "tracekit.timeline", "tracekit.hta"),
     ("tracekit.detectors",),
+    ("tracekit.accounting",),
     ("tracekit.link",),
     ("tracekit.source", "tracekit.load"),
     ("tracekit.trace", "tracekit.finding", "tracekit.names", "tracekit.intervals",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 Severity = Literal["high", "medium", "low"]
@@ -53,9 +53,23 @@ class Finding:
     cause: Cause
     evidence: dict[str, Any] = field(default_factory=dict)
     suggestion: str = ""
+    spans: Any = field(default=None, compare=False, repr=False)
+    """The intervals of this rank's trace clock (a pair of start/end arrays, us) that the
+    finding claims as step time lost; None when it claims none it can place. Not part of the
+    JSON contract or of equality: `tracekit.accounting.budget` turns them into `cost_us`."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON contract's fields (spans left out)."""
+        return {f.name: _as_plain(getattr(self, f.name)) for f in fields(self)
+                if f.name not in INTERNAL_FIELDS}
+
+
+INTERNAL_FIELDS = frozenset({"spans"})
+"""Finding fields that are not part of the JSON contract."""
+
+
+def _as_plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def severity_from_cost(cost_us: float, step_us: float | None) -> Severity:

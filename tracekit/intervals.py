@@ -1,5 +1,6 @@
 """Interval arithmetic, vectorised: nesting (depth, parent, innermost-enclosing look-ups),
-unions and their coverage of query windows, and window/interval overlap pairs.
+unions and their coverage of query windows, interval sets (intersection, difference, length
+inside windows), and window/interval overlap pairs.
 
 CPU ops and Python frames on a thread form a forest by time (a child starts and ends inside its
 parent). A per-event stack walk would be the obvious way to rebuild it; here every step is a
@@ -169,6 +170,89 @@ def union_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, n
     first = np.flatnonzero(new_group)
     last = np.append(first[1:] - 1, len(starts) - 1)
     return starts[first], reach[last]
+
+
+Intervals = tuple[np.ndarray, np.ndarray]
+"""An interval set: (starts, ends), float64, sorted, disjoint, each [start, end)."""
+
+EMPTY: Intervals = (np.zeros(0), np.zeros(0))
+
+
+def as_set(spans: tuple[np.ndarray, np.ndarray]) -> Intervals:
+    """Any intervals (unsorted, overlapping, empty ones) as an interval set."""
+    return union_intervals(spans[0], spans[1])
+
+
+def total_length(a: Intervals) -> float:
+    return float(np.sum(a[1] - a[0])) if len(a[0]) else 0.0
+
+
+def _covered_before(a: Intervals, t: np.ndarray) -> np.ndarray:
+    """Length of interval set `a` in (-inf, t) for each t."""
+    starts, ends = a
+    t = np.asarray(t, dtype=np.float64)
+    if len(starts) == 0:
+        return np.zeros_like(t)
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+    k = np.searchsorted(starts, t, side="right") - 1
+    kc = np.clip(k, 0, None)
+    partial = np.clip(t - starts[kc], 0.0, ends[kc] - starts[kc])
+    return np.where(k >= 0, cum[kc] + partial, 0.0)
+
+
+def length_within(a: Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Covered length of interval set `a` inside each window [lo, hi) (0 for empty windows)."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), lo)
+    return _covered_before(a, hi) - _covered_before(a, lo)
+
+
+def intersect_intervals(a: Intervals, b: Intervals) -> Intervals:
+    """a ∩ b of two interval sets.
+
+    Every piece of the intersection starts at a start of one set that lies inside the other,
+    and ends at the first end of either set after it; so candidates are the starts of each set
+    covered by the other, and each piece ends at min(own end, the other's covering end).
+    """
+    pieces_s, pieces_e = [], []
+    for (xs, xe), (ys, ye) in ((a, b), (b, a)):
+        if len(xs) == 0 or len(ys) == 0:
+            return EMPTY
+        k = np.searchsorted(ys, xs, side="right") - 1
+        inside = (k >= 0) & (ye[np.clip(k, 0, None)] > xs)
+        kk = k[inside]
+        pieces_s.append(xs[inside])
+        pieces_e.append(np.minimum(xe[inside], ye[kk]))
+    # A piece starting at a start of both sets appears twice: the union merges it.
+    return union_intervals(np.concatenate(pieces_s), np.concatenate(pieces_e))
+
+
+def subtract_intervals(a: Intervals, b: Intervals) -> Intervals:
+    """a minus b of two interval sets."""
+    if len(a[0]) == 0 or len(b[0]) == 0:
+        return a
+    return intersect_intervals(a, complement(b, float(a[0][0]), float(a[1][-1])))
+
+
+def complement(a: Intervals, lo: float, hi: float) -> Intervals:
+    """[lo, hi) minus interval set a."""
+    a = clip_intervals(a, lo, hi)
+    starts = np.concatenate([[lo], a[1]])
+    ends = np.concatenate([a[0], [hi]])
+    keep = ends > starts
+    return starts[keep], ends[keep]
+
+
+def clip_intervals(a: Intervals, lo: float, hi: float) -> Intervals:
+    """The part of interval set a inside [lo, hi)."""
+    s, e = np.maximum(a[0], lo), np.minimum(a[1], hi)
+    keep = e > s
+    return s[keep], e[keep]
+
+
+def clip_to_windows(a: Intervals, windows: Intervals) -> Intervals:
+    """The part of interval set a inside the interval set `windows`."""
+    return intersect_intervals(a, windows)
 
 
 @dataclass

@@ -146,6 +146,9 @@ class Run:
     """steps.jsonl as a frame (step, wall_ms, tokens_per_s, loss, profiled), when present."""
     context: RankContext | None = None
     """Set when `traces` are only some of the run's ranks (see RankContext)."""
+    accounting: Any = None
+    """The step accounting (tracekit.accounting.table.RunAccounting) once computed: set by
+    the per-rank analysis, whose Run keeps no events to compute it from."""
 
     @property
     def ranks(self) -> list[int]:

@@ -40,6 +40,26 @@ def write_markdown(path: Path, text: str) -> None:
         raise UserError(f"--markdown {path}: cannot write ({exc.strerror or exc})") from None
 
 
+def check_json_target(path: Path, flag: str) -> None:
+    """Refuse to write JSON over a directory or a trace file."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory")
+    if path.name.endswith((".json.gz", ".gz")):
+        raise UserError(f"{flag} {path}: refusing to write over a .gz file")
+
+
+def write_accounting(run: Any, path: Path) -> None:
+    """--accounting FILE: the run's step accounting as JSON; a one-line error when the file
+    cannot be written."""
+    from tracekit.pipeline import write_accounting as write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(run, path)
+    except OSError as exc:
+        raise UserError(f"--accounting {path}: cannot write ({exc.strerror or exc})") from None
+
+
 def frame_table(title: str, frame: Any, max_rows: int = 20) -> Any:
     """A rich Table of a DataFrame's first rows (numbers rounded for reading)."""
     from rich.table import Table
@@ -104,8 +124,13 @@ def register(app: typer.Typer) -> None:
                                   help="Also write the interactive timeline with the findings "
                                        "(.html)."),
         param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
+        accounting: Path = typer.Option(None, "--accounting",
+                                        help="Also write the step accounting (per rank and "
+                                             "step: compute, exposed comm, idle by cause) as "
+                                             "JSON to this file."),
     ) -> None:
-        """Find why steps are slow: select_backward, sm_contention, comm_gap, slow_step."""
+        """Find why steps are slow: step accounting, then select_backward, sm_contention,
+        comm_gap, slow_step, gpu_idle."""
         # Imported when the command runs: `cli.py --help` stays fast (pandas, numpy).
         from tracekit.detectors import parse_params
         from tracekit.pipeline import analyze_rankwise, analyze_run
@@ -116,6 +141,8 @@ def register(app: typer.Typer) -> None:
             fails([], fail_on)  # validate before the (long) load
         if markdown is not None:
             check_markdown_target(markdown)
+        if accounting is not None:
+            check_json_target(accounting, "--accounting")
         if html is not None:
             from tracekit.timeline import check_output_path
 
@@ -132,6 +159,8 @@ def register(app: typer.Typer) -> None:
             print_breakdown(path, to_stderr=json_out)
         if markdown is not None:
             write_markdown(markdown, render_markdown(run, findings))
+        if accounting is not None:
+            write_accounting(run, accounting)
         if html is not None:
             from tracekit.timeline import write_timeline_html
 

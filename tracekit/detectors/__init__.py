@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tracekit.accounting.budget import apply_budget
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
 from tracekit.trace import Run, Trace
@@ -41,7 +42,7 @@ SUMMARIES: dict[str, Summary] = {}
 hands to the others (Run.context)."""
 
 # Modules imported by `load_detectors`, so registration happens on first use.
-DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step")
+DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle")
 
 
 def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]],
@@ -92,12 +93,13 @@ def rank_summaries(trace: Trace, kinds: Iterable[str] | None = None,
 def run_detectors(run: Run, kinds: Iterable[str] | None = None,
                   params: Mapping[str, Any] | None = None) -> list[Finding]:
     """Run the named detectors (all by default), each with its Params from `params` (defaults
-    for the kinds not in it); findings sorted worst first."""
+    for the kinds not in it), then the cost budget (tracekit.accounting.budget: costs become
+    the step time each finding alone claims); findings sorted worst first."""
     available = load_detectors()
     findings: list[Finding] = []
     for kind in check_kinds(kinds):
         findings.extend(available[kind].detect(run, params_for(kind, params)))
-    return worst_first(findings)
+    return worst_first(apply_budget(run, findings))
 
 
 def check_kinds(kinds: Iterable[str] | None) -> list[str]:

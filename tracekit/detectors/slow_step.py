@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from tracekit.accounting.sets import exposed_spans
 from tracekit.detectors import register
 from tracekit.detectors.step_profile import (
     Candidate,
@@ -181,10 +183,12 @@ def trace_findings(trace: Trace, factor: float, min_excess_us: float, min_steps:
         candidates = excess_candidates(profiles[slow.step], profiles[slow.reference_step])
         chosen = choose(candidates)
         excess = slow.time_us - slow.median_us
+        spans = None
         if chosen is None:
             cause, culprit = Cause(), Culprit()
             what, category = "no single label holds the excess", "unknown"
         else:
+            spans = claimed_spans(trace, chosen)
             cause, culprit = cause_of(trace, chosen)
             category = chosen.category
             where = f" at {cause.source.file}:{cause.source.line}" if cause.source else ""
@@ -204,8 +208,19 @@ def trace_findings(trace: Trace, factor: float, min_excess_us: float, min_steps:
                 "excess_by": [{"label": c.label, "category": c.category,
                                "excess_us": round(c.excess_us, 3)} for c in candidates[:5]],
             },
-            suggestion=SUGGESTIONS.get(category, DEFAULT_SUGGESTION)))
+            suggestion=SUGGESTIONS.get(category, DEFAULT_SUGGESTION), spans=spans))
     return findings
+
+
+def claimed_spans(trace: Trace, chosen: Candidate) -> tuple[np.ndarray, np.ndarray] | None:
+    """The step time a CPU-side culprit (op, label, runtime call) holds: the part of its span
+    in which the GPU was idle or only communicating (what gpu_idle would also claim; the cost
+    budget gives it to one of them)."""
+    if chosen.frame not in ("ops", "launches", "annotations") or chosen.row < 0:
+        return None
+    event = getattr(trace, chosen.frame).loc[chosen.row]
+    return exposed_spans(trace, (np.array([float(event["ts"])]),
+                                 np.array([float(event["end"])])))
 
 
 def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_us: float,

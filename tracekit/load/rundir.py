@@ -30,7 +30,7 @@ TRACE_SUFFIXES = (".json", ".json.gz")
 RANK_IN_NAME = re.compile(r"rank[_\-.]?(\d+)", re.IGNORECASE)
 
 
-RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json")
+RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json", "accounting.json")
 
 
 def is_trace_name(path: Path) -> bool:

@@ -15,10 +15,12 @@ from tracekit.pipeline.analysis import (
     load,
     load_trace,
     select_findings,
+    write_accounting,
     write_findings,
 )
 from tracekit.pipeline.diff import diff_loaded, diff_paths
 from tracekit.pipeline.rankwise import analyze_rankwise, analyze_rankwise_totals
 
 __all__ = ["analyze_rankwise", "analyze_rankwise_totals", "analyze_run", "analyze_run_and_print",
-           "diff_loaded", "diff_paths", "load", "load_trace", "select_findings", "write_findings"]
+           "diff_loaded", "diff_paths", "load", "load_trace", "select_findings", "write_accounting",
+           "write_findings"]

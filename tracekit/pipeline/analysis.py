@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tracekit.accounting.table import run_accounting
 from tracekit.detectors import run_detectors
 from tracekit.finding import Finding
 from tracekit.link import link_trace
@@ -22,6 +23,7 @@ from tracekit.source import source_roots
 from tracekit.trace import Run, Trace, check_rank
 
 FINDINGS_FILE = "findings.json"
+ACCOUNTING_FILE = "accounting.json"
 TIMELINE_FILE = "timeline.html"
 
 
@@ -72,6 +74,13 @@ def select_findings(findings: list[Finding], rank: int | None,
     return [f for f in findings if (rank is None or f.rank == rank) and f.cost_us >= min_cost_us]
 
 
+def write_accounting(run: Run, path: Path) -> Path:
+    """The run's step accounting as JSON (tracekit.accounting.table.RunAccounting.to_json):
+    `analyze --accounting FILE` and `profile`'s accounting.json."""
+    path.write_text(json.dumps(run_accounting(run).to_json(), indent=1) + "\n")
+    return path
+
+
 def write_findings(findings: list[Finding], path: Path) -> Path:
     """Write the JSON contract (the list `analyze --json` prints) to `path`."""
     path.write_text(render_json(findings) + "\n")
@@ -79,7 +88,8 @@ def write_findings(findings: list[Finding], path: Path) -> Path:
 
 
 def analyze_run_and_print(run_dir: Path) -> None:
-    """What `cli.py profile` does at the end: print the report, save <run_dir>/findings.json.
+    """What `cli.py profile` does at the end: print the report, save <run_dir>/findings.json
+    and the step accounting beside it (accounting.json).
 
     findings.json is only written into a run directory (the trainer created it); an existing
     findings.json is replaced only when it holds a JSON list (an earlier analysis), never a file
@@ -96,6 +106,10 @@ def analyze_run_and_print(run_dir: Path) -> None:
         return
     write_findings(findings, target)
     print(f"findings: {target}")
+    accounting = run_dir / ACCOUNTING_FILE
+    if not accounting.exists():
+        write_accounting(run, accounting)
+        print(f"accounting: {accounting}")
     write_run_timeline(run, findings, run_dir / TIMELINE_FILE)
 
 

@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from tracekit.accounting.table import RunAccounting, run_accounting
 from tracekit.compare import RankTotals, rank_totals
 from tracekit.detectors import check_kinds, rank_summaries, run_detectors, worst_first
 from tracekit.errors import UserError
@@ -76,7 +77,7 @@ def rank_process(job: TraceJob, conn: Connection, gate: Any, kinds: list[str] | 
                   context=context)
         findings = run_detectors(run, kinds=kinds, params=params)
         totals = rank_totals(trace) if want_totals else None
-        conn.send(("findings", (findings, totals)))
+        conn.send(("findings", (findings, totals, RunAccounting.of_traces([trace]))))
     except (EOFError, BrokenPipeError):  # the parent stopped (an error on another rank)
         return
     except UserError as exc:
@@ -140,6 +141,7 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
         full, found = analyze_run(plan.path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
                                   progress=progress, params=params)
         sums = [rank_totals(t) for t in full.traces] if totals else []
+        run_accounting(full)
         return replace(full, traces=[t.thin() for t in full.traces]), found, sums
     cpus = max(1, workers or _cpus())
     # Fewer files than CPUs: each rank process also parses its file in slices on its share.
@@ -177,14 +179,15 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
             log = steps_log if i == 0 else None
             r.conn.send(("detect", (plan.path, plan.manifest, log, run_context, totals)))
         results = [r.receive("findings") for r in loaded]
-        findings = [f for found, _ in results for f in found]
-        sums = [s for _, s in results if s is not None]
+        findings = [f for found, _, _ in results for f in found]
+        sums = [s for _, s, _ in results if s is not None]
+        accounting = RunAccounting.combine([a for _, _, a in results])
     except BaseException:
         _stop(ranks, grace_s=STOP_GRACE_S)  # an error: nothing they do is needed any more
         raise
     _stop(ranks, grace_s=FINISH_GRACE_S)
     run = Run(path=plan.path, traces=thin, manifest=plan.manifest, steps_log=steps_log,
-              context=run_context)
+              context=run_context, accounting=accounting)
     check_rank(run, rank)
     return run, worst_first(select_findings(findings, rank, min_cost_us)), sums
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tracekit.accounting.table import run_accounting
 from tracekit.durations import format_us
 from tracekit.finding import Finding
+from tracekit.report.accounting import summary_lines
 from tracekit.report.text import grouped, short_kernel, source_text
 from tracekit.trace import Run
 
@@ -17,6 +19,9 @@ def render_markdown(run: Run | None, findings: list[Finding]) -> str:
     lines = ["# tracekit findings", ""]
     if run is not None:
         lines += [f"Run: `{run.path}`, ranks {', '.join(map(str, run.ranks)) or '-'}", ""]
+        summary = summary_lines(run_accounting(run))
+        if summary:
+            lines += [f"## {summary[0]}", "", "```", *summary[1:], "```", ""]
     if not findings:
         return "\n".join(lines + ["No findings.", ""])
     for kind, items in grouped(findings):

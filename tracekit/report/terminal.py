@@ -13,9 +13,11 @@ import sys
 from rich.console import Console
 from rich.text import Text
 
+from tracekit.accounting.table import run_accounting
 from tracekit.durations import format_us
 from tracekit.finding import Finding
 from tracekit.load.device import describe_traces
+from tracekit.report.accounting import summary_lines
 from tracekit.report.text import grouped, short_kernel, source_text
 from tracekit.trace import Run
 
@@ -60,6 +62,12 @@ def print_report(run: Run | None, findings: list[Finding],
         console.print(run_header(run))
         for warning in sorted({w for t in run.traces for w in t.warnings}):
             console.print(Text(f"note: {warning}", style="dim"))
+        summary = summary_lines(run_accounting(run))
+        if summary:
+            console.print(Text(summary[0], style="bold"))
+            for line in summary[1:]:
+                console.print(Text(line), soft_wrap=True)
+            console.print()
     if not findings:
         console.print("No findings: nothing slow enough to report.")
         return

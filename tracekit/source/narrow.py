@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 
 from tracekit.source.containers import callees, variable_index_statements
 from tracekit.source.files import SourceFiles
-from tracekit.source.parse import called_name, function_scope, is_tensor_subscript, walk_scope
+from tracekit.source.parse import (
+    called_name,
+    function_scope,
+    is_tensor_subscript,
+    scope_around,
+    walk_scope,
+)
 
 MatchFn = Callable[[ast.AST], bool]
 
@@ -101,6 +107,28 @@ class SourceIndex(SourceFiles):
             if lines:
                 return choose_line(lines, def_line, ordinal, count)
         return fallback
+
+    def narrow_in_running_frame(self, file: str, line: int, function: str,
+                                op_name: str) -> Narrowed:
+        """`narrow` for a frame that was already on the stack when profiling began: the
+        profiler names the line it was executing then (not its def line), so the scope is the
+        function of that name holding the line. Exact only when one statement matches."""
+        key = (file, line, function, "running:" + op_name, 0, 1)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = Narrowed(line, False)
+            path = self.resolve(file)
+            parsed = self.parsed(path) if path is not None and line >= 0 else None
+            scope = scope_around(parsed, line, function) if parsed is not None else None
+            if scope is not None:
+                nodes = list(walk_scope(scope))
+                for matcher in matchers_for(op_name):
+                    lines = [node.lineno for node in nodes if matcher(node)]
+                    if lines:
+                        answer = choose_line(lines, line, 0, 1)
+                        break
+            self._answers[key] = answer
+        return answer
 
     def narrow_for_op(self, file: str, def_line: int, function: str, op_name: str) -> Narrowed:
         """The one statement of the frame "file(def_line): function" that can run `op_name`,
@@ -262,4 +290,13 @@ def _label_matchers(label: str) -> list[MatchFn]:
     def call(node: ast.AST) -> bool:
         return bool(last) and called_name(node) == last
 
+    if label.startswith("enumerate(DataLoader)"):
+        # The DataLoader's iterator runs where the loop takes its next batch: a `for` over
+        # something other than range(...), or an explicit next(...).
+        def loop(node: ast.AST) -> bool:
+            if isinstance(node, ast.Call) and called_name(node) == "next":
+                return True
+            return isinstance(node, ast.For) and called_name(node.iter) != "range"
+
+        return [literal, loop]
     return [literal, call]

@@ -30,6 +30,16 @@ def function_scope(parsed: ParsedFile, def_line: int, function: str) -> ast.AST 
     return None
 
 
+def scope_around(parsed: ParsedFile, line: int, function: str) -> ast.AST | None:
+    """The one function named `function` whose body holds `line` (None if not exactly one):
+    the scope of a frame that was already on the stack when profiling began, which the
+    profiler names by the line it was executing, not by its def line."""
+    around = {id(node): node for nodes in parsed.functions.values() for node in nodes
+              if getattr(node, "name", None) == function
+              and node.lineno < line <= (getattr(node, "end_lineno", None) or 0)}
+    return next(iter(around.values())) if len(around) == 1 else None
+
+
 def walk_scope(scope: ast.AST) -> Iterator[ast.AST]:
     """Nodes of a function body in source order, not descending into nested functions,
     classes or lambdas (their code runs in frames of their own)."""

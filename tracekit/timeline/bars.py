@@ -25,6 +25,16 @@ CATEGORY_STYLE: dict[str, tuple[str, str]] = {
     "other": ("other kernel", "#7f7f7f"),
     "cpu op": ("CPU op (outermost)", "#9fb3c8"),
     "annotation": ("record_function", "#bcbd22"),
+    "exposed comm": ("exposed communication", "#ff9896"),
+    "idle:input": ("GPU idle: input pipeline", "#e377c2"),
+    "idle:host_sync": ("GPU idle: host sync", "#a50026"),
+    "idle:memcpy": ("GPU idle: blocking memcpy", "#c49c94"),
+    "idle:gc": ("GPU idle: garbage collection", "#dbdb8d"),
+    "idle:peer": ("GPU idle: waiting for peers", "#f46d43"),
+    "idle:launch": ("GPU idle: kernel launch", "#fdae61"),
+    "idle:python": ("GPU idle: Python/CPU work", "#fee090"),
+    "idle:queued": ("GPU idle: queued work waiting", "#c7c7c7"),
+    "idle:unknown": ("GPU idle: unknown", "#e0e0e0"),
 }
 BAR_PX = 16
 

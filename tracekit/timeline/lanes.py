@@ -23,6 +23,7 @@ from tracekit.timeline.rows import (
     STEP_PREFIX,
     annotation_bars,
     cpu_bars,
+    idle_bars,
     kernel_bars,
     memory_bars,
 )
@@ -43,7 +44,7 @@ class Timeline:
     stream (-1 on CPU lanes), ts/end (trace clock, us), is_nccl, kind (kernel|memory|cpu_op|
     annotation)."""
     lanes: pd.DataFrame
-    """rank, y, label, kind (cpu|annotation|gpu), tid, stream."""
+    """rank, y, label, kind (cpu|annotation|gpu|idle), tid, stream."""
     steps: pd.DataFrame
     """rank, step, side (cpu|gpu), x0, x1 (ms), y0, y1 (the rank's lanes of that side)."""
     offsets_us: dict[int, float]
@@ -208,6 +209,9 @@ def rank_lanes(trace: Trace, y_start: float) -> pd.DataFrame:
     for stream, role in stream_roles(trace)[["stream", "role"]].itertuples(index=False):
         rows.append({"label": f"rank {r} · stream {int(stream)} ({role})", "kind": "gpu",
                      "tid": -1, "pid": -1, "stream": int(stream)})
+    if trace.has_gpu and all("launch_idx" in f for f in (trace.kernels, trace.gpu_mem)):
+        rows.append({"label": f"rank {r} · GPU idle (by CPU cause) / exposed comm",
+                     "kind": "idle", "tid": -1, "pid": -1, "stream": -1})
     lanes = pd.DataFrame(rows, columns=["label", "kind", "tid", "pid", "stream"])
     lanes.insert(0, "rank", r)
     lanes.insert(1, "y", y_start + np.arange(len(lanes), dtype=float))
@@ -218,7 +222,7 @@ def step_spans(trace: Trace, lanes: pd.DataFrame, offset_us: float) -> pd.DataFr
     """Each ProfilerStep's CPU span over the CPU lanes and GPU span over the GPU lanes."""
     steps = trace.steps
     rows: list[pd.DataFrame] = []
-    for side, lane_kinds in (("cpu", ("cpu", "annotation")), ("gpu", ("gpu",))):
+    for side, lane_kinds in (("cpu", ("cpu", "annotation")), ("gpu", ("gpu", "idle"))):
         ys = lanes.loc[lanes["kind"].isin(lane_kinds), "y"]
         spans = steps.dropna(subset=[f"{side}_ts"]) if len(steps) else steps
         if ys.empty or spans.empty:
@@ -279,8 +283,8 @@ def build_timeline(run: Run, rank: int | str | None = None, step: int | None = N
                         ignore_index=True) if trace.has_gpu else pd.DataFrame()
         if len(gpu):
             gpu["y"] = gpu["stream"].map(gpu_lane)
-        parts = [f for f in (cpu_bars(trace, lanes), annotation_bars(trace, lanes), gpu)
-                 if len(f)]
+        parts = [f for f in (cpu_bars(trace, lanes), annotation_bars(trace, lanes), gpu,
+                             idle_bars(trace, lanes)) if len(f)]
         if step is not None:
             span = step_window_us(trace, step)
             if span is None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tracekit.accounting.causes import idle_split
+from tracekit.accounting.events import CAUSE_LABELS
+from tracekit.accounting.sets import gpu_sets
 from tracekit.link.ancestry import ancestor_levels
 from tracekit.names import kernel_labels
 from tracekit.trace import Trace
@@ -177,3 +180,30 @@ def annotation_bars(trace: Trace, lanes: pd.DataFrame) -> pd.DataFrame:
         "rank": trace.rank, "y": float(lane["y"].iloc[0]), "stream": -1, "ts": a["ts"],
         "end": a["end"], "category": "annotation", "hover": hover,
         "name": a["name"].astype(str), "is_nccl": False, "kind": "annotation"})
+
+
+def idle_bars(trace: Trace, lanes: pd.DataFrame) -> pd.DataFrame:
+    """The step accounting on the timeline: every piece of GPU idle time inside a step,
+    coloured by what the CPU was doing (with its event and line), and communication that no
+    compute hides, on one lane under the rank's streams."""
+    lane = lanes[lanes["kind"] == "idle"]
+    if lane.empty:
+        return pd.DataFrame(columns=BAR_COLUMNS)
+    pieces = idle_split(trace).pieces
+    src = file_line(pieces["src_file"].astype(str), pieces["src_line"])
+    name = pieces["name"].astype(str)
+    hover = ("<b>GPU idle: " + pieces["cause"].map(CAUSE_LABELS) + "</b><br>" + DUR
+             + np.where(name != "", "<br>CPU in " + escape_html(short_names(name)), "")
+             + np.where(src != "", "<br>line " + src, ""))
+    idle = pd.DataFrame({
+        "rank": trace.rank, "y": float(lane["y"].iloc[0]), "stream": -1,
+        "ts": pieces["start"], "end": pieces["end"],
+        "category": "idle:" + pieces["cause"].astype(str), "hover": hover, "name": name,
+        "is_nccl": False, "kind": "idle"})
+    exposed = gpu_sets(trace).exposed_comm
+    comm = pd.DataFrame({
+        "rank": trace.rank, "y": float(lane["y"].iloc[0]), "stream": -1, "ts": exposed[0],
+        "end": exposed[1], "category": "exposed comm",
+        "hover": "<b>exposed communication</b><br>" + DUR + "<br>no compute beside it",
+        "name": "exposed communication", "is_nccl": True, "kind": "idle"})
+    return pd.concat([f for f in (idle, comm) if len(f)] or [idle], ignore_index=True)

@@ -1,0 +1,313 @@
+"""Where the GPU's idle time went: what the CPU was doing while the GPU had nothing to run.
+
+The GPU idles inside a step only when the next piece of GPU work was not queued yet, or was
+queued but could not start. For every idle interval the next GPU event after it (any stream)
+tells which: if its launch call had already returned when the GPU went idle, the work was
+queued (a stream dependency, an event wait, or the driver's own latency: `queued`). Otherwise
+the CPU was late, and the interval up to the moment the launch call returned is split by what
+the launching threads were doing meanwhile, first match wins:
+
+    input      the input pipeline: DataLoader iteration (`enumerate(DataLoader)#...__next__`),
+               collate, `torch/utils/data` frames, data/prefetch labels
+    gc         Python's garbage collector
+    peer       a barrier: waiting for other ranks
+    memcpy     a blocking copy: cudaMemcpy/hipMemcpy calls, ops copying from pageable memory
+               (also the rest of an idle interval that began while the CPU was in one)
+    host_sync  the CPU waited for the GPU: cuda/hip Stream/Device/Event Synchronize,
+               aten::item, _local_scalar_dense, nonzero, copies to the host (.cpu(), .to("cpu"));
+               also the rest of an idle interval that began while the CPU was in such a sync
+               (the sync drained the queue: everything the CPU did before its next launch was
+               exposed)
+    launch     kernel-launch overhead: CUDA runtime calls and ops that launch GPU work, that
+               return within MAX_LAUNCH_OP_US; every idle gap under LAUNCH_GAP_US closed by a
+               late launch (runs of short kernels whose launches cannot keep up), named by the
+               op that launched the next kernel; and the launch latency between a late launch
+               call's return and its kernel's start
+    python     any other CPU op, record_function range or Python frame: Python work, and ops
+               and runtime calls that hold the CPU for long (cudnn autotuning in a first conv2d,
+               CUDA context creation in a first cudaFree or cudaLaunchKernel);
+               optimizer steps land here with their `Optimizer.step#...` label
+    unknown    no event on the launching threads (e.g. a trace without Python stacks)
+
+Each piece of idle time keeps the CPU event that explains it (the outermost event of that
+cause around it: its name, thread, and the user's source line, from the linker's source
+columns or the enclosing user frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tracekit.accounting.events import (
+    CPU_CAUSES,
+    DRAINING,
+    EVENT_COLUMNS,
+    FRAME_NAME,
+    IDLE_CAUSES,
+    LAUNCH_GAP_US,
+    cpu_events,
+    launch_gaps,
+)
+from tracekit.accounting.sets import GpuSets, gpu_sets
+from tracekit.intervals import (
+    EMPTY,
+    Intervals,
+    intersect_intervals,
+    subtract_intervals,
+    union_intervals,
+)
+from tracekit.link.op_source import user_frames
+from tracekit.source import SourceIndex
+from tracekit.trace import Trace
+
+
+@dataclass
+class IdleSplit:
+    """A rank's idle time split by cause: `pieces` has one row per piece of idle time:
+    cause, start, end, window (its step window's index), and the explaining CPU event's
+    name, tid, src_file, src_line, src_function, src_line_exact, src_path."""
+
+    pieces: pd.DataFrame
+
+    def per_window(self, sets: GpuSets) -> pd.DataFrame:
+        """Idle microseconds per step window (rows) and cause (columns, every cause).
+
+        Pieces may run across a window boundary (windows touch), so each cause's pieces are
+        measured inside each window rather than counted where they start."""
+        p = self.pieces
+        out = pd.DataFrame(0.0, index=np.arange(len(sets.steps)), columns=list(IDLE_CAUSES))
+        for cause, group in p.groupby("cause", sort=False):
+            out[cause] = sets.per_window((group["start"].to_numpy(np.float64),
+                                          group["end"].to_numpy(np.float64)))
+        return out
+
+
+def idle_split(trace: Trace) -> IdleSplit:
+    """The rank's idle intervals split by cause (cached on the trace)."""
+    cached = trace.__dict__.get("_idle_split")
+    if cached is not None:
+        return cached
+    sets = gpu_sets(trace)
+    idle_s, idle_e = sets.idle
+    late_until, next_call = next_launch(trace, idle_e)
+    late = ~(late_until <= idle_s)  # NaN (launch unknown) counts as late
+    cpu_end = np.where(np.isnan(late_until), idle_e, np.clip(late_until, idle_s, idle_e))
+    cpu_part = (idle_s[late], cpu_end[late])
+    tail = (cpu_end[late], idle_e[late])
+    keep = tail[1] > tail[0]
+    tail = (tail[0][keep], tail[1][keep])
+    queued = (idle_s[~late], idle_e[~late])
+
+    events = cpu_events(trace)
+    short = late & (idle_e - idle_s <= LAUNCH_GAP_US) & (next_call >= 0)
+    events = pd.concat([events, drained(events, cpu_part),
+                        launch_gaps(trace, (idle_s[short], cpu_end[short]), next_call[short])],
+                       ignore_index=True)
+    remaining = union_intervals(*cpu_part)
+    frames = []
+    for cause in CPU_CAUSES:
+        mine = events[events["cause"] == cause]
+        if mine.empty:
+            continue
+        covered, _, rep = grouped_union(mine)
+        piece = intersect_intervals(remaining, covered)
+        remaining = subtract_intervals(remaining, piece)
+        frames.append(explained(cause, piece, covered, rep, mine))
+    frames.append(launch_tails(trace, tail, next_call[late][keep]))
+    frames.append(bare("queued", queued))
+    frames.append(bare("unknown", remaining))
+    pieces = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(
+        len(f) for f in frames) else bare("unknown", EMPTY)
+    pieces = pieces.sort_values("start", kind="stable").reset_index(drop=True)
+    pieces["window"] = np.searchsorted(sets.windows[0], pieces["start"].to_numpy(),
+                                       side="right") - 1
+    pieces["running_frame"] = False
+    fill_sources(trace, pieces)
+    narrow_lines(trace, pieces)
+    pieces = pieces.drop(columns="running_frame")
+    split = IdleSplit(pieces)
+    trace.__dict__["_idle_split"] = split
+    return split
+
+
+def next_launch(trace: Trace, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each time t (an idle interval's end, where GPU work starts): when the launch call
+    of the GPU event starting there returned (NaN when unknown), and that call's row in
+    `launches` (-1 when unknown)."""
+    k, m, launches = trace.kernels, trace.gpu_mem, trace.launches
+    ts = np.concatenate([k["ts"].to_numpy(np.float64), m["ts"].to_numpy(np.float64)])
+    launch = np.concatenate([k["launch_idx"].to_numpy(np.int64),
+                             m["launch_idx"].to_numpy(np.int64)])
+    if len(ts) == 0 or len(t) == 0:
+        return np.full(len(t), np.nan), np.full(len(t), -1, dtype=np.int64)
+    launch_end = np.full(len(ts), np.nan)
+    has = launch >= 0
+    launch_end[has] = launches["end"].to_numpy(np.float64)[launch[has]]
+    # Of events starting at the same time, the one launched first decides.
+    order = np.lexsort((launch_end, ts))
+    ts, launch_end, launch = ts[order], launch_end[order], launch[order]
+    pos = np.clip(np.searchsorted(ts, t - 1e-3, side="left"), 0, len(ts) - 1)
+    return launch_end[pos], launch[pos]
+
+
+def grouped_union(events: pd.DataFrame) -> tuple[Intervals, np.ndarray, np.ndarray]:
+    """Union of the events' intervals, each event's group (merged interval) and, per group,
+    the row (in `events`) of its longest event: the one that names the group."""
+    ts, end = events["ts"].to_numpy(np.float64), events["end"].to_numpy(np.float64)
+    covered = union_intervals(ts, end)
+    if len(covered[0]) == 0:
+        return covered, np.full(len(ts), -1), np.zeros(0, dtype=np.int64)
+    group = np.searchsorted(covered[0], ts, side="right") - 1
+    valid = (end > ts) & (group >= 0)
+    dur = np.where(valid, end - ts, -1.0)
+    # Ops and labels name a group better than Python frames (`<module>`, `main`).
+    frame = events["name"].astype(str).str.contains(FRAME_NAME).to_numpy(dtype=bool)
+    order = np.lexsort((-dur, frame, group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    rep = np.zeros(len(covered[0]), dtype=np.int64)
+    chosen = order[first]
+    rep_group = group[chosen]
+    ok = rep_group >= 0
+    rep[rep_group[ok]] = chosen[ok]
+    return covered, group, rep
+
+
+def drained(events: pd.DataFrame, cpu_part: Intervals) -> pd.DataFrame:
+    """Events for idle intervals that began while the CPU was blocked in a host sync or a
+    blocking copy: it drained the GPU's queue, so the whole interval is its (see module doc)."""
+    out = []
+    for cause in DRAINING:
+        blocking = events[events["cause"] == cause]
+        if blocking.empty or len(cpu_part[0]) == 0:
+            continue
+        covered, _, rep = grouped_union(blocking)
+        group = np.searchsorted(covered[0], cpu_part[0], side="right") - 1
+        inside = (group >= 0) & (covered[1][np.clip(group, 0, None)] >= cpu_part[0])
+        rows = blocking.iloc[rep[group[inside]]].copy()
+        rows["ts"] = cpu_part[0][inside]
+        rows["end"] = cpu_part[1][inside]
+        out.append(rows)
+    return pd.concat(out, ignore_index=True) if out else events.iloc[:0]
+
+
+def explained(cause: str, piece: Intervals, covered: Intervals, rep: np.ndarray,
+              events: pd.DataFrame) -> pd.DataFrame:
+    """Pieces of one cause, each with the event that names its group."""
+    group = np.searchsorted(covered[0], piece[0], side="right") - 1
+    pick = rep[group]
+    # The event running at the piece's start names it best: the latest-starting op, label or
+    # launch gap that contains it (frames are named by the user frame, below).
+    named = np.flatnonzero(~events["name"].astype(str).str.contains(FRAME_NAME)
+                           .to_numpy(dtype=bool))
+    if named.size and len(piece[0]):
+        ts = events["ts"].to_numpy(np.float64)[named]
+        end = events["end"].to_numpy(np.float64)[named]
+        order = np.argsort(ts, kind="stable")
+        at = np.searchsorted(ts[order], piece[0], side="right") - 1
+        hit = (at >= 0) & (end[order][np.clip(at, 0, None)] > piece[0])
+        pick = np.where(hit, named[order][np.clip(at, 0, None)], pick)
+    chosen = events.iloc[pick]
+    out = pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1]})
+    for column in ["name", "tid", *EVENT_COLUMNS[5:]]:
+        out[column] = chosen[column].to_numpy()
+    out["event_ts"] = np.minimum(chosen["ts"].to_numpy(np.float64), piece[0])
+    # A group of back-to-back events is named by its longest one, which need not be the one
+    # running at the piece (a later record_function range), and a Python frame's name says
+    # little (`_run_module_as_main`): those pieces are named by the user frame around them
+    # instead (fill_sources).
+    inside = (chosen["ts"].to_numpy() <= piece[0]) & (chosen["end"].to_numpy() > piece[0])
+    frame = chosen["name"].astype(str).str.contains(FRAME_NAME).to_numpy(dtype=bool)
+    vague = ~inside | frame
+    out.loc[vague, "name"] = ""
+    out.loc[vague, "src_file"] = ""
+    out.loc[vague, "src_line"] = -1
+    out.loc[vague, "src_function"] = ""
+    out.loc[vague, "src_line_exact"] = False
+    out.loc[vague, "event_ts"] = piece[0][vague]
+    return out
+
+
+def launch_tails(trace: Trace, tail: Intervals, calls: np.ndarray) -> pd.DataFrame:
+    """Launch latency: from a late launch call's return to its GPU work's start, named by
+    the op that launched it."""
+    events = launch_gaps(trace, tail, np.where(calls >= 0, calls, 0))
+    out = events.rename(columns={"ts": "start"}).drop(columns="cause")
+    out.insert(0, "cause", "launch")
+    out["event_ts"] = out["start"]
+    unknown = calls < 0
+    if unknown.any():
+        out.loc[unknown, ["name", "src_file", "src_function", "src_path"]] = ""
+        out.loc[unknown, "src_line"] = -1
+        out.loc[unknown, "src_line_exact"] = False
+        out.loc[unknown, "tid"] = -1
+    return out
+
+
+def bare(cause: str, piece: Intervals) -> pd.DataFrame:
+    """Pieces with no CPU event behind them."""
+    n = len(piece[0])
+    return pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1],
+                         "event_ts": piece[0],
+                         "name": np.full(n, "", dtype=object), "tid": np.full(n, -1),
+                         "src_file": np.full(n, "", dtype=object),
+                         "src_line": np.full(n, -1, dtype=np.int64),
+                         "src_function": np.full(n, "", dtype=object),
+                         "src_line_exact": np.zeros(n, dtype=bool),
+                         "src_path": np.full(n, "", dtype=object)})
+
+
+def fill_sources(trace: Trace, pieces: pd.DataFrame) -> None:
+    """Pieces whose event has no source line take the user frame around the event's start
+    on its thread (a DataLoader's __next__ is the user's `next(loader)`, not the __getitem__
+    it runs), or around the piece's start when no one event explains it (the linker's
+    user-frame lookup)."""
+    missing = np.flatnonzero((pieces["src_line"].to_numpy() < 0)
+                             & (pieces["tid"].to_numpy() >= 0))
+    if missing.size == 0 or len(trace.python) == 0:
+        return
+    frame = user_frames(trace, pieces["tid"].to_numpy()[missing],
+                        pieces["event_ts"].to_numpy(np.float64)[missing])
+    found = frame >= 0
+    rows, frame = missing[found], frame[found]
+    py = trace.python
+    # Frames open since the profiler started name the line they were executing then: the
+    # tracer writes the stack it finds, outermost first, before any frame returns.
+    tid = py["tid"].to_numpy()
+    first_end = pd.Series(py["end"].to_numpy(np.float64)).groupby(tid).transform("min")
+    running = py["ts"].to_numpy(np.float64) < first_end.to_numpy()
+    pieces.loc[rows, "running_frame"] = running[frame]
+    pieces.loc[rows, "src_file"] = py["file"].to_numpy(dtype=object)[frame]
+    pieces.loc[rows, "src_line"] = py["line"].to_numpy(np.int64)[frame]
+    pieces.loc[rows, "src_function"] = py["function"].to_numpy(dtype=object)[frame]
+    unnamed = rows[pieces["name"].to_numpy(dtype=object)[rows] == ""]
+    pieces.loc[unnamed, "name"] = pieces.loc[unnamed, "src_function"]
+
+
+SYNC_CALL_AS_OP = "cuda::synchronize"
+"""How a runtime synchronize call is matched to the user's statement (a `.synchronize(` call)."""
+
+
+def narrow_lines(trace: Trace, pieces: pd.DataFrame) -> None:
+    """Def lines narrowed to the statement that ran the piece's event, where the source can
+    tell (the linker's SourceIndex, once per distinct frame and event name)."""
+    todo = (pieces["src_line"].to_numpy() >= 0) & ~pieces["src_line_exact"].to_numpy(dtype=bool)
+    if not todo.any():
+        return
+    columns = ["src_file", "src_line", "src_function", "name", "running_frame"]
+    keys = pieces.loc[todo, columns]
+    distinct = keys.drop_duplicates()
+    index = SourceIndex(roots=trace.source_roots)
+    answers = []
+    for f, line, fn, name, running in distinct.itertuples(index=False):
+        matched = SYNC_CALL_AS_OP if str(name).endswith("Synchronize") else str(name)
+        answers.append(index.narrow_in_running_frame(str(f), int(line), str(fn), matched)
+                       if running else index.narrow(str(f), int(line), str(fn), matched, 0, 1))
+    distinct = distinct.assign(new_line=[a.line for a in answers],
+                               new_exact=[a.exact for a in answers])
+    merged = keys.merge(distinct, on=columns, how="left")
+    rows = np.flatnonzero(todo)
+    pieces.loc[rows, "src_line"] = merged["new_line"].to_numpy(np.int64)
+    pieces.loc[rows, "src_line_exact"] = merged["new_exact"].to_numpy(dtype=bool)
