@@ -15,7 +15,8 @@ union), and the costs of a step's findings never sum to more than the step (the 
 Findings left with nothing are dropped (what they explain is explained by a worse one).
 Severity is recomputed from the new cost per step; evidence gains `cost_per_step_us`,
 `cost_pct_of_step` (of the run's step time) and `cost_by_step_us` ({step: cost inside that
-step's window}: a finding merged over steps says what it costs in each). Findings without
+step's window}, ProfilerStep numbers only: a finding merged over steps says what it costs in
+each). Findings without
 spans (run-level ones, from steps.jsonl) keep their cost.
 """
 
@@ -82,7 +83,8 @@ def apply_budget(run: Run, findings: list[Finding]) -> list[Finding]:
             f.evidence["cost_per_step_us"] = round(per_step, 3)
             f.evidence["cost_by_step_us"] = {
                 int(step): round(float(us), 3)
-                for step, us in zip(sets.steps, sets.per_window(own), strict=True) if us > 0}
+                for step, us in zip(sets.steps, sets.per_window(own), strict=True)
+                if us > 0 and step >= 0}
             f.evidence["cost_pct_of_step"] = (round(100.0 * per_step / step_us, 2)
                                               if step_us else None)
     return [f for f in findings if id(f) not in dropped]
