@@ -193,3 +193,23 @@ def test_analyze_run_and_print_writes_findings(tmp_path: Path, capsys) -> None:
     (run_dir / "findings.json").write_text('{"not": "ours"}')
     analyze_run_and_print(run_dir)  # a findings.json that is not a list is left alone
     assert json.loads((run_dir / "findings.json").read_text()) == {"not": "ours"}
+
+
+def test_a_mostly_idle_step_is_reported_with_where_its_idle_went(tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """Even with no finding selected, the report's step accounting lists the step that is 96%
+    idle and says the input pipeline (data:wait_shard) holds it; --accounting writes it."""
+    run_dir = slow_run(tmp_path)
+    target = tmp_path / "out" / "accounting.json"
+    code, out, err = cli_here([str(run_dir), "--kinds", "select_backward",
+                               "--accounting", str(target)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "Step accounting" in out and "No findings" in out
+    [line] = [x for x in out.splitlines() if x.strip().startswith("rank 0 step 3:")]
+    assert "input pipeline" in line
+    saved = json.loads(target.read_text())
+    assert saved["schema_version"] == 1
+    step3 = [s for s in saved["steps"] if s["step"] == 3][0]
+    assert step3["idle_by_cause_us"]["input"] == pytest.approx(50_000.0, rel=0.01)
+    assert step3["wall_us"] == pytest.approx(step3["compute_us"] + step3["exposed_comm_us"]
+                                             + step3["idle_us"])
