@@ -125,10 +125,7 @@ def test_each_recording_ran_the_plant_function_as_the_program_defines_it(case: s
                        for n in frame_names(case, spec["waiting_rank"]))
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(
-        strict=True, reason="issue 10: needs the gpu_idle detector and step accounting"))
-    for case in PLANTS if CASES[case]["finding"] == "gpu_idle"])
+@pytest.mark.parametrize("case", [case for case in PLANTS if CASES[case]["finding"] == "gpu_idle"])
 def test_gpu_idle_finds_each_plant_at_its_line_with_its_measured_cost(case: str) -> None:
     spec = CASES[case]
     _, found = findings(case)
