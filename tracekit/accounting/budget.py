@@ -78,6 +78,7 @@ def apply_budget(run: Run, findings: list[Finding]) -> list[Finding]:
             cost = total_length(own)
             if cost <= 0:
                 dropped.add(id(f))
+                f.spans = EMPTY
                 continue
             claimed = union_intervals(np.concatenate([claimed[0], own[0]]),
                                       np.concatenate([claimed[1], own[1]]))
