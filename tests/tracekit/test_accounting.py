@@ -215,15 +215,3 @@ def test_a_gpu_bound_step_by_hta_is_mostly_compute_here_too() -> None:
     share = row["compute_us"] / row["wall_us"]
     assert share == pytest.approx(0.83, abs=0.02)
     assert abs(share - HTA_FIXED_STEP8_GPU_COMPUTE_BOUND) < 0.1
-
-
-def test_a_finding_that_cannot_place_its_loss_gets_what_its_step_has_left(tmp_path) -> None:
-    run = load(loader_trace(steps=1).write(tmp_path / "rank0.pt.trace.json.gz"),
-               progress=False)
-    placed = claim(0, 9_000.0, ([100.0], [6_100.0]))  # 6 ms of the 10 ms step
-    unplaced = claim(0, 7_000.0, ([], []), severity="medium")
-    unplaced.spans = None
-    apply_budget(run, [placed, unplaced])
-    assert placed.cost_us == pytest.approx(6_000.0)
-    assert unplaced.cost_us == pytest.approx(4_000.0)
-    assert unplaced.evidence["cost_before_step_cap_us"] == 7_000.0

@@ -16,12 +16,8 @@ Findings left with nothing are dropped (what they explain is explained by a wors
 Severity is recomputed from the new cost per step; evidence gains `cost_per_step_us`,
 `cost_pct_of_step` (of the run's step time) and `cost_by_step_us` ({step: cost inside that
 step's window}, ProfilerStep numbers only: a finding merged over steps says what it costs in
-each).
-
-Findings without spans cannot be placed on the timeline: each gets at most what its step
-(Finding.step) has left after the placed claims and worse unplaced findings of that step
-(evidence.cost_before_step_cap_us keeps the detector's own estimate when it was cut);
-run-level ones (steps.jsonl, no trace window) keep their cost.
+each). Findings without
+spans (run-level ones, from steps.jsonl) keep their cost.
 """
 
 from __future__ import annotations
@@ -36,7 +32,6 @@ from tracekit.intervals import (
     EMPTY,
     as_set,
     intersect_intervals,
-    length_within,
     subtract_intervals,
     total_length,
     union_intervals,
@@ -93,42 +88,4 @@ def apply_budget(run: Run, findings: list[Finding]) -> list[Finding]:
                 if us > 0 and step >= 0}
             f.evidence["cost_pct_of_step"] = (round(100.0 * per_step / step_us, 2)
                                               if step_us else None)
-    dropped |= cap_unplaced(run, findings, by_rank)
     return [f for f in findings if id(f) not in dropped]
-
-
-def cap_unplaced(run: Run, findings: list[Finding],
-                 placed: dict[int, list[Finding]]) -> set[int]:
-    """Findings without spans (their loss has no place on the timeline) get at most what their
-    step has left after the placed claims and worse unplaced findings of that step: the
-    costs of a step's findings never add up to more than the step. Returns the ids of those
-    left with nothing."""
-    dropped: set[int] = set()
-    left: dict[tuple[int, int], float] = {}
-    for f in worst_first_unplaced(findings):
-        try:
-            sets = gpu_sets(run.rank(f.rank))
-        except KeyError:
-            continue
-        window = np.flatnonzero(sets.steps == f.step) if f.step is not None else []
-        if len(window) == 0:
-            continue
-        key = (f.rank, int(f.step))
-        if key not in left:
-            w = int(window[0])
-            lo, hi = sets.windows[0][w], sets.windows[1][w]
-            claimed = sum(float(length_within(g.spans, np.array([lo]), np.array([hi]))[0])
-                          for g in placed.get(f.rank, []) if g.spans is not None)
-            left[key] = max(hi - lo - claimed, 0.0)
-        if f.cost_us > left[key]:
-            f.evidence["cost_before_step_cap_us"] = f.cost_us
-            f.cost_us = round(left[key], 3)
-        left[key] -= f.cost_us
-        if f.cost_us <= 0:
-            dropped.add(id(f))
-    return dropped
-
-
-def worst_first_unplaced(findings: list[Finding]) -> list[Finding]:
-    return sorted((f for f in findings if f.spans is None),
-                  key=lambda f: (SEVERITY_ORDER[f.severity], -f.cost_us))
