@@ -34,10 +34,13 @@ MISSING = {
     "comm_name": "issue 10: communication kernels not named nccl are not recognised",
     "host_sync_free": "issue 10: comm_gap charges ~10 ms to aten::item in steps 3-5% idle",
     "slowdown": "issue 10: sm_contention claims >20x against a baseline of another size",
+    "step_sum": "issue 10: comm_gap/sm_contention claims have no place on the timeline yet, "
+                "so they are counted beside gpu_idle's",
 }
 # What fails today on these traces (or trace:step) only.
 FAILING = {
     "slowdown": {"recsys_a100_rank3of8.json.gz", "recsys_v100_rank1of2.json.gz"},
+    "step_sum": {"a100_nccl_2ranks_rank0.json.gz", "recsys_a100_rank3of8.json.gz"},
     "cpu_bound": {"a100_nccl_2ranks_rank0.json.gz"},
     "idle": {"a100_nccl_2ranks_rank0.json.gz:6"},
 }
@@ -127,7 +130,7 @@ def _failing(key: str) -> list[object]:
     return [xfail_if(key if n in FAILING[key] else None, n, id=n) for n in sorted(EXPECTED)]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", _failing("step_sum"))
 def test_the_findings_of_a_step_together_cost_no_more_than_the_step(name: str) -> None:
     for n, s in trusted_steps_of(name).items():
         claimed = cost_of(findings_of(name), n)
