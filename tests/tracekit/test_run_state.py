@@ -103,3 +103,24 @@ def test_a_complete_run_and_a_run_without_manifest_load_without_a_note(tmp_path:
     assert not any("the run" in w for w in load(run_dir, progress=False).traces[0].warnings)
     write_manifest(run_dir, status="complete")
     assert not any("the run" in w for w in load(run_dir, progress=False).traces[0].warnings)
+
+
+def test_analyze_json_of_an_interrupted_run_says_so_on_stderr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import cli as cli_module
+
+    run_dir = copy_run(tmp_path)
+    write_manifest(run_dir, status="interrupted", stop={"reason": "SIGTERM", "at_step": 12})
+    if not cli_module.app.registered_commands:
+        cli_module._register_commands()
+    monkeypatch.setattr(sys, "argv", ["cli.py", "analyze", str(run_dir), "--json"])
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main()
+    out, err = capsys.readouterr()
+    assert exited.value.code in (0, None)
+    assert isinstance(json.loads(out), list)
+    assert err.strip() == ("note: the run was interrupted by SIGTERM at step 12: the traces are "
+                           "whole, but the run is not")

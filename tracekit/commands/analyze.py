@@ -11,6 +11,7 @@ import typer
 from tracekit.commands.options import PARAM_HELP, split_kinds
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
+from tracekit.load.runstate import stop_text
 
 
 def fails(findings: list[Finding], fail_on: str | None) -> bool:
@@ -153,6 +154,10 @@ def register(app: typer.Typer) -> None:
                                 min_cost_us=min_cost_us, progress=True, params=params)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
+            stopped = stop_text(run.manifest)
+            if stopped is not None:  # the findings list has no room for it: say it on stderr
+                print(f"note: {stopped}: the traces are whole, but the run is not",
+                      file=sys.stderr)
         else:
             print_report(run, findings)
         if breakdown:
