@@ -71,6 +71,45 @@ def _payload(arguments: str, outer: str) -> str | None:
     return None
 
 
+def _declaration(name: str) -> str:
+    """The kernel's declaration without its return type (`void`, a SFINAE enable_if)."""
+    text = re.sub(r"^void\s+", "", str(name).strip()).replace("(anonymous namespace)", "anon")
+    if text.startswith(_ENABLE_IF):  # a SFINAE return type before the kernel's own name
+        text = text[_matching_close(text, len(_ENABLE_IF) - 1):].removeprefix("::type").strip()
+    return text
+
+
+LAUNCHER_TEMPLATES = frozenset({"Kernel", "Kernel2", "device_kernel"})
+"""Kernels that only launch their first template argument (CUTLASS's `Kernel<Op>`, also as
+`cutlass_cudnn_train::Kernel<Op>` inside cuDNN): the kernel's own name is that argument's."""
+
+
+@lru_cache(maxsize=4096)
+def kernel_own_name(name: str | None) -> str:
+    """The kernel function's own qualified name, without return type, template arguments or
+    parameters: `void fbgemm_gpu::bounds_check_indices_kernel<long, FixedDivisor>(...)` ->
+    `fbgemm_gpu::bounds_check_indices_kernel`. A launcher template (CUTLASS's `Kernel<Op>`)
+    gives its operator's name, `cutlass_80_tensorop_s1688gemm_128x128_32x3_nn_align1`.
+
+    What a kernel computes is named here; template arguments name its types and helpers (an
+    fbgemm embedding kernel's `FixedDivisor` says nothing about GEMMs)."""
+    if not name:
+        return ""
+    text = _declaration(name)
+    cut = _outer_cut(text)
+    outer = text[:cut].strip()
+    if outer.rsplit("::", 1)[-1] in LAUNCHER_TEMPLATES and cut < len(text) and text[cut] == "<":
+        inner = text[cut + 1:_matching_close(text, cut) - 1]
+        depth, end = 0, len(inner)
+        for i, ch in enumerate(inner):
+            depth += {"<": 1, ">": -1, "(": 1, ")": -1}.get(ch, 0)
+            if ch == "," and depth == 0:
+                end = i
+                break
+        return kernel_own_name(inner[:end].strip()) or outer
+    return outer or text
+
+
 @lru_cache(maxsize=4096)
 def kernel_label(name: str | None) -> str:
     """`void at::native::elementwise_kernel<128, 2, ...direct_copy_kernel_cuda...>(int)` ->
@@ -78,9 +117,7 @@ def kernel_label(name: str | None) -> str:
     their namespace and argument list."""
     if not name:
         return "-"
-    text = re.sub(r"^void\s+", "", str(name).strip()).replace("(anonymous namespace)", "anon")
-    if text.startswith(_ENABLE_IF):  # a SFINAE return type before the kernel's own name
-        text = text[_matching_close(text, len(_ENABLE_IF) - 1):].removeprefix("::type").strip()
+    text = _declaration(name)
     cut = _outer_cut(text)
     parts = text[:cut].strip().split("::")
     # A bare `kernel` says nothing without its namespace (cuBLAS's gemvx::kernel).

@@ -21,7 +21,6 @@ from tracekit.load.frames import (
     LAUNCH_COLUMNS,
     OP_COLUMNS,
     PYTHON_COLUMNS,
-    kernel_category,
 )
 from tracekit.load.steps import STEP_COLUMNS
 from tracekit.pipeline import load, load_trace
@@ -191,24 +190,6 @@ def test_python_frames_parsed(tmp_path: Path) -> None:
     assert py["function"].tolist()[:3] == ["main", "_call_impl", "forward"]
     assert py["is_user"].tolist() == [True, False, True, False, False]
     assert py["depth"].tolist() == [0, 1, 2, 3, 3]
-
-
-@pytest.mark.parametrize(("name", "expected"), [
-    ("sm90_xmma_gemm_bf16bf16_bf16f32", "gemm"),
-    ("nvjet_tst_128x64_64x4_1x2_h_bz_coopA_NNT", "gemm"),
-    ("ampere_sgemm_128x64_nn", "gemm"),
-    ("Cijk_Alik_Bljk_SB_MT64x16x32", "gemm"),
-    ("flash_fwd_kernel<Flash_fwd_kernel_traits<128>>", "attention"),
-    ("triton_poi_fused_add_select_backward_2", "triton"),
-    ("triton_red_fused_sum_1", "triton"),
-    ("void at::native::reduce_kernel<512, 1>", "reduction"),
-    ("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>", "elementwise"),
-    ("Memcpy DtoD", "memory"),
-    ("some_custom_kernel", "other"),
-])
-def test_kernel_category(name: str, expected: str) -> None:
-    assert kernel_category(name, is_nccl=False) == expected
-    assert kernel_category(name, is_nccl=True) == "nccl"
 
 
 def test_graceful_warnings(tmp_path: Path) -> None:

@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tracekit.link.ancestry import kernel_source, op_stack, source_of_op
+from tracekit.link.ancestry import ancestor_matching, kernel_source, op_stack, source_of_op
 from tracekit.link.backward import forward_ops
 from tracekit.link.launches import link_launches
 from tracekit.link.op_source import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.load.columns import as_column
+from tracekit.load.kernel_kinds import COMM_OP, comm_by_context
+from tracekit.names import name_matches
 from tracekit.source import SourceIndex, on_disk
 from tracekit.source import source_roots as default_roots
 from tracekit.trace import Trace
@@ -51,6 +53,7 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     link_launches(trace)
     trace.ops["fwd_op_idx"] = forward_ops(trace.ops, trace.flows)
     assign_steps(trace)
+    _widen_comm(trace)
     trace.kernels["is_comm_stream"] = comm_streams(trace.kernels)
     _refine_triton(trace)
     index = SourceIndex(roots=tuple(source_roots))
@@ -64,6 +67,20 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     trace.source_roots = tuple(source_roots)
     trace.linked = True
     return trace
+
+
+def _widen_comm(trace: Trace) -> None:
+    """Communication kernels that only their launching op or stream reveals (see
+    `tracekit.load.kernel_kinds.comm_by_context`)."""
+    kernels = trace.kernels
+    if not len(kernels):
+        return
+    under = ancestor_matching(trace.ops, name_matches(trace.ops["name"], COMM_OP)) >= 0
+    widened = comm_by_context(kernels, under)
+    added = widened & ~kernels["is_nccl"].to_numpy(dtype=bool)
+    if added.any():
+        kernels["is_nccl"] = widened
+        kernels.loc[added, "category"] = "nccl"
 
 
 def _kernel_sources(trace: Trace, index: SourceIndex) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from tracekit.errors import UserError
 from tracekit.intervals import nest
 from tracekit.load import columns as col
-from tracekit.load import device, extract
+from tracekit.load import device, extract, kernel_kinds
 from tracekit.load.extract import Columns
 from tracekit.load.steps import build_steps
 from tracekit.load.userframes import is_user_file
@@ -34,34 +34,6 @@ KERNEL_LAUNCH_NAME = re.compile(
 calls that start kernels (cudaLaunchKernel, cuLaunchKernelEx, hipExtModuleLaunchKernel,
 cudaGraphLaunch, urEnqueueKernelLaunch, ...). Memcpy/memset calls are launches too, but not
 kernel launches."""
-
-NCCL_NAME = re.compile(r"nccl|rccl", re.IGNORECASE)
-KERNEL_CATEGORY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("memory", re.compile(r"^(memcpy|memset)|\bmem(cpy|set)", re.IGNORECASE)),
-    ("attention", re.compile(r"flash|fmha|attention|attn|sdpa", re.IGNORECASE)),
-    (
-        "gemm",
-        re.compile(
-            r"gemm|cutlass|cublas|xmma|nvjet|matmul|^Cijk_|_tem_fused_(add|b)?mm|scudnn|fprop"
-            r"|dgrad|wgrad",
-            re.IGNORECASE,
-        ),
-    ),
-    ("triton", re.compile(r"^triton_")),
-    (
-        "reduction",
-        re.compile(r"reduce|norm|softmax|sum_|_sum|\bsum\b|moments|welford|bn_fw|bn_bw|argmax"
-                   r"|cross_entropy|scan", re.IGNORECASE),
-    ),
-    (
-        "elementwise",
-        re.compile(r"elementwise|vectorized|Functor|copy|fill|_apply_kernel|ToNhwc|ToNchw"
-                   r"|transpose|permute|CatArray|index_|gather|scatter|where_kernel|embedding",
-                   re.IGNORECASE),
-    ),
-)
-"""First match wins: NCCL is decided before these (by name or collective args); attention
-before gemm because fused attention kernels often say gemm too."""
 
 KERNEL_COLUMNS = [
     "name", "ts", "dur", "end", "device", "stream", "correlation", "external_id",
@@ -103,23 +75,6 @@ int64: they are join keys, are packed into wider keys (device << 32 | stream), o
 large."""
 
 
-def kernel_category(name: str, is_nccl: bool) -> str:
-    """Kernel family from its name (see KERNEL_CATEGORY_RULES)."""
-    if is_nccl:
-        return "nccl"
-    for category, pattern in KERNEL_CATEGORY_RULES:
-        if pattern.search(name):
-            return category
-    return "other"
-
-
-def _categories(names: pd.Series, is_nccl: np.ndarray) -> np.ndarray:
-    """Category per kernel, computed once per distinct name."""
-    if len(names) == 0:
-        return np.array([], dtype=object)
-    codes, uniques = pd.factorize(names)
-    by_name = np.array([kernel_category(str(u), False) for u in uniques], dtype=object)
-    return np.where(is_nccl, "nccl", by_name[codes]).astype(object)
 
 
 def _times(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,7 +96,7 @@ def build_kernels(cols: Columns) -> pd.DataFrame:
     names = _names(cols)
     grid, block = cols["grid"], cols["block"]
     has_collective = np.array([c is not None for c in cols["collective"]], dtype=bool)
-    is_nccl = name_matches(names, NCCL_NAME) | has_collective
+    is_nccl = kernel_kinds.comm_names(names) | has_collective
     columns: dict[str, Any] = {
         "name": names, "ts": ts, "dur": dur, "end": end,
         # CUPTI puts device and stream in args; the pid/tid of the event say the same.
@@ -158,7 +113,7 @@ def build_kernels(cols: Columns) -> pd.DataFrame:
         "group_size": cols["group_size"],
         "dtype": pd.Series(cols["dtype"], dtype=object),
         "pg_name": pd.Series(cols["pg_name"], dtype=object),
-        "category": _categories(names, is_nccl),
+        "category": kernel_kinds.categories(names, is_nccl),
     }
     return col.frame(columns, KERNEL_COLUMNS)
 
