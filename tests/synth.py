@@ -28,6 +28,7 @@ COLLECTIVE_KERNEL_PART = {
     "all_gather": "AllGather",
     "_allgather_base": "AllGather",
     "broadcast": "Broadcast",
+    "all_to_all": "SendRecv",
 }
 
 
@@ -170,12 +171,14 @@ class SynthTrace:
         return corr
 
     def nccl_kernel(self, collective: str, launch_ts: float, kernel_ts: float,
-                    kernel_dur: float, *, nelems: int, stream: int = 20, dtype: str = "Float",
-                    external_id: int | None = None) -> int:
-        """An NCCL kernel with the args torch writes, launched through the driver."""
+                    kernel_dur: float, *, nelems: int | None, stream: int = 20,
+                    dtype: str = "Float", external_id: int | None = None) -> int:
+        """An NCCL kernel with the args torch writes, launched through the driver (nelems
+        None: without message sizes, as older torch versions wrote it)."""
         part = COLLECTIVE_KERNEL_PART.get(collective, "AllReduce")
+        sizes = {} if nelems is None else {"In msg nelems": nelems, "Out msg nelems": nelems}
         args = {
-            "Collective name": collective, "In msg nelems": nelems, "Out msg nelems": nelems,
+            "Collective name": collective, **sizes,
             "Group size": self.world_size, "dtype": dtype, "In split size": "[]",
             "Out split size": "[]", "Process Group Name": "0",
             "Process Group Description": "default_pg",

@@ -68,6 +68,10 @@ import pandas as pd
 
 from tracekit.errors import UserError
 
+TRAINER_LABEL = r"^(train|optim|tie):"
+"""record_function labels only this project's trainer writes (train:forward, optim:adam:...,
+tie:lm_head->embed)."""
+
 
 @dataclass
 class Trace:
@@ -149,6 +153,16 @@ class Run:
     accounting: Any = None
     """The step accounting (tracekit.accounting.table.RunAccounting) once computed: set by
     the per-rank analysis, whose Run keeps no events to compute it from."""
+
+    @property
+    def from_trainer(self) -> bool:
+        """Recorded by this project's trainer (its manifest.json, or its own record_function
+        labels): only then do findings use the trainer's words (bank, the transpose-copy
+        kernel, its labels)."""
+        if self.manifest is not None:
+            return True
+        return any(t.annotations["name"].astype(str).str.match(TRAINER_LABEL).any()
+                   for t in self.traces if len(t.annotations))
 
     @property
     def ranks(self) -> list[int]:

@@ -143,7 +143,9 @@ def test_planted_eager_copy_starves_nccl() -> None:
         # The collective beside the copies is slowed ~1.2x in every step; the queued one
         # starts late in most: both are counted.
         assert f.evidence["slowed_count"] == 5 and f.evidence["late_start_count"] >= 2
-        assert f.cost_us > 1000 and f.severity == "high"
+        # The cost is the exposed part of the victims' excess and delay: a 1.2x slowdown of a
+        # 0.9 ms all_reduce is ~180 us per step, plus late starts, in a 3.1-3.5 ms step.
+        assert 100 < f.cost_us / 5 < 400 and f.severity in ("high", "medium")
 
 
 def test_planted_bounded_triton_copy_is_quiet() -> None:
@@ -153,3 +155,41 @@ def test_planted_bounded_triton_copy_is_quiet() -> None:
 @pytest.mark.parametrize("name", ["select_backward_unbind", "slow_step_none", "comm_gap_late"])
 def test_quiet_where_nothing_fills_the_sms_beside_nccl(name: str) -> None:
     assert detect(load_planted(name)) == []
+
+
+def test_one_rank_alone_leaves_peer_waits_unknown(tmp_path: Path) -> None:
+    run = run_of(tmp_path, [contention_rank(0, beside=COPY, grid=150912, slow_dur=1300)])
+    [f] = detect(run)
+    assert f.evidence["peer_wait_us"] is None
+    two = run_of(tmp_path / "two", [contention_rank(0, beside=COPY, grid=150912, slow_dur=1300),
+                                    contention_rank(1, beside=None, grid=0, slow_dur=1300)])
+    assert all(f.evidence["peer_wait_us"] == pytest.approx(0.0) for f in detect(two))
+
+
+def unsized_rank(copy_beside_every_step: bool) -> SynthTrace:
+    """Per step an 8 ms all-to-all and a 30 us one, without message sizes; an SM-filling copy
+    beside the big one (every step, or all but the first)."""
+    t = SynthTrace(rank=0, world_size=2)
+    for step in range(4):
+        base = 20_000.0 * step
+        t.step(step, cpu_ts=base, cpu_dur=19_000, gpu_ts=base + 50, gpu_dur=19_000)
+        t.nccl_kernel("all_to_all", launch_ts=base + 10, kernel_ts=base + 100, kernel_dur=30,
+                      nelems=None)
+        big = 8_000 if copy_beside_every_step or step == 0 else 10_000
+        t.nccl_kernel("all_to_all", launch_ts=base + 20, kernel_ts=base + 1_000, kernel_dur=big,
+                      nelems=None)
+        if copy_beside_every_step or step > 0:
+            t.launch_kernel(COPY, launch_ts=base + 30, kernel_ts=base + 1_010,
+                            kernel_dur=5_000, stream=7, grid=(150912, 1, 1))
+    return t
+
+
+def test_without_sizes_a_collective_is_compared_only_with_itself_in_other_steps(
+        tmp_path: Path) -> None:
+    # The copy is beside the 8 ms all-to-all in every step: no clean instance of it, so no
+    # baseline and no slowdown claim (never against the 30 us one: "slowed 267x").
+    assert detect(run_of(tmp_path, [unsized_rank(True)])) == []
+    # Alone in step 0 it took 8 ms, beside the copy 10 ms: slowed 1.25x against itself.
+    [f] = detect(run_of(tmp_path / "b", [unsized_rank(False)]))
+    assert f.evidence["nccl_baseline_us"] == pytest.approx(8_000)
+    assert f.evidence["max_slowdown"] == pytest.approx(1.25)

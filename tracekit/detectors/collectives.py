@@ -213,3 +213,44 @@ def comm_stream_busy(trace: Trace) -> pd.DataFrame:
                      "first_ts": first, "last_end": last, "idle_us": last - first - cov.total})
     cols = ["stream", "nccl_kernels", "busy_us", "first_ts", "last_end", "idle_us"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def instance_keys(table: pd.DataFrame, names: pd.Series) -> np.ndarray:
+    """What a collective's baseline is taken over: the same collective with the same message
+    size and dtype; when the trace does not record sizes (`In msg nelems`), the same kernel at
+    the same place in its step's issue order (the same collective of every step and rank), so
+    that an 8 ms all-to-all is never measured against a 30 us one."""
+    sized = (table["collective"] + "|" + table["in_nelems"].astype(str) + "|"
+             + table["out_nelems"].astype(str) + "|" + table["dtype"])
+    placed = ("unsized|" + table["collective"] + "|" + names.astype(str).to_numpy() + "|"
+              + table["pg"] + "|" + table["order"].astype(str))
+    return np.where(table["in_nelems"].to_numpy() >= 0, sized.to_numpy(), placed.to_numpy())
+
+
+INSTANCE_COLUMNS = ["pg", "step", "order", "key"]
+"""What identifies one collective instance on every rank: process group, GPU step, issue order
+within them (NCCL requires every rank to issue a group's collectives in the same order) and the
+collective with its size."""
+
+
+def clock_offsets(tables: dict[int, pd.DataFrame], tol_us: float) -> dict[int, float]:
+    """Per rank, its clock minus the lowest rank's, from collective instances matched on both.
+
+    Ranks' clocks are put on the first rank's clock by the median difference of matched
+    instances' end times (a collective ends on every rank within microseconds); a rank whose
+    differences spread (MAD) more than `tol_us` is left out, as is one with nothing matched.
+    """
+    if not tables:
+        return {}
+    ref = tables[min(tables)][INSTANCE_COLUMNS + ["end"]]
+    offsets: dict[int, float] = {}
+    for rank, table in sorted(tables.items()):
+        both = table[INSTANCE_COLUMNS + ["end"]].merge(ref, on=INSTANCE_COLUMNS,
+                                                        suffixes=("", "_ref"))
+        if both.empty:
+            continue
+        diff = both["end"] - both["end_ref"]
+        offset = float(diff.median())
+        if float((diff - offset).abs().median()) <= tol_us:
+            offsets[rank] = offset
+    return offsets

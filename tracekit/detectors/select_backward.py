@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
-from tracekit.finding import Cause, Culprit, Finding, severity_from_cost
+from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack, source_of_op
 from tracekit.link.ancestry import ancestor_matching
 from tracekit.link.steps import gpu_step_at
@@ -54,9 +54,14 @@ from tracekit.trace import Run, Trace
 
 SELECT_BACKWARD_OP = "aten::select_backward"
 SUGGESTION = (
+    "index the stacked tensor through .unbind(0) / views created once per step, so autograd "
+    "accumulates per slice without zero-filling the whole tensor"
+)
+TRAINER_SUGGESTION = (
     "index the bank through bank.unbind(0) / views created once per step, so autograd "
     "accumulates per-slice without zero-filling the whole bank"
 )
+"""The same advice in the trainer's words (its parameter banks), for traces it recorded."""
 DTYPE_BYTES: dict[str, int] = {
     "double": 8, "float": 4, "c10::half": 2, "c10::bfloat16": 2, "half": 2, "bfloat16": 2,
     "long int": 8, "int": 4, "c10::float8_e4m3fn": 1, "c10::float8_e5m2": 1,
@@ -201,7 +206,8 @@ def compiled_occurrences(trace: Trace, work: pd.DataFrame,
     return out
 
 
-def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Finding:
+def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
+                trainer: bool = True) -> Finding:
     """One finding from a cause's occurrences: GPU cost when there is GPU work, else CPU."""
     ops = trace.ops
     sb_ops = ops.iloc[occ.op_rows] if len(occ.op_rows) else ops.iloc[0:0]
@@ -239,11 +245,8 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
     if source is None and len(occ.op_rows):
         source = source_of_op(ops, int(occ.op_rows[0]))
     stack = op_stack(trace, int(occ.op_rows[0])) if len(occ.op_rows) else []
-    where = f"{source.file}:{source.line}" if source else occ.key
-    what = "Inductor kernel " + occ.key if occ.compiled else f"bank indexing at {where}"
     unit = "GPU" if on_gpu else "CPU"
-    title = (f"select_backward: {what} zero-fills the whole bank {count}x "
-             f"({cost / 1000:.2f} ms {unit})")
+    title = select_backward_title(occ, source, count, f"{cost / 1000:.2f} ms {unit}", trainer)
     evidence: dict[str, Any] = {
         "gpu_time_us" if on_gpu else "cpu_time_us": round(cost, 3),
         "cost_per_step_us": round(cost_per_step, 3),
@@ -261,7 +264,24 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None) -> Findin
         cost_us=round(cost, 3), count=int(count), title=title, culprit=culprit,
         cause=Cause(op=SELECT_BACKWARD_OP, op_stack=stack, source=source,
                     ordering=None),
-        evidence=evidence, suggestion=SUGGESTION)
+        evidence=evidence, suggestion=TRAINER_SUGGESTION if trainer else SUGGESTION)
+
+
+def select_backward_title(occ: Occurrences, source: SourceLine | None, count: int, cost: str,
+                          trainer: bool) -> str:
+    """In the trainer's words for its own traces ("bank indexing at train.py:12"); for any
+    other trace "indexing at file:line", or no place at all when the trace has no stacks."""
+    if occ.compiled:
+        what = f"Inductor kernel {occ.key}"
+    elif trainer:
+        what = f"bank indexing at {source.file}:{source.line}" if source else \
+            f"bank indexing at {occ.key}"
+    elif source is not None:
+        what = f"indexing at {source.file}:{source.line}"
+    else:
+        what = "indexing (no source line: record with with_stack=True)"
+    noun = "bank" if trainer else "tensor"
+    return f"select_backward: {what} zero-fills the whole {noun} {count}x ({cost})"
 
 
 @dataclass(frozen=True)
@@ -280,5 +300,5 @@ def detect(run: Run, params: Params) -> list[Finding]:
         eager_index = pd.Index([]) if not eager else \
             pd.Index(np.concatenate([o.work.index.to_numpy() for o in eager]))
         for occ in eager + compiled_occurrences(trace, work, eager_index):
-            findings.append(finding_for(trace, occ, run_step))
+            findings.append(finding_for(trace, occ, run_step, run.from_trainer))
     return findings

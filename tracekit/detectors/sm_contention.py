@@ -53,12 +53,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.accounting.sets import gpu_sets
 from tracekit.detectors import register, register_summary
 from tracekit.detectors.collectives import (
+    INSTANCE_COLUMNS,
+    clock_offsets,
     collective_name,
     coverage_excluding_stream,
     culprit_of,
     dependency_rows,
+    instance_keys,
     launch_columns,
     num_sms_of,
     previous_end_on_stream,
@@ -67,17 +71,22 @@ from tracekit.detectors.collectives import (
 )
 from tracekit.detectors.labels import user_label
 from tracekit.finding import Cause, Finding, severity_from_cost, source_key
-from tracekit.intervals import window_pairs
+from tracekit.intervals import Intervals, as_set, intersect_intervals, total_length, window_pairs
 from tracekit.link import kernel_source
 from tracekit.link.steptime import run_step_us
 from tracekit.names import kernel_label
 from tracekit.trace import Run, Trace
 
 SUGGESTION = (
+    "Keep the SMs free for NCCL: bound the culprit's grid (e.g. a persistent kernel on a few "
+    "SMs), or issue it before the collective starts or after it ends."
+)
+TRAINER_SUGGESTION = (
     "Keep the SMs free for NCCL: bound the culprit's grid (e.g. a persistent Triton kernel on a "
     "few SMs, like the transpose-copy kernel), or issue it before the collective starts or after "
     "it ends."
 )
+"""The same advice in the trainer's words, for traces the trainer recorded."""
 
 
 @dataclass(frozen=True)
@@ -137,42 +146,30 @@ def nccl_table(trace: Trace, params: Params) -> RankTables:
         "launch_tid": launch["launch_tid"].to_numpy()[rows],
         "prev_end": prev_end[rows],
     })
-    table["key"] = (table["collective"] + "|" + table["in_nelems"].astype(str) + "|"
-                    + table["out_nelems"].astype(str) + "|" + table["dtype"])
     table["suspect_overlap"] = coverage_excluding_stream(
         k, suspects, table["stream"].to_numpy(), table["ts"].to_numpy(), table["end"].to_numpy())
     # Issue order of collectives within (process group, step): the same on every rank.
     issue_time = table["launch_ts"].fillna(table["ts"])
     table["order"] = issue_time.groupby([table["pg"], table["step"]]).rank(method="first")
+    table["key"] = instance_keys(table, n["name"])
     return RankTables(trace=trace, nccl=table, suspects=suspects, rank=trace.rank)
 
 
 def add_peer_wait(tables: list[RankTables], params: Params) -> None:
-    """eff_start: the latest start of the same collective instance over ranks (own clock).
-
-    Ranks' clocks are put on the first rank's clock by the median difference of matched
-    instances' end times; a rank whose differences spread more than `clock_tol_us` is left out.
-    """
+    """eff_start: the latest start of the same collective instance over ranks (own clock)."""
     for t in tables:
         t.nccl["eff_start"] = t.nccl["ts"]
+        t.nccl["peer_known"] = False
     if len(tables) < 2:
         return
-    match_cols = ["pg", "step", "order", "key"]
-    ref = tables[0].nccl[match_cols + ["end"]]
-    offsets: dict[int, float] = {}
-    for t in tables:
-        both = t.nccl[match_cols + ["end"]].merge(ref, on=match_cols, suffixes=("", "_ref"))
-        if both.empty:
-            continue
-        diff = both["end"] - both["end_ref"]
-        offset = float(diff.median())
-        if float((diff - offset).abs().median()) <= params.clock_tol_us:
-            offsets[t.rank] = offset
+    match_cols = INSTANCE_COLUMNS
+    offsets = clock_offsets({t.rank: t.nccl for t in tables}, params.clock_tol_us)
     if len(offsets) < 2:
         return
     starts = pd.concat([t.nccl[match_cols].assign(start_ref=t.nccl["ts"] - offsets[t.rank])
                         for t in tables if t.rank in offsets], ignore_index=True)
-    latest = starts.groupby(match_cols, sort=False)["start_ref"].max().rename("latest_ref")
+    grouped = starts.groupby(match_cols, sort=False)["start_ref"]
+    latest = pd.DataFrame({"latest_ref": grouped.max(), "ranks": grouped.size()})
     for t in tables:
         if t.rank not in offsets:
             continue
@@ -180,6 +177,7 @@ def add_peer_wait(tables: list[RankTables], params: Params) -> None:
         latest_own = joined["latest_ref"].to_numpy() + offsets[t.rank]
         t.nccl["eff_start"] = np.fmax(t.nccl["ts"].to_numpy(),
                                       np.nan_to_num(latest_own, nan=-np.inf))
+        t.nccl["peer_known"] = (joined["ranks"].fillna(0) >= 2).to_numpy()
 
 
 def robust_stats(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -272,16 +270,18 @@ def victim_label(trace: Trace, victim: pd.Series) -> str:
     return f"{coll}({label})" if label else coll
 
 
-def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) -> Finding:
+def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None,
+                      suggestion: str = SUGGESTION) -> Finding:
     """One finding from the victims sharing a culprit line and kernel on one rank."""
     worst = group.sort_values("cost").iloc[-1]
+    lost = lost_spans(trace, group)
     crow = int(worst["culprit_row"])
     culprit = culprit_of(trace, crow)
     op, stack, source = kernel_source(trace, crow)
     launch = launch_columns(trace).loc[trace.kernels.index[crow]]
     culprit_label = user_label(trace, int(launch["launch_tid"]), float(launch["launch_ts"]))
     victim = victim_label(trace, worst)
-    total = float(group["cost"].sum())
+    total = total_length(lost)
     steps = sorted({int(s) for s in group["step"] if s >= 0})
     per_step_cost = total / max(1, len(steps))
     num_sms = num_sms_of(trace)
@@ -316,7 +316,9 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
         "max_late_start_us": round(float(late["delay"].max()), 3) if len(late) else 0.0,
         "overlap_us": round(float(worst["suspect_overlap"]), 3),
         "late_start_us": round(float(worst["delay"]), 3) if worst["late"] else 0.0,
-        "peer_wait_us": round(float(worst["eff_start"] - worst["ts"]), 3),
+        # Unknown unless the same collective instance was matched on another rank.
+        "peer_wait_us": round(float(worst["eff_start"] - worst["ts"]), 3)
+        if worst["peer_known"] else None,
         "victim_cost_us": round(float(worst["cost"]), 3),
         "slowed_count": int(group["slowed"].sum()),
         "late_start_count": int(group["late"].sum()),
@@ -339,7 +341,16 @@ def finding_for_group(trace: Trace, group: pd.DataFrame, step_us: float | None) 
         start_us=start, dur_us=float(worst["end"]) - start, cost_us=round(total, 3),
         count=len(group), title=title, culprit=culprit,
         cause=Cause(op=op, op_stack=stack, source=source, ordering=ordering),
-        evidence=evidence, suggestion=SUGGESTION)
+        evidence=evidence, suggestion=suggestion, spans=lost)
+
+
+def lost_spans(trace: Trace, victims: pd.DataFrame) -> Intervals:
+    """The step time the victims lost: each one's delay or excess is where it ends later than
+    it would have, the last `cost` of its run, and counts only where that tail is exposed (no
+    computation beside it: a slowed collective hidden under compute costs the step nothing)."""
+    end = victims["end"].to_numpy(dtype=np.float64)
+    tails = as_set((end - victims["cost"].to_numpy(dtype=np.float64), end))
+    return intersect_intervals(gpu_sets(trace).exposed_comm, tails)
 
 
 def _round_or_none(value: Any) -> float | None:
@@ -396,5 +407,6 @@ def detect(run: Run, params: Params) -> list[Finding]:
             _, _, source = kernel_source(trace, int(crow))
             keys.append(source_key(source) + "|" + str(trace.kernels.at[int(crow), "name"]))
         for _, group in v.assign(merge_key=keys).groupby("merge_key", sort=False):
-            findings.append(finding_for_group(trace, group, run_step))
+            findings.append(finding_for_group(
+                trace, group, run_step, TRAINER_SUGGESTION if run.from_trainer else SUGGESTION))
     return findings

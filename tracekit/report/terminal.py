@@ -49,9 +49,20 @@ def finding_lines(f: Finding) -> Text:
     text.append(f" rank {f.rank} step {step}  cost {format_us(f.cost_us)}  x{f.count}  ",
                 style="bold")
     text.append(f.title)
-    text.append(f"\n         kernel {short_kernel(f.culprit.kernel, 70)}  at {source_text(f)}",
-                style="dim")
+    detail = detail_text(f)
+    if detail:
+        text.append(f"\n         {detail}", style="dim")
     return text
+
+
+def detail_text(f: Finding) -> str:
+    """`kernel K  at file:line`, each part only when the finding has it ("" for neither)."""
+    parts = []
+    if f.culprit.kernel:
+        parts.append(f"kernel {short_kernel(f.culprit.kernel, 70)}")
+    if f.cause.source is not None:
+        parts.append(f"at {source_text(f)}")
+    return "  ".join(parts)
 
 
 def print_report(run: Run | None, findings: list[Finding],
