@@ -27,25 +27,41 @@ each needs a different fix, so every gap is classified:
 
 A gap is the time between the end of one NCCL kernel and the start of the next on the same
 stream, within one GPU-side step, minus any other work that ran on that stream meanwhile. It is
-reported when it reaches `min_gap_us` (50 us: a collective issued back to back starts 2-20 us
+considered when it reaches `min_gap_us` (50 us: a collective issued back to back starts 2-20 us
 after its predecessor on an H200, so 50 us is unmistakably idle) and `min_gap_step_frac` of the
 rank's median step (0.5%: below that a gap cannot matter to the step time; above it a few of
 them already show up as low-severity findings).
 
-Findings are merged per (rank, classification, cause line or name) with the count and total cost
-(the summed idle time); start/dur/step point at the largest gap; `cause.ordering` says what came
-before the next collective, e.g. "all_reduce(bucket1) issued 2.37 ms after all_reduce(bucket0)
-finished; CPU in cpu:busy (scripts/train.py:167)".
+A comm stream sitting idle costs the step nothing by itself: while compute runs, the GPU is
+busy, and a collective that could not start yet may still finish hidden under later compute
+(DDP overlapping its all_reduces with backward is exactly that). So a gap's cost is the step
+time it actually lost (`lost_spans`), counted once where gaps on two comm streams overlap:
+- the GPU idle inside it (nothing ran on any stream);
+- the exposed tail of the collective that followed it, at most as long as the compute the gap
+  overlapped (had the collective run during the gap, under that compute, it would have ended
+  that much earlier); not for unexplained gaps, which show no reason it could not have.
+A gap is reported when that cost reaches `min_cost_us` (20 us: GPU idle and exposure below
+the 2-20 us a ready collective takes to start are launch latency, not loss). Gaps before
+collectives issued by a gradient hook inside the autograd engine (DDP's and FSDP's reducers)
+are never findings: those collectives wait for the gradients backward produces, by design.
+The costs are then trimmed against other findings by `tracekit.accounting.budget`.
+
+Findings are merged per (rank, classification, cause line or name) with the count and total
+cost; start/dur/step point at the worst gap; `cause.ordering` says what came before the next
+collective, e.g. "all_reduce(bucket1) issued 2.37 ms after all_reduce(bucket0) finished; CPU in
+cpu:busy (scripts/train.py:167)".
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tracekit.accounting.sets import gpu_sets
 from tracekit.detectors import register
 from tracekit.detectors.collectives import (
     culprit_of,
@@ -60,9 +76,20 @@ from tracekit.detectors.cpu_activity import CpuActivity, CpuSpans, cpu_activity,
 from tracekit.detectors.labels import user_label
 from tracekit.durations import ms_or_us
 from tracekit.finding import Cause, Culprit, Finding, severity_from_cost, source_key
-from tracekit.intervals import Coverage, window_pairs
+from tracekit.intervals import (
+    Coverage,
+    Intervals,
+    as_set,
+    intersect_intervals,
+    length_within,
+    total_length,
+    union_intervals,
+    window_pairs,
+)
 from tracekit.link import kernel_source, source_of_op
+from tracekit.link.ancestry import ancestor_matching
 from tracekit.link.steptime import run_step_us
+from tracekit.load.frames import name_matches
 from tracekit.names import kernel_label
 from tracekit.source import SourceFiles
 from tracekit.trace import Run, Trace
@@ -98,6 +125,8 @@ class Params:
     """Idle time from which a gap is reported (back-to-back collectives start 2-20 us apart)."""
     min_gap_step_frac: float = 0.005
     """... and the share of the run's step time it must reach."""
+    min_cost_us: float = 20.0
+    """Step time a gap must cost (GPU idle, exposed communication) to be reported."""
     min_waves: float = 1.0
     dominant_frac: float = 0.5
     """A CPU activity explains a late launch when it covers this share of the gap."""
@@ -353,10 +382,16 @@ TITLES = {
 def findings_for_rank(trace: Trace, params: Params, step_us: float | None) -> list[Finding]:
     gaps = comm_gaps(trace, params)
     threshold = max(params.min_gap_us, params.min_gap_step_frac * (step_us or 0.0))
-    gaps = gaps[gaps["idle"] >= threshold]
+    gaps = gaps[(gaps["idle"] >= threshold) & ~issued_by_gradient_hook(trace, gaps)]
+    gaps = add_costs(trace, gaps.reset_index(drop=True))
+    gaps = gaps[gaps["cost_bound"] >= params.min_cost_us]
     if gaps.empty:
         return []
-    gaps = classify_gaps(trace, gaps.reset_index(drop=True), params)
+    gaps = charge_tails(trace, classify_gaps(trace, gaps.reset_index(drop=True), params))
+    gaps["cost"] = gaps["gpu_idle_us"] + gaps["exposing_us"]
+    gaps = gaps[gaps["cost"] >= params.min_cost_us].reset_index(drop=True)
+    if gaps.empty:
+        return []
     launch = launch_columns(trace)
     files = SourceFiles(roots=trace.source_roots)
     spans = CpuSpans.of(trace) if (gaps["kind"] == LATE_LAUNCH).any() else None
@@ -367,10 +402,11 @@ def findings_for_rank(trace: Trace, params: Params, step_us: float | None) -> li
                        described=range(len(rows)))
     findings = []
     for (kind, _), group in gaps.groupby(["kind", "key"], sort=False):
-        worst = group.sort_values("idle").iloc[-1]
+        worst = group.sort_values("cost").iloc[-1]
         at = int(worst["described"])
         d = describe_gap(trace, rows[at], launch, spans, activities[at])
-        total = float(group["idle"].sum())
+        lost = lost_spans(trace, group)
+        total = total_length(lost)
         steps = sorted({int(s) for s in group["step"] if s >= 0})
         per_step = total / max(1, len(steps))
         what = f": {d['what']}" if d["what"] else ""
@@ -378,6 +414,8 @@ def findings_for_rank(trace: Trace, params: Params, step_us: float | None) -> li
                  f"{f' x{len(group)}' if len(group) > 1 else ''}")
         evidence = {"classification": kind, "gap_us": round(float(worst["gap"]), 3),
                     "idle_us": round(float(worst["idle"]), 3),
+                    "gpu_idle_us": round(float(worst["gpu_idle_us"]), 3),
+                    "exposed_comm_after_us": round(float(worst["exposing_us"]), 3),
                     "launch_after_prev_end_us": None if pd.isna(worst["launch_ts"]) else
                     round(float(worst["launch_ts"] - worst["prev_end"]), 3),
                     "wait_after_ready_us": round(float(worst["ts"] - worst["ready"]), 3),
@@ -392,8 +430,97 @@ def findings_for_rank(trace: Trace, params: Params, step_us: float | None) -> li
             step=int(worst["step"]) if worst["step"] >= 0 else None,
             start_us=float(worst["prev_end"]), dur_us=float(worst["gap"]),
             cost_us=round(total, 3), count=len(group), title=title, culprit=d["culprit"],
-            cause=d["cause"], evidence=evidence, suggestion=SUGGESTIONS[kind]))
+            cause=d["cause"], evidence=evidence, suggestion=SUGGESTIONS[kind], spans=lost))
     return findings
+
+
+GRADIENT_HOOK = re.compile(r"^autograd::engine::evaluate_function")
+"""The autograd engine running a backward node, and the gradient hooks it calls (DDP's and
+FSDP's reducers issue their collectives from there)."""
+
+
+def issued_by_gradient_hook(trace: Trace, gaps: pd.DataFrame) -> np.ndarray:
+    """Per gap: the next collective was issued inside the autograd engine (a gradient hook).
+
+    Such a collective reduces a bucket of gradients the backward pass has just produced: it
+    cannot start before them, and the comm stream's idle time before it is the backward pass
+    computing them, which is overlap working (DDP's design), not a communication problem.
+    Whatever the GPU lost meanwhile is the CPU's or the compute's (gpu_idle's causes).
+    """
+    if gaps.empty:
+        return np.zeros(0, dtype=bool)
+    launch_row = launch_columns(trace)["launch_row"].to_numpy()[gaps["row"].to_numpy(np.int64)]
+    op = np.full(len(gaps), -1, dtype=np.int64)
+    has = launch_row >= 0
+    op[has] = trace.launches["op_idx"].to_numpy(dtype=np.int64)[launch_row[has]]
+    if not len(trace.ops):
+        return np.zeros(len(gaps), dtype=bool)
+    within = ancestor_matching(trace.ops, name_matches(trace.ops["name"], GRADIENT_HOOK)) >= 0
+    return (op >= 0) & within[np.clip(op, 0, None)]
+
+
+def add_costs(trace: Trace, gaps: pd.DataFrame) -> pd.DataFrame:
+    """What each gap can honestly cost the step (see `lost_spans`), before classification:
+    gpu_idle_us (nothing ran on the GPU during the gap), exposing_us (the next collective's
+    exposed tail, at most the compute the gap overlapped) and their sum, cost_bound."""
+    sets = gpu_sets(trace)
+    k = trace.kernels
+    lo, hi = gaps["prev_end"].to_numpy(dtype=np.float64), gaps["ts"].to_numpy(dtype=np.float64)
+    rows = gaps["row"].to_numpy(dtype=np.int64)
+    nxt_end = k["end"].to_numpy(dtype=np.float64)[rows]
+    nxt_dur = nxt_end - hi
+    movable = np.minimum(length_within(sets.compute, lo, hi), nxt_dur)
+    gpu_idle = length_within(sets.idle, lo, hi)
+    exposing = length_within(sets.exposed_comm, nxt_end - movable, nxt_end)
+    return gaps.assign(gpu_idle_us=gpu_idle, exposing_us=exposing, movable_us=movable,
+                       next_end=nxt_end, cost_bound=gpu_idle + exposing)
+
+
+def charge_tails(trace: Trace, gaps: pd.DataFrame) -> pd.DataFrame:
+    """Once gaps are classified, which part of the next collective's exposed tail each may
+    claim (tail_lo..tail_hi; exposing_us its exposed length):
+
+    - unexplained: none (nothing shows the collective could have run earlier);
+    - starved of SMs by a non-GEMM kernel: none; that delay is sm_contention's finding;
+    - waiting on compute, then starved: only the compute it overlapped while waiting for its
+      input, and before the tail that the starvation delay (sm_contention's) claims;
+    - otherwise: the tail, at most as long as the compute the gap overlapped.
+    """
+    sets = gpu_sets(trace)
+    kind = gaps["kind"].to_numpy()
+    lo = gaps["prev_end"].to_numpy(dtype=np.float64)
+    input_ready = gaps["input_ready"].to_numpy(dtype=np.float64)
+    starved = (kind == SM_STARVATION) | (gaps["starved_by_row"].to_numpy() >= 0)
+    starve = np.where(starved, gaps["after_input"].to_numpy(dtype=np.float64), 0.0)
+    hi = np.where(starved, input_ready, gaps["ts"].to_numpy(dtype=np.float64))
+    nxt_end = gaps["next_end"].to_numpy(dtype=np.float64)
+    nxt_dur = nxt_end - gaps["ts"].to_numpy(dtype=np.float64)
+    movable = np.minimum(length_within(sets.compute, lo, np.maximum(hi, lo)), nxt_dur)
+    movable[(kind == UNEXPLAINED) | (kind == SM_STARVATION)] = 0.0
+    tail_hi = nxt_end - np.minimum(starve, nxt_dur)
+    tail_lo = np.maximum(tail_hi - movable, nxt_end - nxt_dur)
+    return gaps.assign(tail_lo=tail_lo, tail_hi=tail_hi,
+                       exposing_us=length_within(sets.exposed_comm, tail_lo, tail_hi))
+
+
+def lost_spans(trace: Trace, gaps: pd.DataFrame) -> Intervals:
+    """The step time a group of gaps lost, as intervals of the rank's clock (counted once
+    where gaps on two comm streams overlap):
+
+    - GPU idle inside the gaps: nothing ran anywhere while the comm stream waited;
+    - the exposed tail of the collective after each gap, at most as long as the compute the
+      gap overlapped: had the collective run during the gap, under that compute, it would
+      have ended that much earlier (which part of the tail: `charge_tails`).
+    Communication hidden under compute, and compute itself, are never claimed."""
+    sets = gpu_sets(trace)
+    idle = intersect_intervals(sets.idle, as_set((gaps["prev_end"].to_numpy(dtype=np.float64),
+                                                  gaps["ts"].to_numpy(dtype=np.float64))))
+    charged = gaps[gaps["exposing_us"] > 0]
+    tails = intersect_intervals(sets.exposed_comm, as_set(
+        (charged["tail_lo"].to_numpy(dtype=np.float64),
+         charged["tail_hi"].to_numpy(dtype=np.float64))))
+    return union_intervals(np.concatenate([idle[0], tails[0]]),
+                           np.concatenate([idle[1], tails[1]]))
 
 
 @register("comm_gap", Params)
