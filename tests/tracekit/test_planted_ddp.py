@@ -138,7 +138,6 @@ def test_gpu_idle_finds_each_plant_at_its_line_with_its_measured_cost(case: str)
     assert abs(cost - effect) <= TOLERANCE * effect, f"{cost:.0f} us per step against {effect}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: needs the straggler detector")
 def test_straggler_names_the_late_rank_and_its_sleep_with_the_measured_cost() -> None:
     spec = CASES["straggler"]
     _, found = findings("straggler")
@@ -151,7 +150,6 @@ def test_straggler_names_the_late_rank_and_its_sleep_with_the_measured_cost() ->
     assert abs(cost - effect) <= TOLERANCE * effect, f"{cost:.0f} us per step against {effect}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: needs comm honesty (comm_gap, sm_contention)")
 def test_ddp_all_reduce_overlapping_backward_gives_no_communication_finding() -> None:
     _, found = findings("none")
     comm = [f for f in found if f.kind in COMM_KINDS and claims_steady_steps(f)]

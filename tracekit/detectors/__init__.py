@@ -42,7 +42,8 @@ SUMMARIES: dict[str, Summary] = {}
 hands to the others (Run.context)."""
 
 # Modules imported by `load_detectors`, so registration happens on first use.
-DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle")
+DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle",
+                    "straggler")
 
 
 def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]],

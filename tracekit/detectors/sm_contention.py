@@ -14,9 +14,12 @@ on a few SMs), or to order it away from the collective.
 
 How a victim is recognised (all per rank, vectorised over every NCCL kernel):
 - slowed: its duration exceeds its own baseline, the median duration of the same collective
-  (collective name, in/out element counts, dtype) on the same rank among instances with no
-  suspect kernel beside them (suspect overlap < `clean_overlap_frac` of its duration); when this
-  rank has no such instance, the same collective's clean instances on the other ranks. The
+  (collective name, in/out element counts, dtype; when the trace records no sizes, the same
+  kernel at the same place in its step's issue order, so that an 8 ms all-to-all is never
+  measured against a 30 us one) on the same rank among instances with no suspect kernel beside
+  them (suspect overlap < `clean_overlap_frac` of its duration); when this rank has no such
+  instance, the same collective's clean instances on the other ranks; with neither, no
+  slowdown is claimed. The
   excess must pass `min_slowdown` x baseline, `min_excess_us`, and `noise_mads` x the spread
   (MAD) of the clean instances: same-size NCCL kernels on an idle H200 pair vary by about 1%
   (885-892 us for a 64M-float all_reduce), so 10% is far outside noise. Cost: the excess, at most
@@ -30,11 +33,16 @@ How a victim is recognised (all per rank, vectorised over every NCCL kernel):
   wait until its end is comm_gap's "waiting on compute", not contention; only the time after it
   counts here (an SM-filling kernel launched after the collective can still hold it back).
   Cost: the delay, at most the suspect overlap.
+- what the step lost (`lost_spans`): a slowed or delayed collective ends that much later, so
+  its last `cost` microseconds count, and only where they ran exposed (nothing computing
+  beside them): contention hidden under compute costs nothing. A finding whose exposed cost
+  is under `min_excess_us` per step is not reported.
 - a collective that is long because a peer rank joined late is not contention: when several
   ranks are loaded, the same collective instance (process group, GPU step, issue order,
   collective and size) is matched across ranks, the ranks' clocks are aligned by the median
   difference of the instances' end times (collectives end together), and the duration used is
-  measured from the last rank's start (`evidence.peer_wait_us` says how much was waiting).
+  measured from the last rank's start (`evidence.peer_wait_us` says how much was waiting; None,
+  "unknown", when no other rank of the instance is loaded).
 
 A suspect ("SM-filling") kernel: grid blocks >= `min_waves` x the number of SMs (CUPTI's
 `blocks per SM` >= 1: at least one block on every SM), on another stream, of category
@@ -407,6 +415,9 @@ def detect(run: Run, params: Params) -> list[Finding]:
             _, _, source = kernel_source(trace, int(crow))
             keys.append(source_key(source) + "|" + str(trace.kernels.at[int(crow), "name"]))
         for _, group in v.assign(merge_key=keys).groupby("merge_key", sort=False):
-            findings.append(finding_for_group(
-                trace, group, run_step, TRAINER_SUGGESTION if run.from_trainer else SUGGESTION))
+            finding = finding_for_group(
+                trace, group, run_step, TRAINER_SUGGESTION if run.from_trainer else SUGGESTION)
+            # Victims whose delay ran hidden under compute cost the step nothing.
+            if finding.evidence["cost_per_step_us"] >= params.min_excess_us:
+                findings.append(finding)
     return findings
