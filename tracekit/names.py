@@ -27,7 +27,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-_QUALIFIED = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
+_QUALIFIED = re.compile(r"(?<!\w)[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
+"""Qualified names in template arguments (not the `ul` of a `2ul` literal)."""
 _INT_TYPE = re.compile(r"u?int\d+_t$")
 # Template arguments that say nothing about what a kernel computes: scalar types, namespaces,
 # PyTorch's iterator and wrapper templates (the functor is inside them), lambda syntax.

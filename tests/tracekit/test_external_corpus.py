@@ -25,25 +25,9 @@ IDLE_SHARE = 0.30  # steps at least this idle ...
 EXPLAINED = 0.80  # ... have at least this much of their idle explained by findings
 
 # What is missing today, per test id (pytest.param ids below). Remove an entry when it passes.
-MISSING = {
-    "cpu_bound": "issue 10: comm_gap's unplaced 208 ms late-launch claim is counted with "
-                 "gpu_idle's CPU-bound idle in a100_nccl's step 6",
-    "exposed_comm": "issue 10: costs are not the exposed communication of the step",
-    "idle": "issue 10: comm_gap's unplaced claims push a100_nccl's step 6 over its lost time",
-    "gemm": "issue 10: kernel categories read template arguments (fbgemm -> gemm)",
-    "comm_name": "issue 10: communication kernels not named nccl are not recognised",
-    "host_sync_free": "issue 10: comm_gap charges ~10 ms to aten::item in steps 3-5% idle",
-    "slowdown": "issue 10: sm_contention claims >20x against a baseline of another size",
-    "step_sum": "issue 10: comm_gap/sm_contention claims have no place on the timeline yet, "
-                "so they are counted beside gpu_idle's",
-}
-# What fails today on these traces (or trace:step) only.
-FAILING = {
-    "slowdown": {"recsys_a100_rank3of8.json.gz", "recsys_v100_rank1of2.json.gz"},
-    "step_sum": {"a100_nccl_2ranks_rank0.json.gz", "recsys_a100_rank3of8.json.gz"},
-    "cpu_bound": {"a100_nccl_2ranks_rank0.json.gz"},
-    "idle": {"a100_nccl_2ranks_rank0.json.gz:6"},
-}
+MISSING: dict[str, str] = {}
+# Invariants that fail today on these traces only.
+FAILING: dict[str, set[str]] = {}
 WASTED_COMPUTE = {"select_backward"}  # kinds whose cost is busy GPU time, not lost time
 
 
@@ -94,7 +78,7 @@ def matching(name: str, step: int, words: list[str]) -> list[Finding]:
 
 
 def xfail_if(key: str | None, *values: object, id: str) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=MISSING[key])] if key else []
+    marks = [pytest.mark.xfail(strict=True, reason=MISSING[key])] if key in MISSING else []
     return pytest.param(*values, id=id, marks=marks)
 
 
@@ -127,7 +111,8 @@ SLOWDOWN = re.compile(r"slow\w*\D*?(\d+(?:\.\d+)?)x\b")  # "slowed up to 23.86x"
 
 
 def _failing(key: str) -> list[object]:
-    return [xfail_if(key if n in FAILING[key] else None, n, id=n) for n in sorted(EXPECTED)]
+    return [xfail_if(key if n in FAILING.get(key, set()) else None, n, id=n)
+            for n in sorted(EXPECTED)]
 
 
 @pytest.mark.parametrize("name", _failing("step_sum"))
@@ -155,7 +140,7 @@ def _idle_steps() -> list[object]:
         for s in EXPECTED[name]["steps"]:
             if s["reliable"] and s["gpu_idle_us"] >= IDLE_SHARE * s["wall_us"]:
                 id_ = f"{name}:{s['step']}"
-                params.append(xfail_if("idle" if id_ in FAILING["idle"] else None, name,
+                params.append(xfail_if("idle" if id_ in FAILING.get("idle", set()) else None, name,
                                        s["step"], id=id_))
     return params
 

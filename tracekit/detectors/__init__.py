@@ -43,7 +43,7 @@ hands to the others (Run.context)."""
 
 # Modules imported by `load_detectors`, so registration happens on first use.
 DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle",
-                    "straggler")
+                    "straggler", "exposed_comm")
 
 
 def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]],

@@ -16,6 +16,7 @@ tests/tracekit/test_hta_agreement.py):
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -218,12 +219,20 @@ def comm_stream_busy(trace: Trace) -> pd.DataFrame:
 def instance_keys(table: pd.DataFrame, names: pd.Series) -> np.ndarray:
     """What a collective's baseline is taken over: the same collective with the same message
     size and dtype; when the trace does not record sizes (`In msg nelems`), the same kernel at
-    the same place in its step's issue order (the same collective of every step and rank), so
-    that an 8 ms all-to-all is never measured against a 30 us one."""
+    the same place in its step's issue order, in steps whose whole sequence of collectives
+    (of that process group) is the same: the same collective of every step and rank, so that an
+    8 ms all-to-all is never measured against a 30 us one, nor against whatever happens to sit
+    at its place in a step that issued different collectives."""
+    if not len(table):
+        return np.zeros(0, dtype=object)
     sized = (table["collective"] + "|" + table["in_nelems"].astype(str) + "|"
              + table["out_nelems"].astype(str) + "|" + table["dtype"])
-    placed = ("unsized|" + table["collective"] + "|" + names.astype(str).to_numpy() + "|"
-              + table["pg"] + "|" + table["order"].astype(str))
+    kernel = pd.Series(names.astype(str).to_numpy(), index=table.index)
+    ordered = kernel.groupby([table["pg"], table["step"]]).transform(
+        lambda g: "/".join(g.loc[table.loc[g.index, "order"].sort_values().index]))
+    placed = ("unsized|" + table["collective"] + "|" + kernel + "|" + table["pg"] + "|"
+              + table["order"].astype(str) + "|"
+              + ordered.map(lambda text: f"{zlib.crc32(text.encode()):08x}"))
     return np.where(table["in_nelems"].to_numpy() >= 0, sized.to_numpy(), placed.to_numpy())
 
 
