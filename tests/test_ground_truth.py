@@ -241,9 +241,13 @@ def test_fixed_run_has_no_high_findings_of_a_planted_kind(name: str) -> None:
     GPU idle time: every step ends in torch.cuda.synchronize (the step timer) and the next one
     starts by pinning and copying its batch on the main thread (data:next_batch), so 11-20% of
     each step is idle (fixed-4gpu rank 0: 2.9 ms of 30 ms per step waiting for
-    data:next_batch), which gpu_idle reports as it is."""
+    data:next_batch), which gpu_idle reports as it is. Nor are the fixed runs free of ranks
+    waiting for each other: on four GPUs the attention reduce-scatter runs exposed 1.0-3.6 ms
+    per step, mostly waiting for the rank whose flash-attention backward finished last
+    (exposed_comm, straggler), which are not planted either."""
     _, findings = analysed(TRACES / name)
-    assert not [f.title for f in findings if f.severity == "high" and f.kind != "gpu_idle"]
+    planted = {"select_backward", "sm_contention", "comm_gap", "slow_step"}
+    assert not [f.title for f in findings if f.severity == "high" and f.kind in planted]
 
 
 def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:

@@ -44,12 +44,17 @@ STEP_LEVEL = frozenset({"slow_step"})
 that refine them (gpu_idle naming the same stall) keep what is left."""
 
 
-def claim_order(f: Finding, sets: GpuSets) -> tuple[int, int, float]:
-    """Who claims first: severity, then step-level kinds, then the estimated cost per step the
-    finding's spans touch (a one-step stall ranks by that step)."""
+RESIDUAL = frozenset({"exposed_comm"})
+"""Kinds that explain what no more specific finding does (exposed communication as such): they
+claim last, whatever their severity, and keep the rest."""
+
+
+def claim_order(f: Finding, sets: GpuSets) -> tuple[int, int, int, float]:
+    """Who claims first: residual kinds last; then severity, then step-level kinds, then the
+    estimated cost per step the finding's spans touch (a one-step stall ranks by that step)."""
     touched = int(np.count_nonzero(sets.per_window(as_set(f.spans)) > 0))
-    return (SEVERITY_ORDER[f.severity], 0 if f.kind in STEP_LEVEL else 1,
-            -f.cost_us / max(touched, 1))
+    return (1 if f.kind in RESIDUAL else 0, SEVERITY_ORDER[f.severity],
+            0 if f.kind in STEP_LEVEL else 1, -f.cost_us / max(touched, 1))
 
 
 def apply_budget(run: Run, findings: list[Finding]) -> list[Finding]:

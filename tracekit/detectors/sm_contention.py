@@ -36,7 +36,8 @@ How a victim is recognised (all per rank, vectorised over every NCCL kernel):
 - what the step lost (`lost_spans`): a slowed or delayed collective ends that much later, so
   its last `cost` microseconds count, and only where they ran exposed (nothing computing
   beside them): contention hidden under compute costs nothing. A finding whose exposed cost
-  is under `min_excess_us` per step is not reported.
+  is under `min_cost_us` per step (20 us, the `min_excess_us` floor of a victim) is not
+  reported.
 - a collective that is long because a peer rank joined late is not contention: when several
   ranks are loaded, the same collective instance (process group, GPU step, issue order,
   collective and size) is matched across ranks, the ranks' clocks are aligned by the median
@@ -105,6 +106,8 @@ class Params:
     """Blocks per SM from which a kernel fills every SM (a suspect, when not GEMM/attention)."""
     min_slowdown: float = 0.10
     min_excess_us: float = 20.0
+    min_cost_us: float = 20.0
+    """Exposed step time per step a finding must cost (its victims' tails outside compute)."""
     noise_mads: float = 4.0
     min_late_us: float = 30.0
     clean_overlap_frac: float = 0.10
@@ -418,6 +421,6 @@ def detect(run: Run, params: Params) -> list[Finding]:
             finding = finding_for_group(
                 trace, group, run_step, TRAINER_SUGGESTION if run.from_trainer else SUGGESTION)
             # Victims whose delay ran hidden under compute cost the step nothing.
-            if finding.evidence["cost_per_step_us"] >= params.min_excess_us:
+            if finding.evidence["cost_per_step_us"] >= params.min_cost_us:
                 findings.append(finding)
     return findings
