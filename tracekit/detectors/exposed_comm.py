@@ -11,10 +11,12 @@ explained by findings, not only by a number.
 
 How it is found: per rank, every communication kernel's time outside all computation
 (`gpu_sets(trace).exposed_comm`, the union over comm streams, so two streams count once),
-grouped by collective and the user's record_function label at its issue. The spans are those
-exposed intervals; `tracekit.accounting.budget` leaves to comm_gap, sm_contention and any
-worse finding the parts of them they explain (a delayed collective's exposed tail), so this
-finding keeps what nothing more specific explains.
+grouped by collective and the user's record_function label at its issue, less the time the
+rank's collectives waited for a later rank (what the straggler finding explains, measured the
+same way: `tracekit.detectors.straggler.late_arrivals`). The spans are those exposed
+intervals; `tracekit.accounting.budget` leaves to comm_gap, sm_contention and any worse
+finding the parts of them they explain (a delayed collective's exposed tail), so this finding
+keeps what nothing more specific explains.
 
 A group is reported when its exposed time reaches `min_step_frac` of the run's step per step
 (2%: in the planted DDP control, two H200s whose bucketed all-reduces overlap the backward as
@@ -30,12 +32,20 @@ import numpy as np
 import pandas as pd
 
 from tracekit.accounting.sets import gpu_sets
-from tracekit.detectors import register
-from tracekit.detectors.collectives import collective_name, launch_columns
+from tracekit.detectors import register, register_summary, straggler
+from tracekit.detectors.collectives import INSTANCE_COLUMNS, collective_name, launch_columns
 from tracekit.detectors.labels import user_label
 from tracekit.durations import ms_or_us
 from tracekit.finding import Cause, Culprit, Finding, severity_from_cost
-from tracekit.intervals import Intervals, as_set, intersect_intervals, length_within, total_length
+from tracekit.intervals import (
+    EMPTY,
+    Intervals,
+    as_set,
+    intersect_intervals,
+    length_within,
+    subtract_intervals,
+    total_length,
+)
 from tracekit.link import kernel_source
 from tracekit.link.steptime import run_step_us
 from tracekit.names import kernel_label
@@ -80,19 +90,44 @@ def exposed_kernels(trace: Trace) -> pd.DataFrame:
                         columns=cols)
 
 
-def findings_for_rank(trace: Trace, params: Params, step_us: float | None) -> list[Finding]:
+def peer_waits(run: Run, trace: Trace) -> Intervals:
+    """Where this rank's collectives waited for a rank that arrived later (own clock)."""
+    settings = straggler.Params()
+    ranks = straggler.rank_collectives(run, settings, kind="exposed_comm")
+    if trace.rank not in ranks or len(ranks) < 2:
+        return EMPTY
+    late = straggler.late_arrivals(ranks, settings)
+    if late.empty:
+        return EMPTY
+    wait = late["waits"].map(lambda waits: waits.get(trace.rank, np.nan))
+    mine = late.assign(wait=wait).dropna(subset=["wait"])
+    own = ranks[trace.rank].table[[*INSTANCE_COLUMNS, "ts"]]
+    joined = mine[[*INSTANCE_COLUMNS, "wait"]].merge(own, on=INSTANCE_COLUMNS)
+    start = joined["ts"].to_numpy(dtype=np.float64)
+    return as_set((start, start + joined["wait"].to_numpy(dtype=np.float64)))
+
+
+@register_summary("exposed_comm")
+def exposed_summary(trace: Trace, params: Params) -> straggler.RankCollectives | None:
+    """What other ranks need of this one to tell peer waits apart: the straggler summary."""
+    return straggler.straggler_summary(trace, straggler.Params())
+
+
+def findings_for_rank(run: Run, trace: Trace, params: Params, step_us: float | None
+                      ) -> list[Finding]:
     exposed = exposed_kernels(trace)
     if exposed.empty:
         return []
     sets = gpu_sets(trace)
+    own = subtract_intervals(sets.exposed_comm, peer_waits(run, trace))
     findings = []
     for (collective, label), group in exposed.groupby(["collective", "label"], sort=False):
-        spans: Intervals = intersect_intervals(sets.exposed_comm, as_set(
+        spans: Intervals = intersect_intervals(own, as_set(
             (group["ts"].to_numpy(dtype=np.float64), group["end"].to_numpy(dtype=np.float64))))
         total = total_length(spans)
         steps = sorted({int(s) for s in group["step"] if s >= 0})
         per_step = total / max(1, len(steps))
-        if step_us and per_step < params.min_step_frac * step_us:
+        if total <= 0 or (step_us and per_step < params.min_step_frac * step_us):
             continue
         worst = group.sort_values("exposed_us").iloc[-1]
         row = int(worst["row"])
@@ -126,5 +161,5 @@ def detect(run: Run, params: Params) -> list[Finding]:
     findings: list[Finding] = []
     for trace in run.traces:
         if len(trace.kernels):
-            findings.extend(findings_for_rank(trace, params, step_us))
+            findings.extend(findings_for_rank(run, trace, params, step_us))
     return findings

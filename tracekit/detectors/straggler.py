@@ -119,11 +119,13 @@ def straggler_summary(trace: Trace, params: Params) -> RankCollectives | None:
                            exposed=gpu_sets(trace).exposed_comm)
 
 
-def rank_collectives(run: Run, params: Params) -> dict[int, RankCollectives]:
-    """Every rank's summary: the held traces' own, the others' from Run.context."""
+def rank_collectives(run: Run, params: Params, kind: str = "straggler"
+                     ) -> dict[int, RankCollectives]:
+    """Every rank's summary: the held traces' own, the others' from Run.context (registered
+    by detector `kind`: exposed_comm asks for the same)."""
     ranks = {t.rank: straggler_summary(t, params) for t in run.traces}
     if run.context is not None:
-        for rank, summary in run.context.summaries.get("straggler", {}).items():
+        for rank, summary in run.context.summaries.get(kind, {}).items():
             ranks.setdefault(rank, summary)
     return {r: s for r, s in ranks.items() if s is not None and len(s.table)}
 
