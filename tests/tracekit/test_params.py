@@ -63,4 +63,4 @@ def test_cli_rejects_a_bad_param_before_loading() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --param comm_gap.min_gap=5: comm_gap has no parameter 'min_gap'; known: "
-        "min_gap_us, min_gap_step_frac, min_waves, dominant_frac"]
+        "min_gap_us, min_gap_step_frac, min_cost_us, min_waves, dominant_frac"]
