@@ -102,6 +102,9 @@ class Trace:
     device: str = "cpu"
     """The accelerator the trace was recorded on: cuda, hip, xpu, mtia or cpu
     (tracekit.load.device)."""
+    compiled_lines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Inductor kernel name -> every user line it fused (file, line, function, code), from the
+    run's compiled_kernels.json (set by link; tracekit.link.compiled)."""
 
     @property
     def has_gpu(self) -> bool:

@@ -126,16 +126,39 @@ def profile_command(
         "--shapes/--no-shapes", help="record input shapes (record_shapes)")] = True,
     analyze: Annotated[bool, typer.Option(
         "--analyze/--no-analyze", help="run tracekit's analysis on the traces afterwards")] = True,
+    script: Annotated[Path | None, typer.Option(
+        help="profile this training script instead of the bundled trainer (arguments for it "
+        "go after --)", show_default=False)] = None,
+    nproc: Annotated[int, typer.Option(help="--script: processes (torchrun), one per rank")] = 1,
+    step_fn: Annotated[str | None, typer.Option(
+        help="--script: module:function (or module:Class.method) whose return ends a training "
+        "step, for optimizers that are not torch.optim ones (default: torch.optim's step "
+        "hook)", show_default=False)] = None,
+    record: Annotated[str, typer.Option(
+        help="--script: stacks (stacks + shapes) | timing (neither: low overhead) | split "
+        "(timing window, then a window with stacks for attribution)")] = "stacks",
+    script_args: Annotated[list[str] | None, typer.Argument(
+        help="arguments for --script, after --", show_default=False)] = None,
     **job: Any,
 ) -> None:
     """Train up to the last profiled step and record torch.profiler traces of those steps.
 
     Writes <out-dir>/<run>/rank{R}.pt.trace.json.gz per rank, manifest.json and steps.jsonl.
+    With --script, runs that script instead (unedited; the profiler advances at every
+    optimizer step) and writes the same files plus source/, a copy of its code.
     """
-    run_dir = run_job(job_options(**job), kind="profile", steps=steps, with_stack=stack,
-                      record_shapes=shapes)
+    if script is not None:
+        run_dir = profile_given_script(job, script, script_args or [], steps, nproc, step_fn,
+                                       record, stack, shapes)
+    else:
+        if script_args or nproc != 1 or step_fn is not None or record != "stacks":
+            raise TrainerError("--nproc, --step-fn, --record and arguments after -- go with "
+                               "--script")
+        run_dir = run_job(job_options(**job), kind="profile", steps=steps, with_stack=stack,
+                          record_shapes=shapes)
     if run_dir is None:
         return
+    keep_compiled_sources(run_dir)
     if analyze:
         after_profile(run_dir)
     else:
@@ -159,6 +182,46 @@ def synth_command(
         raise TrainerError(f"--vocab-size must be in 2..{MAX_VOCAB}, not {vocab_size}")
     paths = write_synthetic_shards(out, [tokens] * shards, vocab_size, seed)
     print(f"wrote {len(paths)} shards of {tokens:,} tokens: {out}/synth_*.bin")
+
+
+def profile_given_script(job: dict[str, Any], script: Path, args: list[str], steps: str,
+                         nproc: int, step_fn: str | None, record: str, stack: bool,
+                         shapes: bool) -> Path:
+    """`profile --script`: the trainer's own options do not apply to someone else's script."""
+    from trainer.script_run import profile_script
+
+    defaults = job_options()
+    stray = [k for k, v in job.items()
+             if k not in ("name", "out_dir") and v != getattr(defaults, k)]
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        raise TrainerError(f"{flags}: options of the bundled trainer, not of --script "
+                           "(pass the script's own options after --)")
+
+    def make_run_dir(stem: str) -> Path:
+        run_dir = pick_run_dir(job.get("out_dir", defaults.out_dir), job.get("name"),
+                               "profile", stem)
+        create_run_dir(run_dir, shared_ok=False)
+        return run_dir
+
+    return profile_script(script, args, steps, nproc, step_fn, record, stack, shapes,
+                          make_run_dir)
+
+
+def keep_compiled_sources(run_dir: Path) -> None:
+    """Keep what torch.compile recorded about its kernels' source lines as
+    <run>/compiled_kernels.json, then remove the run's own structured logs."""
+    import shutil
+
+    from trainer.launch import TORCH_TRACE_DIR, torch_trace_dir
+
+    try:  # tracekit is optional beside the trainer (GPU machines may train only)
+        from tracekit.pipeline import save_compiled_kernels
+    except ImportError:
+        save_compiled_kernels = None
+    if save_compiled_kernels is not None:
+        save_compiled_kernels(torch_trace_dir(run_dir), run_dir)
+    shutil.rmtree(run_dir / TORCH_TRACE_DIR, ignore_errors=True)
 
 
 def after_profile(run_dir: Path) -> None:
@@ -239,7 +302,7 @@ def run_job(
         synthetic_data=options.data is None, command=list(sys.argv), start_time=now_iso(),
         profile=asdict(profile) if profile is not None else None, nnodes=plan.nnodes,
     )
-    launch(plan, spec.to_json())
+    launch(plan, spec.to_json(), run_dir if profile is not None else None)
     return run_dir if options.node_rank == 0 else None
 
 

@@ -112,8 +112,32 @@ def child_env(plan: LaunchPlan) -> dict[str, str]:
     return env
 
 
-def launch(plan: LaunchPlan, spec_json: str) -> None:
+TORCH_TRACE_DIR = ".torch_trace"
+"""Where a profiled run's processes write torch's structured logs (TORCH_TRACE), from which
+`cli.py profile` keeps the compiled kernels' source lines (compiled_kernels.json); removed
+afterwards."""
+
+
+def compile_capture_env(run_dir: Path) -> dict[str, str]:
+    """Environment that makes torch.compile record which user lines every generated kernel
+    came from: Inductor's provenance tracking into structured logs under the run directory
+    (compile time only; nothing changes in the compiled code). A TORCH_TRACE the user set is
+    left alone (and read from)."""
+    env = {"INDUCTOR_PROVENANCE": os.environ.get("INDUCTOR_PROVENANCE", "1")}
+    if not os.environ.get("TORCH_TRACE"):
+        env["TORCH_TRACE"] = str(run_dir.resolve() / TORCH_TRACE_DIR)
+    return env
+
+
+def torch_trace_dir(run_dir: Path) -> Path:
+    """Where the run's structured logs are: the user's TORCH_TRACE, else ours."""
+    theirs = os.environ.get("TORCH_TRACE")
+    return Path(theirs) if theirs else run_dir / TORCH_TRACE_DIR
+
+
+def launch(plan: LaunchPlan, spec_json: str, run_dir: Path | None = None) -> None:
     """Run the job: in this process for one CPU process, else through torchrun (and wait).
+    With `run_dir` (a profiled run), torch.compile's provenance is recorded there.
 
     Ctrl-C or SIGTERM given to this process is passed on to torchrun, which passes it to every
     rank; each rank then stops cleanly (trace files whole or absent, rank 0 records the stop in
@@ -131,7 +155,8 @@ def launch(plan: LaunchPlan, spec_json: str) -> None:
                                ) from None
         return
     received: list[int] = []
-    process = subprocess.Popen(torchrun_command(plan, spec_json), env=child_env(plan),
+    env = child_env(plan) | (compile_capture_env(run_dir) if run_dir is not None else {})
+    process = subprocess.Popen(torchrun_command(plan, spec_json), env=env,
                                start_new_session=True)
 
     def forward(signum: int, frame: object) -> None:

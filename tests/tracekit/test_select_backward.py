@@ -11,7 +11,7 @@ import pytest
 
 from tests.planted import REPO, load_planted, planted_line
 from tests.synth import SynthTrace, write_run
-from tracekit.detectors.select_backward import detect
+from tracekit.detectors.select_backward import detect, fused_ops
 from tracekit.pipeline import load
 from tracekit.source import source_snapshot
 
@@ -29,8 +29,9 @@ def test_planted_index_found_at_the_indexing_line() -> None:
         f = mine[0]
         assert f.kind == "select_backward"
         assert f.count == 4 * 5  # 4 bank slices per step, steps 6..10
-        assert f.step is None  # the same line runs every step: spread, not one step
+        assert f.step == 6  # the first occurrence's step; every step's share in evidence
         assert sorted(f.evidence["per_step"]) == ["10", "6", "7", "8", "9"]
+        assert set(f.evidence["count_per_step"].values()) == {4}
         assert FILL.search(f.culprit.kernel or "")
         assert f.culprit.grid == [4096, 1, 1]
         assert f.culprit.blocks_per_sm and f.culprit.blocks_per_sm > 30
@@ -57,6 +58,33 @@ def test_planted_compiled_names_the_inductor_kernel() -> None:
         assert "select_backward" in (f.culprit.kernel or "")
         assert f.evidence["compiled"] is True
         assert f.count >= 5  # at least once per profiled step
+
+
+def test_planted_compiled_is_one_finding_per_line_with_a_bytes_estimate() -> None:
+    """`triton_poi_fused_add_select_backward_2` fuses the fill with an add: the fill's share
+    of the kernel is estimated from the bytes it writes, not the whole kernel."""
+    findings = detect(load_planted("select_backward_compiled"))
+    assert sorted(f.rank for f in findings) == [0, 1]  # one line, one finding per rank
+    for f in findings:
+        assert f.step == 6 and f.evidence["cost_basis"] == "bytes estimate"
+        (kernel,) = f.evidence["kernels"]
+        assert kernel["fused_with"] == "add"
+        assert 0 < kernel["fill_share_of_bytes"] < 1
+        assert f.cost_us == pytest.approx(kernel["kernel_time_us"]
+                                          * kernel["fill_share_of_bytes"], rel=1e-3)
+        assert f.cost_us < f.evidence["kernel_time_us"]
+        assert "fused into 1 Inductor kernel with add" in f.title
+
+
+@pytest.mark.parametrize(("name", "others"), [
+    ("triton_poi_fused_select_backward_zeros_0", ""),
+    ("triton_poi_fused__to_copy_select_backward_3", ""),
+    ("triton_poi_fused__to_copy_add_select_backward_stack_14", "add_stack"),
+    ("triton_red_fused_add_mul_select_backward_sum_12", "add_mul_sum"),
+    ("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float> >()", None),
+])
+def test_inductor_names_say_what_the_fill_is_fused_with(name: str, others: str | None) -> None:
+    assert fused_ops(name) == others
 
 
 def test_planted_compiled_points_at_the_indexing_line() -> None:
@@ -146,7 +174,8 @@ def test_synthetic_eager_groups_by_forward_line(tmp_path: Path) -> None:
     findings = detect(run)
     assert len(findings) == 1
     f = findings[0]
-    assert f.count == 16 and f.rank == 0 and f.step is None
+    assert f.count == 16 and f.rank == 0 and f.step == 1
+    assert f.evidence["count_per_step"] == {"1": 4, "2": 4, "3": 4, "4": 4}
     assert f.cost_us == pytest.approx(16 * (7.0 + 3.0))
     assert FILL.search(f.culprit.kernel or "")
     assert f.culprit.grid == [1024, 1, 1]

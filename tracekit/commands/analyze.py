@@ -129,14 +129,25 @@ def register(app: typer.Typer) -> None:
                                         help="Also write the step accounting (per rank and "
                                              "step: compute, exposed comm, idle by cause) as "
                                              "JSON to this file."),
+        baseline_step_ms: float = typer.Option(
+            None, "--baseline-step-ms",
+            help="An unprofiled step time (ms) measured elsewhere: profiled steps much slower "
+                 "than it give a profiler_distortion finding (the same as --param "
+                 "profiler_distortion.baseline_step_ms=MS)."),
     ) -> None:
         """Find why steps are slow: step accounting, then select_backward, sm_contention,
-        comm_gap, slow_step, gpu_idle."""
+        comm_gap, slow_step, gpu_idle, profiler_distortion."""
         # Imported when the command runs: `cli.py --help` stays fast (pandas, numpy).
         from tracekit.detectors import parse_params
         from tracekit.pipeline import analyze_rankwise, analyze_run
+        from tracekit.pipeline.analysis import has_stack_window
         from tracekit.report import print_report, render_json, render_markdown
 
+        if baseline_step_ms is not None:
+            if not baseline_step_ms > 0:
+                raise UserError(f"--baseline-step-ms must be a positive time, not "
+                                f"{baseline_step_ms}")
+            param = [*(param or []), f"profiler_distortion.baseline_step_ms={baseline_step_ms}"]
         params = parse_params(param)
         if fail_on is not None:
             fails([], fail_on)  # validate before the (long) load
@@ -149,7 +160,9 @@ def register(app: typer.Typer) -> None:
 
             check_output_path(html)
         # A timeline needs every rank's events in this process; findings alone do not.
-        analyze = analyze_run if html is not None else analyze_rankwise
+        # A split recording's stack window is borrowed from in one process too.
+        one_process = html is not None or has_stack_window(Path(path))
+        analyze = analyze_run if one_process else analyze_rankwise
         run, findings = analyze(path, kinds=split_kinds(kinds), rank=rank,
                                 min_cost_us=min_cost_us, progress=True, params=params)
         if json_out:

@@ -43,7 +43,11 @@ hands to the others (Run.context)."""
 
 # Modules imported by `load_detectors`, so registration happens on first use.
 DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle",
-                    "straggler", "exposed_comm")
+                    "straggler", "exposed_comm", "profiler_distortion")
+FindingsPass = Callable[[list[Finding]], list[Finding]]
+PASSES: dict[str, FindingsPass] = {}
+"""Passes over every detector's findings of a run (all ranks), run after the detectors: a
+finding that changes how others read (profiler_distortion) marks them."""
 
 
 def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]],
@@ -60,6 +64,22 @@ def register(kind: str, params: type) -> Callable[[Callable[..., list[Finding]]]
         return detect
 
     return wrap
+
+
+def register_pass(kind: str) -> Callable[[FindingsPass], FindingsPass]:
+    def wrap(fn: FindingsPass) -> FindingsPass:
+        PASSES[kind] = fn
+        return fn
+
+    return wrap
+
+
+def apply_passes(findings: list[Finding]) -> list[Finding]:
+    """Every registered pass over the run's findings (idempotent), worst first."""
+    load_detectors()
+    for fn in PASSES.values():
+        findings = fn(findings)
+    return worst_first(findings)
 
 
 def register_summary(kind: str) -> Callable[[Summary], Summary]:
@@ -100,7 +120,7 @@ def run_detectors(run: Run, kinds: Iterable[str] | None = None,
     findings: list[Finding] = []
     for kind in check_kinds(kinds):
         findings.extend(available[kind].detect(run, params_for(kind, params)))
-    return worst_first(apply_budget(run, findings))
+    return apply_passes(apply_budget(run, findings))
 
 
 def check_kinds(kinds: Iterable[str] | None) -> list[str]:
@@ -132,10 +152,11 @@ def parse_params(items: Iterable[str] | None) -> dict[str, Any]:
             raise UserError(f"--param {item}: {kind} has no parameter {field_name!r}; known: "
                             f"{', '.join(fields)}")
         default = getattr(available[kind].params(), field_name)
+        convert = float if default is None else type(default)  # an optional number: float
         try:
-            value = type(default)(text.strip())
+            value = convert(text.strip())
         except ValueError:
-            raise UserError(f"--param {item}: {field_name} takes a {type(default).__name__}, "
+            raise UserError(f"--param {item}: {field_name} takes a {convert.__name__}, "
                             f"not {text.strip()!r}") from None
         overrides.setdefault(kind, {})[field_name] = value
     return {kind: available[kind].params(**values) for kind, values in overrides.items()}

@@ -12,21 +12,29 @@ gradients that autograd accumulates without the zero-fill. Under torch.compile t
 fused into Inductor kernels whose names contain `select_backward`
 (`triton_poi_fused_add_select_backward_2`).
 
-What is reported: one finding per rank and per cause. For eager code the cause is the FORWARD
-line that indexes the bank (the select_backward op's forward op, linked through the fwdbwd flow,
-and that op's user source line). Inductor kernels are grouped by kernel name; their source is the
-compiled function, narrowed by the linker to its one tensor subscript with a variable index
-(`SourceIndex.narrow_for_op`), else its def line with line_exact false. There is no
-threshold: every select_backward costs at least the zero-fill, which is pure waste, so every
-occurrence is reported; severity (from the cost per step relative to the median step) says
-whether it matters.
+What is reported: one finding per rank and per cause line. For eager code the cause is the
+FORWARD line that indexes the bank (the select_backward op's forward op, linked through the
+fwdbwd flow, and that op's user source line). Inductor kernels are grouped by their user line
+too (the linker's line for the kernel: the compiled function narrowed to its one tensor
+subscript with a variable index (`SourceIndex.narrow_for_op`), else its def line with
+line_exact false), so the several kernels Inductor fuses one indexing line into are one
+finding; a kernel without any line is grouped by its name. There is no threshold: every
+select_backward costs at least the zero-fill, which is pure waste, so every occurrence is
+reported; severity (from the cost per step relative to the median step) says whether it
+matters.
 
-- cost_us: the GPU time of every kernel and memset/memcpy launched under the select_backward ops
-  (all of it is avoidable: with unbind the slice gradient needs no extra kernel at all). On a
-  trace without GPU activity, the select_backward ops' CPU time instead, so CPU runs show it too.
-- step: the step holding a strict majority of the occurrences, else null (the usual case: the
-  same lines run every step, so a per-line finding spans all profiled steps; the per-step counts
-  are in evidence.per_step).
+- cost_us: eager, the GPU time of every kernel and memset/memcpy launched under the
+  select_backward ops (all of it is avoidable: with unbind the slice gradient needs no extra
+  kernel at all). Compiled, per kernel: a kernel whose name fuses nothing but the
+  select_backward and its fill/copy (`triton_poi_fused_select_backward_zeros_0`) is a real
+  whole-bank zero-fill, cost = the kernel; a kernel where it is one op among others
+  (`..._fused__to_copy_add_select_backward_stack_14`) costs its time x the share of the
+  kernel's argument bytes that the fill writes (the largest argument, the bank-sized
+  gradient), from record_shapes, else the whole kernel stated as an upper bound
+  (evidence.cost_basis, evidence.kernels). On a trace without GPU activity, the
+  select_backward ops' CPU time instead, so CPU runs show it too.
+- step: the step of the first occurrence (the one start_us points at); the same lines run
+  every step, so evidence.per_step and evidence.count_per_step give every step's cost and count.
 - start_us/dur_us: the first occurrence (first kernel start to last kernel end of its first
   select_backward op, on the GPU clock; the op's CPU span on CPU-only traces).
 - evidence.bytes_zero_filled: the bank's bytes (forward select input dims x dtype size) x count,
@@ -186,24 +194,109 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
 
 def compiled_occurrences(trace: Trace, work: pd.DataFrame,
                          eager_work_index: pd.Index) -> list[Occurrences]:
-    """Inductor kernels (or CPU kernels of compiled code) whose name says select_backward."""
+    """Inductor kernels (or CPU kernels of compiled code) whose name says select_backward,
+    grouped by their cause line (the kernel's user source line; the kernel's name when it has
+    none), so one line that Inductor fused into several kernels is one finding."""
     out = []
+    ops = trace.ops
+    keys = source_keys(ops)
     gpu = work[(work["kind"] == "kernel").to_numpy() & name_matches(work["name"], COMPILED_PATTERN)]
     gpu = gpu.drop(index=gpu.index.intersection(eager_work_index))
-    for name, group in gpu.groupby("name", sort=False):
-        rows = group["op_idx"].to_numpy()
-        out.append(Occurrences(key=str(name), op_rows=rows[rows >= 0],
-                               work=group.assign(occurrence=group.index),
-                               forward_row=-1, compiled=True))
+    if len(gpu):
+        op_rows = gpu["op_idx"].to_numpy()
+        line = pd.Series(np.where(op_rows >= 0, keys[np.maximum(op_rows, 0)], "unknown"),
+                         index=gpu.index)
+        # A kernel without a line (launched before the profiled steps' ops were recorded)
+        # takes the line of the same kernel elsewhere, else is known by its name.
+        known = line != "unknown"
+        by_name = line[known].groupby(gpu["name"][known]).agg(lambda v: v.value_counts().index[0])
+        borrowed = gpu["name"].map(by_name)
+        cause = line.where(known, borrowed.where(borrowed.notna(), gpu["name"])).to_numpy()
+        for key, group in gpu.groupby(cause, sort=False):
+            rows = group["op_idx"].to_numpy()
+            out.append(Occurrences(key=str(key), op_rows=rows[rows >= 0],
+                                   work=group.assign(occurrence=group.index),
+                                   forward_row=-1, compiled=True))
     if not trace.has_gpu:
-        ops = trace.ops
         label = ops["kernel_name"].where(ops["kernel_name"].astype(bool), ops["name"]) \
             if "kernel_name" in ops else ops["name"]
         hit = name_matches(label, COMPILED_PATTERN) & (ops["name"] != SELECT_BACKWARD_OP).to_numpy()
-        for name, group in ops[hit].groupby(label[hit], sort=False):
-            out.append(Occurrences(key=str(name), op_rows=group.index.to_numpy(),
+        cause = np.where(keys[hit] == "unknown", label[hit].to_numpy(dtype=object), keys[hit])
+        for key, group in ops[hit].groupby(cause, sort=False):
+            out.append(Occurrences(key=str(key), op_rows=group.index.to_numpy(),
                                    work=work.iloc[0:0], forward_row=-1, compiled=True))
     return out
+
+
+FUSED_NAME = re.compile(r"^(?:graph_\d+_)?(?:triton_[a-z]+|cpp)_fused_(?P<ops>.+?)(?:_\d+)*$")
+GRAPH_PREFIX = re.compile(r"^graph_\d+_")
+FILL_ONLY = re.compile(r"select_backward|new_zeros|zeros|zero|fill|full|_to_copy|clone|copy")
+
+
+def fused_ops(kernel: str) -> str | None:
+    """The ops an Inductor kernel's name says it fuses besides the select_backward and the
+    zero-fill/copy it implies ("add_stack"), "" for a kernel that is only the fill, None for a
+    name that is not an Inductor kernel name."""
+    match = FUSED_NAME.match(kernel)
+    if match is None:
+        return None
+    rest = FILL_ONLY.sub("", match.group("ops"))
+    return "_".join(part for part in rest.split("_") if part)
+
+
+def argument_bytes(ops: pd.DataFrame, row: int) -> tuple[int, int] | None:
+    """(largest argument's bytes, all arguments' bytes) of a kernel's cpu_op, from the shapes
+    record_shapes gave it; None without shapes."""
+    if row < 0:
+        return None
+    dims = parse_json_field(ops.at[row, "input_dims"])
+    types = parse_json_field(ops.at[row, "input_types"]) or []
+    if not dims:
+        return None
+    sizes = [int(np.prod(d)) * DTYPE_BYTES.get(str(t).lower(), 0)
+             for d, t in zip(dims, types, strict=False) if isinstance(d, list) and d]
+    sizes = [x for x in sizes if x > 0]
+    return (max(sizes), sum(sizes)) if sizes else None
+
+
+def compiled_costs(ops: pd.DataFrame, work: pd.DataFrame) -> tuple[float, list[dict[str, Any]],
+                                                                   str]:
+    """The select_backward's cost within compiled kernels, per kernel name, and its basis.
+
+    A kernel that is only the fill (its name fuses nothing else): the kernel's time. A kernel
+    where select_backward is one of several fused ops: its time x the share of the kernel's
+    bytes that the fill writes (the largest argument, the bank-sized gradient, over all the
+    arguments' bytes); without recorded shapes, the kernel's whole time as an upper bound."""
+    total, rows, bases = 0.0, [], set()
+    for name, group in work.groupby("name", sort=False):
+        time_us = float(group["dur"].sum())
+        others = fused_ops(str(name))
+        if not others:
+            estimate, share, basis = time_us, 1.0, "own kernel"
+        else:
+            op_rows = group["op_idx"].to_numpy()
+            sized = argument_bytes(ops, int(op_rows[op_rows >= 0][0])) \
+                if (op_rows >= 0).any() else None
+            if sized is None:
+                estimate, share, basis = time_us, None, "upper bound"
+            else:
+                share = sized[0] / sized[1]
+                estimate, basis = time_us * share, "bytes estimate"
+        bases.add(basis)
+        total += estimate
+        rows.append({"kernel": str(name), "fused_with": others or None, "count": len(group),
+                     "kernel_time_us": round(time_us, 3), "cost_us": round(estimate, 3),
+                     "fill_share_of_bytes": None if share is None else round(share, 4),
+                     "basis": basis})
+    basis = "own kernel" if bases == {"own kernel"} else \
+        "upper bound" if "upper bound" in bases else "bytes estimate"
+    return total, rows, basis
+
+
+def first_step(steps: pd.Series) -> int | None:
+    """The step of the first occurrence that has one (start_us points at that occurrence)."""
+    known = steps[steps >= 0]
+    return int(known.iloc[0]) if len(known) else None
 
 
 def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
@@ -213,12 +306,17 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
     sb_ops = ops.iloc[occ.op_rows] if len(occ.op_rows) else ops.iloc[0:0]
     work = occ.work.sort_values("ts")
     on_gpu = not work.empty
+    kernels: list[dict[str, Any]] = []
+    basis = "own kernel"
     if on_gpu:
-        cost = float(work["dur"].sum())
+        kernel_time = float(work["dur"].sum())
+        cost = kernel_time
+        if occ.compiled:
+            cost, kernels, basis = compiled_costs(ops, work)
         first = work[work["occurrence"] == work["occurrence"].iloc[0]]
         start, end = float(first["ts"].min()), float(first["end"].max())
-        step = step_choice(work.drop_duplicates("occurrence")["step"])
-        per_step = work.groupby("step")["dur"].sum()
+        step = first_step(work.drop_duplicates("occurrence")["step"])
+        per_step = work.groupby("step")["dur"].sum() * (cost / kernel_time if kernel_time else 1)
         by_name = work.groupby("name")["dur"].sum().sort_values(ascending=False)
         worst = work[work["name"] == by_name.index[0]].sort_values("dur").iloc[-1]
         culprit = Culprit(
@@ -228,13 +326,20 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
             blocks_per_sm=None if pd.isna(worst["blocks_per_sm"]) else
             round(float(worst["blocks_per_sm"]), 2))
         count = len(sb_ops) if not occ.compiled else len(work)
+        per_step_count = work.drop_duplicates("occurrence").groupby("step").size()
     else:
-        cost = float(sb_ops["dur"].sum())
+        kernel_time = cost = float(sb_ops["dur"].sum())
+        if occ.compiled:  # compiled CPU kernels: the kernel ops themselves
+            cpu_work = pd.DataFrame({"name": sb_ops["name"].to_numpy(),
+                                     "dur": sb_ops["dur"].to_numpy(dtype=float),
+                                     "op_idx": occ.op_rows})
+            cost, kernels, basis = compiled_costs(ops, cpu_work)
         first_row = sb_ops["ts"].idxmin()
         start, end = float(sb_ops.at[first_row, "ts"]), float(sb_ops.at[first_row, "end"])
         op_steps = sb_ops["step"] if "step" in sb_ops else pd.Series(-1, index=sb_ops.index)
-        step = step_choice(op_steps)
+        step = first_step(op_steps.loc[sb_ops.sort_values("ts").index])
         per_step = sb_ops.assign(step=op_steps).groupby("step")["dur"].sum()
+        per_step_count = op_steps.value_counts()
         culprit = Culprit()
         count = len(sb_ops)
     n_steps = max(1, int((per_step.index >= 0).sum()))
@@ -246,18 +351,38 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
         source = source_of_op(ops, int(occ.op_rows[0]))
     stack = op_stack(trace, int(occ.op_rows[0])) if len(occ.op_rows) else []
     unit = "GPU" if on_gpu else "CPU"
-    title = select_backward_title(occ, source, count, f"{cost / 1000:.2f} ms {unit}", trainer)
+    names = sorted({k["kernel"] for k in kernels})
+    if not occ.compiled or basis == "own kernel":
+        amount = f"{cost / 1000:.2f} ms {unit}"
+    elif basis == "upper bound":
+        amount = f"at most {cost / 1000:.2f} ms {unit}, the whole kernels"
+    else:
+        amount = (f"~{cost / 1000:.2f} ms {unit} estimated from the bytes the fill writes, "
+                  f"of {kernel_time / 1000:.2f} ms")
+    title = select_backward_title(occ, source, count, amount, trainer, basis, kernels)
     evidence: dict[str, Any] = {
         "gpu_time_us" if on_gpu else "cpu_time_us": round(cost, 3),
         "cost_per_step_us": round(cost_per_step, 3),
         "per_step": {str(int(k)): round(float(v), 3) for k, v in per_step.items() if k >= 0},
+        "count_per_step": {str(int(k)): int(v) for k, v in per_step_count.items() if k >= 0},
         "bank_bytes": bytes_each,
         "bytes_zero_filled": bytes_each * count if bytes_each else None,
         "compiled": occ.compiled,
         "median_step_us": round(step_us, 3) if step_us else None,
     }
+    if occ.compiled:
+        evidence["cost_basis"] = basis
+        evidence["kernel_time_us"] = round(kernel_time, 3)
+        if kernels:
+            evidence["kernels"] = kernels
+        fused_lines = {k: [f"{line['file']}:{line['line']}" for line in lines]
+                       for k, lines in trace.compiled_lines.items()
+                       if any(k == re.sub(GRAPH_PREFIX, "", n) for n in names)}
+        if fused_lines:  # every user line each kernel fused (torch's provenance tracking)
+            evidence["fused_lines"] = fused_lines
     if occ.compiled and "kernel_file" in ops and len(occ.op_rows):
-        evidence["kernel_file"] = str(ops.at[int(occ.op_rows[0]), "kernel_file"] or "") or None
+        files = sorted({str(f) for f in ops["kernel_file"].to_numpy()[occ.op_rows] if f})
+        evidence["kernel_file"] = files[0] if len(files) == 1 else (files or None)
     return Finding(
         kind="select_backward", severity=severity_from_cost(cost_per_step, step_us),
         rank=trace.rank, step=step, start_us=start, dur_us=max(0.0, end - start),
@@ -267,21 +392,29 @@ def finding_for(trace: Trace, occ: Occurrences, step_us: float | None,
         evidence=evidence, suggestion=TRAINER_SUGGESTION if trainer else SUGGESTION)
 
 
-def select_backward_title(occ: Occurrences, source: SourceLine | None, count: int, cost: str,
-                          trainer: bool) -> str:
+def select_backward_title(occ: Occurrences, source: SourceLine | None, count: int, amount: str,
+                          trainer: bool, basis: str = "own kernel",
+                          kernels: list[dict[str, Any]] | None = None) -> str:
     """In the trainer's words for its own traces ("bank indexing at train.py:12"); for any
-    other trace "indexing at file:line", or no place at all when the trace has no stacks."""
-    if occ.compiled:
-        what = f"Inductor kernel {occ.key}"
-    elif trainer:
-        what = f"bank indexing at {source.file}:{source.line}" if source else \
-            f"bank indexing at {occ.key}"
-    elif source is not None:
-        what = f"indexing at {source.file}:{source.line}"
+    other trace "indexing at file:line", or no place at all when the trace has no stacks.
+    Compiled code says how the fill ran: in its own Inductor kernel, or fused with other ops."""
+    if source is not None:
+        where = f"indexing at {source.file}:{source.line}"
+    elif trainer or occ.compiled:
+        where = f"indexing at {occ.key}"
     else:
-        what = "indexing (no source line: record with with_stack=True)"
+        where = "indexing (no source line: record with with_stack=True)"
+    what = f"bank {where}" if trainer else where
     noun = "bank" if trainer else "tensor"
-    return f"select_backward: {what} zero-fills the whole {noun} {count}x ({cost})"
+    if not occ.compiled:
+        return f"select_backward: {what} zero-fills the whole {noun} {count}x ({amount})"
+    if basis == "own kernel":
+        return (f"select_backward: {what} zero-fills the whole {noun} in its own Inductor "
+                f"kernel {count}x ({amount})")
+    names = sorted({k["kernel"] for k in kernels or []})
+    fused = sorted({k["fused_with"] for k in kernels or [] if k["fused_with"]})
+    return (f"select_backward: {what} fused into {len(names)} Inductor "
+            f"kernel{'s' if len(names) > 1 else ''} with {', '.join(fused)} {count}x ({amount})")
 
 
 @dataclass(frozen=True)
@@ -291,7 +424,8 @@ class Params:
 
 @register("select_backward", Params)
 def detect(run: Run, params: Params) -> list[Finding]:
-    """One finding per rank and per forward indexing line (or Inductor kernel)."""
+    """One finding per rank and per cause line (the forward indexing line; for Inductor
+    kernels the kernel's user line, else its name)."""
     findings: list[Finding] = []
     run_step = run_step_us(run)
     for trace in run.traces:

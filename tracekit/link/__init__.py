@@ -22,10 +22,12 @@ import pandas as pd
 
 from tracekit.link.ancestry import ancestor_matching, kernel_source, op_stack, source_of_op
 from tracekit.link.backward import forward_ops
+from tracekit.link.compiled import apply_compiled_sources
 from tracekit.link.launches import link_launches
 from tracekit.link.op_source import SRC_COLUMNS, launch_sources, op_sources
 from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.load.columns import as_column
+from tracekit.load.compiled import COMPILED_KERNELS_FILE
 from tracekit.load.kernel_kinds import COMM_OP, comm_by_context
 from tracekit.names import name_matches
 from tracekit.source import SourceIndex, on_disk
@@ -60,6 +62,11 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     sources = op_sources(trace, index)
     for column in sources.columns:
         trace.ops[column] = as_column(sources[column].to_numpy())
+    trace.source_roots = tuple(source_roots)
+    for run_dir in (trace.path.parent, trace.path.parent.parent):
+        if (run_dir / COMPILED_KERNELS_FILE).is_file():
+            apply_compiled_sources(trace, run_dir, index)
+            break
     _kernel_sources(trace, index)
     for frame in (trace.ops, trace.kernels, trace.gpu_mem):
         frame["src_path"] = as_column(display_paths(frame["src_file"], index))
@@ -102,6 +109,15 @@ def _kernel_sources(trace: Trace, index: SourceIndex) -> None:
                                    index)
             for column in KERNEL_SRC_COLUMNS:
                 gpu.loc[bare, column] = found[column].to_numpy()
+
+
+def refresh_gpu_sources(trace: Trace) -> None:
+    """Re-derive kernels' and memcpys' source columns (and every src_path) after the ops'
+    source columns changed (tracekit.link.borrow)."""
+    index = SourceIndex(roots=tuple(trace.source_roots))
+    _kernel_sources(trace, index)
+    for frame in (trace.ops, trace.kernels, trace.gpu_mem):
+        frame["src_path"] = as_column(display_paths(frame["src_file"], index))
 
 
 def display_paths(files: pd.Series, index: SourceIndex) -> np.ndarray:

@@ -30,7 +30,8 @@ TRACE_SUFFIXES = (".json", ".json.gz")
 RANK_IN_NAME = re.compile(r"rank[_\-.]?(\d+)", re.IGNORECASE)
 
 
-RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json", "accounting.json")
+RUN_FILES = (MANIFEST_NAME, "findings.json", "diff.json", "accounting.json",
+             "compiled_kernels.json")
 
 
 def is_trace_name(path: Path) -> bool:

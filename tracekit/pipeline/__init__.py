@@ -9,6 +9,7 @@ together.
 - `diff`: both runs of a comparison analysed rankwise, then `tracekit.compare` (`diff_paths`).
 """
 
+from tracekit.load.compiled import save_compiled_kernels
 from tracekit.pipeline.analysis import (
     analyze_run,
     analyze_run_and_print,
@@ -22,5 +23,5 @@ from tracekit.pipeline.diff import diff_loaded, diff_paths
 from tracekit.pipeline.rankwise import analyze_rankwise, analyze_rankwise_totals
 
 __all__ = ["analyze_rankwise", "analyze_rankwise_totals", "analyze_run", "analyze_run_and_print",
-           "diff_loaded", "diff_paths", "load", "load_trace", "select_findings", "write_accounting",
-           "write_findings"]
+           "diff_loaded", "diff_paths", "load", "load_trace", "save_compiled_kernels",
+           "select_findings", "write_accounting", "write_findings"]

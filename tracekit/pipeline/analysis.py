@@ -15,6 +15,7 @@ from tracekit.accounting.table import run_accounting
 from tracekit.detectors import run_detectors
 from tracekit.finding import Finding
 from tracekit.link import link_trace
+from tracekit.link.borrow import borrow_op_sources
 from tracekit.load import load_plan
 from tracekit.load import load_trace as load_trace_frames
 from tracekit.load.rundir import LoadPlan, plan_load
@@ -33,13 +34,43 @@ def linker(plan: LoadPlan) -> Callable[[Trace], Any]:
     return functools.partial(link_trace, source_roots=source_roots(plan.run_dir, plan.manifest))
 
 
+STACK_WINDOW_DIR = "stacks"
+"""A split recording's second window (with stacks), inside the run directory."""
+
+
 def load(path: str | os.PathLike[str], *, link: bool = True, progress: bool = True,
          workers: int | None = None) -> Run:
     """A Run from a trace file or run directory (see `tracekit.load.load`), every trace linked
-    (`tracekit.link.link_trace`) unless `link` is false."""
+    (`tracekit.link.link_trace`) unless `link` is false.
+
+    A split recording (`profile --record split`) is the run directory's traces, recorded
+    without stacks (timings), plus `stacks/`, the same ranks recorded with stacks: linked, the
+    timing traces' ops take their source lines from it (tracekit.link.borrow)."""
     plan = plan_load(path)
-    return load_plan(plan, progress=progress, workers=workers,
-                     prepare=linker(plan) if link else None)
+    run = load_plan(plan, progress=progress, workers=workers,
+                    prepare=linker(plan) if link else None)
+    if link and has_stack_window(Path(path)):
+        borrow_stack_window(run, load(Path(path) / STACK_WINDOW_DIR, progress=progress,
+                                      workers=workers))
+    return run
+
+
+def has_stack_window(path: Path) -> bool:
+    window = path / STACK_WINDOW_DIR
+    return path.is_dir() and window.is_dir() and any(window.glob("*.json*"))
+
+
+def borrow_stack_window(run: Run, window: Run) -> None:
+    """Each timing trace takes source lines from the stack window's trace of its rank."""
+    donors = {t.rank: t for t in window.traces}
+    steps = sorted({int(s) for t in window.traces for s in t.steps["step"]})
+    span = f"{steps[0]}-{steps[-1]}" if steps else "?"
+    for trace in run.traces:
+        if trace.rank in donors:
+            n = borrow_op_sources(trace, donors[trace.rank])
+            trace.warnings.append(
+                f"recorded without stacks; source lines of {n:,} ops taken from the same ops "
+                f"of steps {span}, recorded with stacks (stacks/)")
 
 
 def load_trace(path: str | os.PathLike[str], *, link: bool = True) -> Trace:

@@ -35,7 +35,13 @@ from typing import Any
 
 from tracekit.accounting.table import RunAccounting, run_accounting
 from tracekit.compare import RankTotals, rank_totals
-from tracekit.detectors import check_kinds, rank_summaries, run_detectors, worst_first
+from tracekit.detectors import (
+    apply_passes,
+    check_kinds,
+    rank_summaries,
+    run_detectors,
+    worst_first,
+)
 from tracekit.errors import UserError
 from tracekit.finding import Finding
 from tracekit.link.steptime import median_step_us, step_us_over_ranks
@@ -189,6 +195,8 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
     run = Run(path=plan.path, traces=thin, manifest=plan.manifest, steps_log=steps_log,
               context=run_context, accounting=accounting)
     check_rank(run, rank)
+    # Passes over all ranks' findings (the distortion finding of rank 0 marks every rank's).
+    findings = apply_passes(findings)
     return run, worst_first(select_findings(findings, rank, min_cost_us)), sums
 
 

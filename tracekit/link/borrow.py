@@ -1,0 +1,62 @@
+"""Source lines for a trace recorded without stacks, from a window of the same run with them.
+
+`profile --record split` records steps START..END without Python stacks (their timings are
+close to unprofiled ones) and, two steps later, as many steps with stacks (their timings are the
+tracer's, their source lines are right). A training step runs the same ops in the same order
+every step, so an op of the timing window is "the same op" as the op of the stack window with
+the same name, on the same thread, at the same ordinal among that name's ops in its step. The
+timing trace's ops take those ops' source columns (the most common answer over the stack
+window's steps), and its kernels are re-derived from them as the linker does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tracekit.link.op_source import SRC_COLUMNS
+from tracekit.trace import Trace
+
+KEY = ["tid", "name", "ordinal"]
+COLUMNS = [*SRC_COLUMNS, "src_from_fwd"]
+
+
+def op_ordinals(ops: pd.DataFrame) -> pd.DataFrame:
+    """tid, name, ordinal (the k-th op of that name on that thread within its step), step."""
+    frame = pd.DataFrame({"tid": ops["tid"].to_numpy(), "name": ops["name"].to_numpy(),
+                          "step": ops["step"].to_numpy(), "ts": ops["ts"].to_numpy()})
+    frame = frame.sort_values(["step", "ts"], kind="stable")
+    frame["ordinal"] = frame.groupby(["step", "tid", "name"], sort=False).cumcount()
+    return frame.sort_index()
+
+
+def borrow_op_sources(timing: Trace, stacked: Trace) -> int:
+    """Fill the timing trace's op (and GPU work) source columns from the stack trace, in
+    place, for ops that have none; returns how many ops took a line."""
+    from tracekit.link import refresh_gpu_sources
+
+    donor_ops = stacked.ops
+    known = (donor_ops["src_line"].to_numpy() >= 0) & (donor_ops["step"].to_numpy() >= 0)
+    if not known.any() or timing.ops.empty:
+        return 0
+    donor = op_ordinals(donor_ops)[known]
+    for column in COLUMNS:
+        donor[column] = donor_ops[column].to_numpy()[known]
+    # The most common answer per key over the stack window's steps.
+    donor["answer"] = list(zip(*(donor[c] for c in COLUMNS), strict=True))
+    best = donor.groupby(KEY, sort=False)["answer"].agg(lambda s: s.value_counts().index[0])
+    mine = op_ordinals(timing.ops)
+    need = (timing.ops["src_line"].to_numpy() < 0) & (timing.ops["step"].to_numpy() >= 0)
+    keys = pd.MultiIndex.from_frame(mine.loc[need, KEY])
+    found = best.reindex(keys)
+    hit = found.notna().to_numpy()
+    rows = np.flatnonzero(need)[hit]
+    if rows.size == 0:
+        return 0
+    answers = list(found[hit])
+    for i, column in enumerate(COLUMNS):
+        values = timing.ops[column].to_numpy().copy()
+        values[rows] = [a[i] for a in answers]
+        timing.ops[column] = values
+    refresh_gpu_sources(timing)
+    return int(rows.size)
