@@ -21,6 +21,12 @@ def sgd_step(params: list[torch.Tensor], lr: float) -> None:
             p.grad = None
 
 
+def forward(bank: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    for i in range(bank.size(0)):
+        x = torch.tanh(x @ bank[i])
+    return x.square().mean()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
@@ -30,10 +36,7 @@ def main() -> None:
     torch.manual_seed(0)
     bank = torch.randn(4, 32, 32, requires_grad=True)  # four layers' weights in one tensor
     for _ in range(args.steps):
-        x = torch.randn(16, 32)
-        for i in range(4):
-            x = torch.tanh(x @ bank[i])
-        loss = x.square().mean()
+        loss = forward(bank, torch.randn(16, 32))
         loss.backward()
         sgd_step([bank], lr=1e-2)
     if dist.is_initialized():

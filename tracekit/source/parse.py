@@ -21,20 +21,13 @@ class ParsedFile:
 
 
 def function_scope(parsed: ParsedFile, def_line: int, function: str) -> ast.AST | None:
-    """The function (or module) whose code the frame ran.
-
-    A frame already running when the profiler started is named by its current line, not its
-    def line (`train.py(38): main` for a loop in main): then the innermost function of that
-    name whose body holds the line."""
+    """The function (or module) whose code the frame ran."""
     if function == "<module>":
         return parsed.tree
     for node in parsed.functions.get(def_line, ()):
         if getattr(node, "name", None) == function:
             return node
-    holding = [node for nodes in parsed.functions.values() for node in nodes
-               if getattr(node, "name", None) == function
-               and node.lineno < def_line <= (node.end_lineno or node.lineno)]
-    return max(holding, key=lambda node: node.lineno, default=None)
+    return None
 
 
 def scope_around(parsed: ParsedFile, line: int, function: str) -> ast.AST | None:
