@@ -5,7 +5,9 @@ default tests/data/gpu/select_backward_index: eager forward/backward, NCCL, Pyth
 and ac2g flows), then times each contender in its own subprocess on the same files:
 
     raw json     gzip.decompress + json.loads of every rank file, one after another
-    raw orjson   the same with orjson.loads (the fastest pure parse available)
+    raw orjson   the same with orjson.loads (the fastest generic parse available)
+    raw msgspec  ISA-L gunzip + tracekit's typed decode (tracekit.load.events) of every rank
+                 file: the parse `analyze` starts from, alone
     tracekit     what `cli.py analyze` runs: tracekit.pipeline.analyze_rankwise(run_dir), one
                  process per rank, with the parsed-frame cache off (cold)
     tracekit warm  the same with the cache on, after one run that filled it (skipped with
@@ -235,6 +237,14 @@ for f in FILES:
         doc = orjson.loads(gzip.decompress(fh.read()))
     del doc
 """,
+    "raw msgspec": """
+from tracekit.load.events import decode_document
+from tracekit.load.read import read_bytes
+from pathlib import Path
+for f in FILES:
+    meta, events = decode_document(read_bytes(Path(f)))
+    del meta, events
+""",
     "tracekit": """
 from tracekit.pipeline import analyze_rankwise
 run, findings = analyze_rankwise(RUN_DIR, progress=False)
@@ -262,12 +272,16 @@ import json, resource, sys, time
 FILES = {files!r}
 RUN_DIR = {run_dir!r}
 {imports}
-t0 = time.perf_counter()
+def cpu_s():
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+t0, c0 = time.perf_counter(), cpu_s()
 {work}
-wall = time.perf_counter() - t0
+wall, cpu = time.perf_counter() - t0, cpu_s() - c0
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print("BENCH_RESULT " + json.dumps({{"wall_s": wall, "self_kb": own, "children_kb": kids}}))
+print("BENCH_RESULT " + json.dumps({{"wall_s": wall, "cpu_s": cpu, "self_kb": own,
+                                     "children_kb": kids}}))
 """
 
 
@@ -281,6 +295,10 @@ class Measurement:
     max_process_rss_mb: float | None
     tree_rss_mb: float | None
     events_per_s: float | None
+    cpu_s: float | None = None
+    """CPU seconds of the work, this process and its reaped children (on a shared machine the
+    steadier measure: JSON MB / cpu_s is the throughput per core)."""
+    json_mb: float | None = None
     error: str = ""
 
 
@@ -309,17 +327,19 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
             env_extra: dict[str, str]) -> Measurement:
     files = [f["path"] for f in info["files"]]
     events = sum(f["events"] for f in info["files"])
-    work = WORKERS[contender.replace(" warm", "")]
-    code = HARNESS.format(files=files, run_dir=info["run_dir"],
-                          imports=IMPORTS.get(contender.replace(" warm", ""), ""), work=work)
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    kind, _, baseline = contender.partition(" @")  # "tracekit @DIR": another checkout's
+    kind = kind.replace(" warm", "")
+    code = HARNESS.format(files=files, run_dir=info["run_dir"], imports=IMPORTS.get(kind, ""),
+                          work=WORKERS[kind])
+    tree = baseline or str(REPO)
+    pythonpath = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": pythonpath, **env_extra}
     result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
                          None)
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                                stderr=subprocess.STDOUT, env=env, cwd=tree)
         stop, peak = threading.Event(), [0.0]
         sampler = threading.Thread(target=_sample_tree_rss, args=(proc.pid, stop, peak))
         sampler.start()
@@ -341,6 +361,8 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
         return result
     data = json.loads(found[-1].split(" ", 1)[1])
     result.wall_s = data["wall_s"]
+    result.cpu_s = data.get("cpu_s")
+    result.json_mb = sum(f["json_bytes"] for f in info["files"]) / 1e6
     result.max_process_rss_mb = max(data["self_kb"], data["children_kb"]) / 1024
     result.tree_rss_mb = peak[0] / 2**20
     result.events_per_s = events / data["wall_s"] if data["wall_s"] > 0 else None
@@ -370,7 +392,8 @@ def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int) 
         print(f"  {contender} ...", end="", flush=True)
         m = measure(contender, info, timeout_s, env)
         # Each result as it comes: a cut-off benchmark still says what it measured.
-        print(f" {m.wall_s:.1f} s, peak RSS {m.max_process_rss_mb or 0:,.0f} MB (largest "
+        print(f" {m.wall_s:.1f} s ({m.cpu_s or 0:.1f} CPU s), peak RSS "
+              f"{m.max_process_rss_mb or 0:,.0f} MB (largest "
               f"process) / {m.tree_rss_mb or 0:,.0f} MB (all)" if m.wall_s is not None
               else f" failed: {m.error}", flush=True)
         results.append(m)
@@ -387,8 +410,9 @@ def print_table(results: list[Measurement], infos: list[dict[str, Any]]) -> None
                                             max(f["json_bytes"] for f in i["files"]) / 1e6)
                for i in infos}
     table = Table(title=f"tracekit scale benchmark ({os.cpu_count()} CPUs)")
-    for col in ("run", "contender", "wall s", "events/s", "max proc RSS MB", "tree RSS MB",
-                "vs raw parse", "vs hta", "RSS / largest file"):
+    for col in ("run", "contender", "wall s", "CPU s", "MB/s per core", "events/s",
+                "max proc RSS MB", "tree RSS MB", "vs raw parse", "vs hta",
+                "RSS / largest file"):
         table.add_column(col, justify="right" if col not in ("run", "contender") else "left")
     by_run: dict[tuple[int, int], dict[str, Measurement]] = {}
     for m in results:
@@ -400,18 +424,22 @@ def print_table(results: list[Measurement], infos: list[dict[str, Any]]) -> None
         hta = group.get("hta")
         for m in group.values():
             if m.wall_s is None:
-                table.add_row(f"{size} MB x{ranks}", m.contender, m.error, "", "", "", "", "", "")
+                table.add_row(f"{size} MB x{ranks}", m.contender, m.error,
+                              *[""] * 10)
                 continue
             vs_raw = f"{m.wall_s / raw.wall_s:.2f}x" if raw and raw.wall_s else ""
             vs_hta = f"{hta.wall_s / m.wall_s:.1f}x faster" if hta and hta.wall_s else ""
             table.add_row(f"{size} MB x{ranks} ({total_mb:.0f} MB)", m.contender,
-                          f"{m.wall_s:.2f}", f"{m.events_per_s:,.0f}",
+                          f"{m.wall_s:.2f}", f"{m.cpu_s or 0:.2f}",
+                          f"{total_mb / m.cpu_s:.0f}" if m.cpu_s else "",
+                          f"{m.events_per_s:,.0f}",
                           f"{m.max_process_rss_mb:,.0f}", f"{m.tree_rss_mb:,.0f}", vs_raw, vs_hta,
                           f"{m.tree_rss_mb / largest_mb:.1f}x / "
                           f"{m.max_process_rss_mb / largest_mb:.1f}x")
     Console(width=200).print(table)
     print("vs raw parse: wall time / the faster of raw json and raw orjson. RSS / largest file: "
-          "tree peak / single-process peak, over the largest rank file's JSON size.")
+          "tree peak / single-process peak, over the largest rank file's JSON size. MB/s per core: "
+          "JSON MB / CPU s.")
 
 
 def main() -> None:
@@ -425,18 +453,24 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true", help="skip the cached second analyze")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--baseline", type=Path,
+                        help="also time `analyze` from this checkout (e.g. main before a change)")
     parser.add_argument("--build-only", action="store_true", help="only write the traces")
     parser.add_argument("--steps", type=int, default=0,
                         help="profiler steps per trace (0: one per replicated step, which grows "
                              "with the size; N: the copies share N long steps)")
     args = parser.parse_args()
 
-    contenders = ["raw json", "raw orjson", "tracekit", "tracekit warm", "tracekit one-process",
+    contenders = ["raw json", "raw orjson", "raw msgspec", "tracekit", "tracekit warm",
+                  "tracekit one-process",
                   "hta"]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.no_warm:
         skip.add("tracekit warm")
     contenders = [c for c in contenders if c not in skip]
+    if args.baseline:
+        contenders.insert(contenders.index("tracekit") if "tracekit" in contenders else 0,
+                          f"tracekit @{args.baseline.resolve()}")
     infos, results = [], []
     for size in [int(s) for s in args.sizes.split(",")]:
         for ranks in [int(r) for r in args.ranks.split(",")]:

@@ -31,6 +31,18 @@ def check_markdown_target(path: Path) -> None:
         raise UserError(f"--markdown {path}: refusing to write a report over a .json/.gz file")
 
 
+ENGINES = ("local", "dask")
+
+
+def check_engine(engine: str, scheduler: str | None, html: Path | None) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if scheduler is not None and engine != "dask":
+        raise UserError("--scheduler goes with --engine dask")
+    if html is not None and engine != "local":
+        raise UserError("--html needs every rank's events in this process: use --engine local")
+
+
 def write_markdown(path: Path, text: str) -> None:
     """Write the Markdown report, creating missing parent directories (as --html does); an
     unwritable target is a one-line error, not a traceback after the whole analysis."""
@@ -129,6 +141,12 @@ def register(app: typer.Typer) -> None:
                                         help="Also write the step accounting (per rank and "
                                              "step: compute, exposed comm, idle by cause) as "
                                              "JSON to this file."),
+        engine: str = typer.Option("local", "--engine",
+                                   help="Where the per-rank work runs: local (processes on "
+                                        "this machine) or dask (a dask.distributed cluster)."),
+        scheduler: str = typer.Option(None, "--scheduler",
+                                      help="With --engine dask: the scheduler's address "
+                                           "(tcp://host:8786); without it, a local cluster."),
         baseline_step_ms: float = typer.Option(
             None, "--baseline-step-ms",
             help="An unprofiled step time (ms) measured elsewhere: profiled steps much slower "
@@ -159,12 +177,23 @@ def register(app: typer.Typer) -> None:
             from tracekit.timeline import check_output_path
 
             check_output_path(html)
-        # A timeline needs every rank's events in this process; findings alone do not.
-        # A split recording's stack window is borrowed from in one process too.
         one_process = html is not None or has_stack_window(Path(path))
-        analyze = analyze_run if one_process else analyze_rankwise
-        run, findings = analyze(path, kinds=split_kinds(kinds), rank=rank,
-                                min_cost_us=min_cost_us, progress=True, params=params)
+        check_engine(engine, scheduler, html)
+        if engine == "dask":
+            if one_process:  # a split recording: the stack window is borrowed in one process
+                raise UserError("a split recording (stacks/) is analysed in one process: use "
+                                "--engine local")
+            from tracekit.pipeline.dask_engine import analyze_on_dask
+
+            run, findings, _ = analyze_on_dask(path, scheduler, kinds=split_kinds(kinds),
+                                               rank=rank, min_cost_us=min_cost_us,
+                                               params=params)
+        else:
+            # A timeline needs every rank's events in this process; findings alone do not.
+            # A split recording's stack window is borrowed from in one process too.
+            analyze = analyze_run if one_process else analyze_rankwise
+            run, findings = analyze(path, kinds=split_kinds(kinds), rank=rank,
+                                    min_cost_us=min_cost_us, progress=True, params=params)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
             stopped = stop_text(run.manifest)

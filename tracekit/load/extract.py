@@ -1,27 +1,26 @@
-"""Event dicts -> raw columns, per category: the only code that touches events one by one.
+"""Events -> raw columns, per category: the only code that touches events one by one.
 
-Each category's fields are pulled in one comprehension over the events, building a tuple per
-event (its own fields and its `args` fields); columns are then read off the tuples with
-`itemgetter`. Visiting every (cache-cold) dict once is markedly faster than one pass per
-field. The result (`Columns`: name -> numpy array or list) is plain data, so it can be built
-in a worker process for one slice of a big trace and concatenated in the parent (see
-`tracekit.load.chunks`).
+Each category's fields are read off its events (`tracekit.load.events.Event`, and the decoded
+`Args` of the categories that need them) with one `attrgetter` per event, building a tuple of
+its fields; columns are then read off the tuples with `itemgetter`, all at C speed. The result
+(`Columns`: name -> numpy array or list) is plain data, so it can be built in a worker process
+for one slice of a big trace and concatenated in the parent (see `tracekit.load.stream`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 
 from tracekit.load import columns as col
+from tracekit.load.events import Event, Raw, arg_structs
+from tracekit.load.read import parse_json
 
 Columns = dict[str, Any]
 """Column name -> numpy array or list, all of one length."""
-
-EMPTY: dict[str, Any] = col.EMPTY
 
 KERNEL_CATS = ("kernel", "Kernel")
 MTIA_DEVICE_CATS = ("mtia_ccp_events",)
@@ -41,38 +40,34 @@ GPU_ANNOTATION_CATS = ("gpu_user_annotation",)
 FLOW_CATS = ("fwdbwd",)
 
 
-def bucket_by_category(events: list[Any]) -> dict[Any, list[dict[str, Any]]]:
-    """Group events by category (one pass; the event dicts themselves are not copied)."""
-    buckets: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+def bucket_by_category(events: list[Event]) -> dict[Any, list[Event]]:
+    """Group events by category (one pass; the events themselves are not copied)."""
+    buckets: dict[Any, list[Event]] = defaultdict(list)
     try:
         for event in events:
-            if type(event) is dict:
-                buckets[event.get("cat")].append(event)
+            buckets[event.cat].append(event)
     except TypeError:  # an unhashable category (a list, an object): none tracekit reads
         buckets.clear()
         for event in events:
-            if type(event) is dict:
-                cat = event.get("cat")
-                buckets[cat if cat is None or type(cat) is str else repr(cat)].append(event)
+            cat = event.cat
+            buckets[cat if cat is None or type(cat) is str else repr(cat)].append(event)
     return buckets
 
 
-def take(buckets: dict[Any, list[dict[str, Any]]], cats: tuple[str, ...]
-         ) -> list[dict[str, Any]]:
+def take(buckets: dict[Any, list[Event]], cats: tuple[str, ...]) -> list[Event]:
     """Events of the given categories."""
-    out: list[dict[str, Any]] = []
+    out: list[Event] = []
     for cat in cats:
         out.extend(buckets.get(cat, ()))
     return out
 
 
-def well_formed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events that have a name and a numeric start (and `args`, if any, an object): Kineto
-    always writes them so, but a hand-edited or cut-off trace may not, and one such event must
-    not sink a whole column. An event whose args are not an object keeps its other fields."""
-    return [e if type(e.get("args", EMPTY)) is dict else {**e, "args": EMPTY} for e in events
-            if type(e.get("ts")) in (int, float) and type(e.get("name")) is str
-            and type(e.get("dur", 0.0)) in (int, float)]
+def well_formed(events: list[Event]) -> list[Event]:
+    """Events that have a name and a numeric start: Kineto always writes both, but a
+    hand-edited or cut-off trace may not, and one such event must not sink a whole column."""
+    return [e for e in events
+            if type(e.ts) in (int, float) and type(e.name) is str
+            and type(e.dur) in (int, float)]
 
 
 def _ints(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
@@ -109,112 +104,133 @@ def shared_names(rows: list[tuple[Any, ...]], i: int = 0) -> list[Any]:
     return col.shared(map(itemgetter(i), rows))
 
 
+BASE = ("name", "ts", "dur", "pid", "tid")
+_base_fields = attrgetter(*BASE)
+
+
+def _rows(events: list[Event]) -> list[tuple[Any, ...]]:
+    """(name, ts, dur, pid, tid) of every event, read at C speed."""
+    return list(map(_base_fields, events))
+
+
+def _arg_rows(events: list[Event], fields: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The named `Args` fields of every event (decoded for these events only)."""
+    get = attrgetter(*fields)
+    if len(fields) == 1:
+        return [(value,) for value in map(get, arg_structs(events))]
+    return list(map(get, arg_structs(events)))
+
+
 def _base(rows: list[tuple[Any, ...]]) -> Columns:
-    """name, ts, dur, pid, tid: the first five fields of every category's rows."""
-    return {"name": shared_names(rows), "ts": _floats(rows, 1), "dur": _floats(rows, 2),
+    """name, ts, dur, pid, tid from `_rows`. A name that is not a string (absent, null) or a
+    start that is not a number is a malformed event (ValueError, TypeError: see `_safely`)."""
+    names = shared_names(rows)
+    if any(type(name) is not str for name in set(names)):
+        raise ValueError("an event without a name")
+    ts = np.fromiter(map(itemgetter(1), rows), dtype=np.float64, count=len(rows))
+    return {"name": names, "ts": ts, "dur": _floats(rows, 2),
             "pid": _ids(rows, 3), "tid": _ids(rows, 4)}
 
 
-def kernels(events: list[dict[str, Any]]) -> Columns:
+def kernels(events: list[Event]) -> Columns:
     """Kernel launch geometry, occupancy and NCCL collective metadata."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("device", -1), a.get("stream", -1), a.get("correlation", -1),
-             a.get("External id", -1), a.get("grid"), a.get("block"), a.get("blocks per SM"),
-             a.get("warps per SM"), a.get("registers per thread", -1),
-             a.get("shared memory", -1), a.get("est. achieved occupancy %"),
-             a.get("Collective name"), a.get("In msg nelems", -1), a.get("Out msg nelems", -1),
-             a.get("Group size", -1), a.get("dtype"), a.get("Process Group Name"))
-            for e in events for a in (e.get("args") or EMPTY,)]
-    cols = _base(rows)
+    cols = _base(_rows(events))
+    args = _arg_rows(events, (
+        "device", "stream", "correlation", "external_id", "grid", "block", "blocks_per_sm",
+        "warps_per_sm", "registers", "shared_mem", "occupancy", "collective", "in_nelems",
+        "out_nelems", "group_size", "dtype", "pg_name"))
     cols.update({
-        "device": _ints(rows, 5), "stream": _ints(rows, 6), "correlation": _ints(rows, 7),
-        "external_id": _ints(rows, 8), "grid": col.triples(_list(rows, 9)),
-        "block": col.triples(_list(rows, 10)), "blocks_per_sm": _floats(rows, 11),
-        "warps_per_sm": _floats(rows, 12), "registers": _ints(rows, 13),
-        "shared_mem": _ints(rows, 14), "occupancy": _floats(rows, 15),
-        "collective": col.strings(_list(rows, 16), missing=None), "in_nelems": _ints(rows, 17),
-        "out_nelems": _ints(rows, 18), "group_size": _ints(rows, 19),
-        "dtype": col.strings(_list(rows, 20), missing=None),
-        "pg_name": col.strings(_list(rows, 21), missing=None),
+        "device": _ints(args, 0), "stream": _ints(args, 1), "correlation": _ints(args, 2),
+        "external_id": _ints(args, 3), "grid": col.triples(_list(args, 4)),
+        "block": col.triples(_list(args, 5)), "blocks_per_sm": _floats(args, 6),
+        "warps_per_sm": _floats(args, 7), "registers": _ints(args, 8),
+        "shared_mem": _ints(args, 9), "occupancy": _floats(args, 10),
+        "collective": col.strings(_list(args, 11), missing=None), "in_nelems": _ints(args, 12),
+        "out_nelems": _ints(args, 13), "group_size": _ints(args, 14),
+        "dtype": col.strings(_list(args, 15), missing=None),
+        "pg_name": col.strings(_list(args, 16), missing=None),
     })
     return cols
 
 
-def gpu_mem(memcpy: list[dict[str, Any]], memset: list[dict[str, Any]]) -> Columns:
+def gpu_mem(memcpy: list[Event], memset: list[Event]) -> Columns:
     """Memcpy and memset activities."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("device", -1), a.get("stream", -1), a.get("correlation", -1),
-             a.get("External id", -1), a.get("bytes", a.get("size", -1)))
-            for e in memcpy + memset for a in (e.get("args") or EMPTY,)]
-    cols = _base(rows)
+    events = memcpy + memset
+    cols = _base(_rows(events))
+    args = _arg_rows(events, ("device", "stream", "correlation", "external_id", "bytes",
+                              "size"))
+    sizes = [(size if nbytes is None else nbytes, ) for nbytes, size in
+             zip(_list(args, 4), _list(args, 5), strict=True)]  # MTIA DMA: "size"
     cols.update({
         "kind": ["memcpy"] * len(memcpy) + ["memset"] * len(memset),
-        "device": _ints(rows, 5), "stream": _ints(rows, 6), "correlation": _ints(rows, 7),
-        "external_id": _ints(rows, 8), "bytes": _ints(rows, 9),
+        "device": _ints(args, 0), "stream": _ints(args, 1), "correlation": _ints(args, 2),
+        "external_id": _ints(args, 3), "bytes": _ints(sizes, 0),
     })
     return cols
 
 
-def ops(events: list[dict[str, Any]]) -> Columns:
+def ops(events: list[Event]) -> Columns:
     """CPU ops: ids, autograd sequence numbers, recorded shapes, Inductor provenance."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("External id", -1), a.get("Sequence number", -1), a.get("Fwd thread id", -1),
-             a.get("Input Dims"), a.get("Input Strides"), a.get("Input type"),
-             a.get("kernel_file"), a.get("kernel_name"))
-            for e in events for a in (e.get("args") or EMPTY,)]
-    cols = _base(rows)
+    cols = _base(_rows(events))
+    args = _arg_rows(events, ("external_id", "seq", "fwd_tid", "input_dims", "input_strides",
+                              "input_types", "kernel_file", "kernel_name"))
     cols.update({
-        "external_id": _ints(rows, 5), "seq": _ints(rows, 6), "fwd_tid": _ints(rows, 7),
-        "input_dims": col.json_texts(_list(rows, 8)),
-        "input_strides": col.json_texts(_list(rows, 9)),
-        "input_types": col.json_texts(_list(rows, 10)),
-        "kernel_file": col.strings(_list(rows, 11)), "kernel_name": col.strings(_list(rows, 12)),
+        "external_id": _ints(args, 0), "seq": _ints(args, 1), "fwd_tid": _ints(args, 2),
+        "input_dims": json_texts(_list(args, 3)),
+        "input_strides": json_texts(_list(args, 4)),
+        "input_types": json_texts(_list(args, 5)),
+        "kernel_file": col.strings(_list(args, 6)), "kernel_name": col.strings(_list(args, 7)),
     })
     return cols
+
+
+def json_texts(values: list[Raw]) -> list[str]:
+    """Compact JSON text of each raw value ("" where absent or null), each distinct text held
+    once: the raw texts are mostly repeats (the same shapes every step), so each distinct one
+    is re-encoded compactly once (`columns.json_texts` of its value), not every row."""
+    texts = col.shared(map(bytes, values))
+    compact = {raw: col.json_texts([parse_json(raw)])[0] if raw else ""
+               for raw in set(texts)}
+    return col.shared(map(compact.__getitem__, texts))
 
 
 LAUNCH_CAT_ORDER = {cat: i for i, cat in enumerate(LAUNCH_CATS)}
 
 
-def launches(events: list[dict[str, Any]]) -> Columns:
+def launches(events: list[Event]) -> Columns:
     """CUDA runtime/driver and HIP API calls (`cat`: index in LAUNCH_CATS, for `concat`)."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("correlation", -1), a.get("External id", -1), e.get("cat"))
-            for e in events for a in (e.get("args") or EMPTY,)]
-    cols = _base(rows)
-    cols.update({"correlation": _ints(rows, 5), "external_id": _ints(rows, 6),
-                 "cat": [LAUNCH_CAT_ORDER.get(c, 0) for c in _list(rows, 7)]})
+    cols = _base(_rows(events))
+    args = _arg_rows(events, ("correlation", "external_id"))
+    cols.update({"correlation": _ints(args, 0), "external_id": _ints(args, 1),
+                 "cat": [LAUNCH_CAT_ORDER.get(e.cat, 0) for e in events]})
     return cols
 
 
-def python(events: list[dict[str, Any]]) -> Columns:
-    """Python frames (with_stack=True): only name and times are needed."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid")) for e in events]
-    return _base(rows)
+def python(events: list[Event]) -> Columns:
+    """Python frames (with_stack=True): only name and times are needed (args never decoded)."""
+    return _base(_rows(events))
 
 
-def annotations(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> Columns:
+def annotations(cpu: list[Event], gpu: list[Event]) -> Columns:
     """record_function ranges: CPU side, then the GPU-side copies."""
-    rows = [(e["name"], e["ts"], e.get("dur", 0.0), e.get("pid"), e.get("tid"),
-             a.get("External id", -1), a.get("stream", -1))
-            for e in cpu + gpu for a in (e.get("args") or EMPTY,)]
-    cols = _base(rows)
+    events = cpu + gpu
+    cols = _base(_rows(events))
+    args = _arg_rows(events, ("external_id", "stream"))
     cols.update({
-        "external_id": _ints(rows, 5), "stream": _ints(rows, 6),
-        "is_gpu": np.arange(len(cpu) + len(gpu)) >= len(cpu),
+        "external_id": _ints(args, 0), "stream": _ints(args, 1),
+        "is_gpu": np.arange(len(events)) >= len(cpu),
     })
     return cols
 
 
-def flows(events: list[dict[str, Any]]) -> Columns:
+def flows(events: list[Event]) -> Columns:
     """fwdbwd flow ends (ph s and f), to be paired by id once all chunks are in."""
-    rows = [(e.get("ph"), e.get("id"), e.get("tid"), e.get("ts")) for e in events
-            if e.get("ph") in ("s", "f")]
+    rows = [(e.ph, e.id, e.tid, e.ts) for e in events if e.ph in ("s", "f")]
     return {"ph": _list(rows, 0), "id": _ints(rows, 1), "tid": _ids(rows, 2),
             "ts": _floats(rows, 3)}
 
 
-def _safely(extract: Any, *event_lists: list[dict[str, Any]]) -> Columns:
+def _safely(extract: Any, *event_lists: list[Event]) -> Columns:
     """Extract; on a malformed event (no ts/name, a non-numeric time), drop such events and
     extract again. The fast path never inspects events one by one. Rows whose start is not a
     finite number (NaN, Infinity: a broken writer) or whose name is not a string are dropped as
@@ -240,21 +256,19 @@ def finite_starts(cols: Columns) -> Columns:
             else [values[i] for i in keep] for name, values in cols.items()}
 
 
-def mtia_split(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
-                                                      list[dict[str, Any]]]:
+def mtia_split(events: list[Event]) -> tuple[list[Event], list[Event]]:
     """MTIA device events -> (kernels, DMA transfers); stream-event markers are dropped."""
-    kernel_rows: list[dict[str, Any]] = []
-    dma: list[dict[str, Any]] = []
+    kernel_rows: list[Event] = []
+    dma: list[Event] = []
     for event in events:
-        name = event.get("name")
-        if name == MTIA_DMA:
+        if event.name == MTIA_DMA:
             dma.append(event)
-        elif name not in MTIA_SYNC:
+        elif event.name not in MTIA_SYNC:
             kernel_rows.append(event)
     return kernel_rows, dma
 
 
-def census(buckets: dict[Any, list[dict[str, Any]]], entries: int) -> Columns:
+def census(buckets: dict[Any, list[Event]], entries: int) -> Columns:
     """How many entries the events array had and how many objects of each category: what the
     loader says about a trace in which it finds nothing to read."""
     cats = list(buckets)
@@ -263,12 +277,14 @@ def census(buckets: dict[Any, list[dict[str, Any]]], entries: int) -> Columns:
             "entries": np.array([entries], dtype=np.int64)}
 
 
-def extract_all(events: list[Any]) -> dict[str, Columns]:
-    """Raw columns of every frame from a list of events (a whole trace or one slice of it)."""
+def extract_all(events: list[Event], entries: int | None = None) -> dict[str, Columns]:
+    """Raw columns of every frame from a list of events (a whole trace or one slice of it);
+    `entries`: how many entries the events array had (default: len(events); more when some
+    were not event objects)."""
     buckets = bucket_by_category(events)
     mtia_kernels, mtia_dma = mtia_split(take(buckets, MTIA_DEVICE_CATS))
     out = {
-        "census": census(buckets, len(events)),
+        "census": census(buckets, len(events) if entries is None else entries),
         "kernels": _safely(kernels, take(buckets, KERNEL_CATS) + mtia_kernels),
         "gpu_mem": _safely(gpu_mem, take(buckets, MEMCPY_CATS) + mtia_dma,
                            take(buckets, MEMSET_CATS)),

@@ -18,6 +18,7 @@ from tracekit.errors import UserError
 from tracekit.intervals import nest
 from tracekit.load import columns as col
 from tracekit.load import device, extract, kernel_kinds
+from tracekit.load.events import Event, events_from_dicts
 from tracekit.load.extract import Columns
 from tracekit.load.steps import build_steps
 from tracekit.load.userframes import is_user_file
@@ -326,11 +327,21 @@ READ_FRAMES = ("kernels", "gpu_mem", "ops", "launches", "python", "annotations")
 
 def build_trace(doc: dict[str, Any], path: Path, rank: int | None = None) -> Trace:
     """All frames of one rank's trace; `doc["traceEvents"]` is consumed (emptied)."""
-    events = doc.pop("traceEvents")
-    raw = extract.extract_all(events)
-    events.clear()  # the event dicts go now, before the frames are built
-    del events
-    return trace_from_frames(build_frames(raw), doc, path, rank, census=raw["census"])
+    dicts = doc.pop("traceEvents")
+    events = events_from_dicts(dicts)
+    entries = len(dicts)
+    dicts.clear()  # the event dicts go now, before the frames are built
+    del dicts
+    return trace_from_events(events, doc, path, rank, entries=entries)
+
+
+def trace_from_events(events: list[Event], meta: dict[str, Any], path: Path,
+                      rank: int | None = None, entries: int | None = None) -> Trace:
+    """All frames of one rank's trace from its events (`events` is consumed: emptied);
+    `entries`: see `extract.extract_all`."""
+    raw = extract.extract_all(events, entries)
+    events.clear()  # the events go now, before the frames are built
+    return trace_from_frames(build_frames(raw), meta, path, rank, census=raw["census"])
 
 
 def load_warnings(trace: Trace) -> list[str]:

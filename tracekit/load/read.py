@@ -30,12 +30,31 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
     _DECODE_ERRORS = (json.JSONDecodeError, ValueError, UnicodeDecodeError)
 
+try:  # ISA-L's gunzip: 15-20% faster than zlib's on traces (README, Performance)
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - exercised only where python-isal is missing
+    import gzip as _gzip  # type: ignore[no-redef]
+
 GZIP_MAGIC = b"\x1f\x8b"
 GUNZIP_PIECE = 1 << 16
 """Compressed bytes fed to zlib at a time; a corrupt piece is re-fed byte by byte to name the
 exact offset where the data goes wrong."""
 WHITESPACE = b" \t\r\n"
 UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def inflate(raw: bytes, path: Path) -> bytes:
+    """The gunzipped text: ISA-L at full speed, and where that fails `gunzip`, which names
+    the byte where the file stops making sense (or reads what ISA-L would not)."""
+    try:
+        return _gzip.decompress(raw)
+    except (EOFError, OSError, ValueError, zlib.error):
+        return gunzip(raw, path)
+
+
+def gzip_open(path: Path) -> Any:
+    """A binary reader of the gunzipped text of `path`."""
+    return _gzip.open(path, "rb")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -48,7 +67,7 @@ def read_bytes(path: Path) -> bytes:
     if not raw:
         raise UserError(f"{path}: empty file")
     if raw[:2] == GZIP_MAGIC:
-        raw = gunzip(raw, path)
+        raw = inflate(raw, path)
         if not raw.strip(WHITESPACE):
             raise UserError(f"{path}: empty file (after gunzip)")
     elif path.name.endswith(".gz") and raw.lstrip(WHITESPACE)[:1] not in (b"{", b"["):

@@ -21,14 +21,16 @@ from typing import Any
 from tracekit.errors import UserError
 from tracekit.load.cache import load_cached, save_cache
 from tracekit.load.columns import forget_shared, share_strings
+from tracekit.load.events import NotTyped, decode_document
 from tracekit.load.frames import (
     build_frames,
     build_trace,
     compact_trace,
+    trace_from_events,
     trace_from_frames,
 )
 from tracekit.load.progress import LoadProgress, show_progress
-from tracekit.load.read import read_document
+from tracekit.load.read import read_bytes, read_document
 from tracekit.load.rundir import LoadPlan, finish_ranks, skip_or_raise
 from tracekit.load.stream import NotSliceable, extract_file, worker_count
 from tracekit.trace import FRAME_NAMES, Trace
@@ -71,10 +73,7 @@ def read_trace_file(job: TraceJob) -> Trace:
         try:
             meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
         except (NotSliceable, ValueError, OSError):
-            doc = read_document(job.path)
-            trace = build_trace(doc, job.path, rank=job.rank)
-            del doc
-            return share_trace_strings(trace)
+            return share_trace_strings(read_whole(job))
         frames = build_frames(columns)
         census = columns.pop("census")
         del columns
@@ -82,6 +81,17 @@ def read_trace_file(job: TraceJob) -> Trace:
                                                      census=census))
     finally:
         forget_shared()
+
+
+def read_whole(job: TraceJob) -> Trace:
+    """A trace read as one document: typed decode, else the generic parser (which also words
+    the error for a file that is no trace)."""
+    try:
+        meta, events = decode_document(read_bytes(job.path))
+    except (NotTyped, UserError):
+        doc = read_document(job.path)
+        return build_trace(doc, job.path, rank=job.rank)
+    return trace_from_events(events, meta, job.path, job.rank)
 
 
 def share_trace_strings(trace: Trace) -> Trace:

@@ -18,7 +18,6 @@ one-line errors for broken files.
 from __future__ import annotations
 
 import gc
-import gzip
 import multiprocessing
 import os
 import re
@@ -30,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.load import extract
+from tracekit.load.events import NotTyped, decode_events
 from tracekit.load.extract import Columns
-from tracekit.load.read import GZIP_MAGIC, parse_json
+from tracekit.load.read import GZIP_MAGIC, gzip_open, parse_json
 
 SLICE_BYTES = 4 * 2**20
 """A slice's parsed event dicts take several times its text: 4 MB slices keep that transient
@@ -61,7 +61,7 @@ def text_chunks(path: Path) -> Iterator[bytes]:
         magic = fh.read(2)
     try:
         if magic == GZIP_MAGIC:
-            with gzip.open(path, "rb") as gz:
+            with gzip_open(path) as gz:
                 while chunk := gz.read(READ_BYTES):
                     yield chunk
         else:
@@ -189,10 +189,11 @@ def extract_slice(text: bytes | bytearray) -> dict[str, Columns]:
     was_enabled = gc.isenabled()
     gc.disable()  # see tracekit.load.run.gc_paused
     try:
-        events = parse_json(text)
+        try:
+            events = decode_events(text)
+        except NotTyped as exc:
+            raise NotSliceable(str(exc)) from None
         del text
-        if not isinstance(events, list):
-            raise NotSliceable("slice is not an array")
         return extract.extract_all(events)
     finally:
         if was_enabled:

@@ -47,7 +47,13 @@ from tracekit.finding import Finding
 from tracekit.link.steptime import median_step_us, step_us_over_ranks
 from tracekit.load.progress import LoadProgress, show_progress
 from tracekit.load.run import TraceJob, load_trace_file
-from tracekit.load.rundir import finish_ranks, plan_load, read_steps_log, skip_or_raise
+from tracekit.load.rundir import (
+    LoadPlan,
+    finish_ranks,
+    plan_load,
+    read_steps_log,
+    skip_or_raise,
+)
 from tracekit.pipeline.analysis import analyze_run, linker, select_findings
 from tracekit.trace import RankContext, Run, Trace, check_rank
 
@@ -61,6 +67,53 @@ class RankSummary:
     detector_summaries: dict[str, Any]
 
 
+def summarize_rank(trace: Trace, rank: int, world_size: int, kinds: list[str] | None,
+                   params: Mapping[str, Any] | None) -> RankSummary:
+    """Step 2 for one rank, once the run has given it its rank and world size."""
+    trace.rank, trace.world_size = rank, world_size
+    return RankSummary(median_step_us(trace), frozenset(int(s) for s in trace.steps["step"]),
+                       rank_summaries(trace, kinds, params))
+
+
+@dataclass(frozen=True)
+class DetectRequest:
+    """What a rank needs of the run for step 3."""
+
+    path: Path
+    manifest: dict[str, Any] | None
+    steps_log: Any
+    context: RankContext
+    want_totals: bool
+
+
+def detect_rank(trace: Trace, rank: int, world_size: int, request: DetectRequest,
+                kinds: list[str] | None, params: Mapping[str, Any] | None
+                ) -> tuple[list[Finding], RankTotals | None, RunAccounting]:
+    """Step 3 for one rank: its findings (its diff totals when asked) and its accounting."""
+    trace.rank, trace.world_size = rank, world_size
+    run = Run(path=request.path, traces=[trace], manifest=request.manifest,
+              steps_log=request.steps_log, context=request.context)
+    findings = run_detectors(run, kinds=kinds, params=params)
+    totals = rank_totals(trace) if request.want_totals else None
+    return findings, totals, RunAccounting.of_traces([trace])
+
+
+def run_context(summaries: dict[int, RankSummary]) -> RankContext:
+    """The run's RankContext from every rank's summary (the parent's part of step 2)."""
+    return RankContext(
+        step_us=step_us_over_ranks(s.step_us for s in summaries.values()),
+        profiled_steps=frozenset().union(*(s.profiled_steps for s in summaries.values())),
+        summaries=_by_kind(summaries))
+
+
+def detect_requests(plan: LoadPlan, steps_log: Any, context: RankContext, n_ranks: int,
+                    want_totals: bool) -> list[DetectRequest]:
+    """Step 3's request per rank, in rank order: run-level findings (steps.jsonl) come from
+    the lowest rank only, as in one Run."""
+    return [DetectRequest(plan.path, plan.manifest, steps_log if i == 0 else None, context,
+                          want_totals) for i in range(n_ranks)]
+
+
 def rank_process(job: TraceJob, conn: Connection, gate: Any, kinds: list[str] | None,
                  params: Mapping[str, Any] | None) -> None:
     """One rank's whole analysis, in its own process, driven by the parent over `conn`."""
@@ -71,19 +124,12 @@ def rank_process(job: TraceJob, conn: Connection, gate: Any, kinds: list[str] | 
         message, value = conn.recv()
         if message == "stop":
             return
-        trace.rank, trace.world_size = value
-        conn.send(("summary", RankSummary(median_step_us(trace),
-                                          frozenset(int(s) for s in trace.steps["step"]),
-                                          rank_summaries(trace, kinds, params))))
-        message, value = conn.recv()
+        rank, world_size = value
+        conn.send(("summary", summarize_rank(trace, rank, world_size, kinds, params)))
+        message, request = conn.recv()
         if message == "stop":
             return
-        path, manifest, steps_log, context, want_totals = value
-        run = Run(path=path, traces=[trace], manifest=manifest, steps_log=steps_log,
-                  context=context)
-        findings = run_detectors(run, kinds=kinds, params=params)
-        totals = rank_totals(trace) if want_totals else None
-        conn.send(("findings", (findings, totals, RunAccounting.of_traces([trace]))))
+        conn.send(("findings", detect_rank(trace, rank, world_size, request, kinds, params)))
     except (EOFError, BrokenPipeError):  # the parent stopped (an error on another rank)
         return
     except UserError as exc:
@@ -154,15 +200,15 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
     per_file = max(1, cpus // len(plan.files))
     link = linker(plan)
     jobs = [TraceJob(f, link, processes=per_file) for f in plan.files]
-    context = mp.get_context()
-    gate = context.Semaphore(max(1, cpus // per_file))
+    mp_context = mp.get_context()
+    gate = mp_context.Semaphore(max(1, cpus // per_file))
     steps_log = read_steps_log(plan.run_dir)
     ranks: list[RankProcess] = []
     try:
         for job in jobs:
-            parent_end, child_end = context.Pipe()
+            parent_end, child_end = mp_context.Pipe()
             # Not a daemon: it may start its own slice parsers. Joined or ended below.
-            process = context.Process(target=rank_process, args=(job, child_end, gate, kinds,
+            process = mp_context.Process(target=rank_process, args=(job, child_end, gate, kinds,
                                                                     params))
             process.start()
             child_end.close()
@@ -176,14 +222,10 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
         for r, t in zip(loaded, thin, strict=True):
             r.conn.send(("rank", (t.rank, t.world_size)))
         summaries = {t.rank: r.receive("summary") for r, t in zip(loaded, thin, strict=True)}
-        run_context = RankContext(
-            step_us=step_us_over_ranks(s.step_us for s in summaries.values()),
-            profiled_steps=frozenset().union(*(s.profiled_steps for s in summaries.values())),
-            summaries=_by_kind(summaries))
-        for i, r in enumerate(loaded):
-            # Run-level findings (steps.jsonl) come from the lowest rank only, as in one Run.
-            log = steps_log if i == 0 else None
-            r.conn.send(("detect", (plan.path, plan.manifest, log, run_context, totals)))
+        context = run_context(summaries)
+        requests = detect_requests(plan, steps_log, context, len(loaded), totals)
+        for r, request in zip(loaded, requests, strict=True):
+            r.conn.send(("detect", request))
         results = [r.receive("findings") for r in loaded]
         findings = [f for found, _, _ in results for f in found]
         sums = [s for _, s, _ in results if s is not None]
@@ -193,7 +235,7 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
         raise
     _stop(ranks, grace_s=FINISH_GRACE_S)
     run = Run(path=plan.path, traces=thin, manifest=plan.manifest, steps_log=steps_log,
-              context=run_context, accounting=accounting)
+              context=context, accounting=accounting)
     check_rank(run, rank)
     # Passes over all ranks' findings (the distortion finding of rank 0 marks every rank's).
     findings = apply_passes(findings)

@@ -1,0 +1,36 @@
+"""`cli.py --help` imports no numerical library: they are loaded when a command runs, so the
+help answers in a fraction of a second (README: Performance)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("pandas", "numpy", "pyarrow", "torch", "scipy", "plotly", "msgspec")
+PROBE = f"""
+import runpy, sys
+sys.argv = ["cli.py", *sys.argv[1:]]
+try:
+    runpy.run_path("cli.py", run_name="__main__")
+except SystemExit:
+    pass
+print("LOADED", sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+
+
+def loaded_after(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return next(line for line in out.splitlines() if line.startswith("LOADED"))
+
+
+def test_help_and_command_help_import_no_numerical_library() -> None:
+    assert loaded_after("--help") == "LOADED []"
+    for command in ("analyze", "diff", "timeline", "train", "profile"):
+        assert loaded_after(command, "--help") == "LOADED []", command
+
+
+def test_a_command_does_load_them() -> None:  # the probe sees imports when there are some
+    assert "pandas" in loaded_after("analyze", "/nonexistent")

@@ -1,0 +1,143 @@
+"""JSON text -> trace events holding only the fields the analyses read.
+
+Traces are mostly fields nothing reads (a Python frame's ids, an op's concrete inputs, flow
+bookkeeping): a typed `msgspec` decode builds one small `Event` struct per event and skips the
+rest of the text at native speed, where a generic parser builds a dict for every event and a
+str and an int for every one of its keys. An event's `args` stay raw JSON text until its
+category turns out to need them (`arg_structs`), so the Python frames that make up most of a
+`with_stack` trace never have theirs decoded. Measured on the 48 MB single-trace benchmark: 0.09 s
+against 0.25 s for `orjson.loads` (README, Performance).
+
+A text that does not fit these types (an array entry that is not an object) raises
+`NotTyped`; the caller then reads the whole document with the generic parser and converts its
+dicts with `events_from_dicts`, which drops such entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tracekit.load.read import parse_json
+
+Raw = msgspec.Raw
+EMPTY_RAW = msgspec.Raw(b"{}")
+NO_RAW = msgspec.Raw(b"")
+"""An absent value kept raw."""
+
+
+class NotTyped(ValueError):
+    """The text is not an array of event objects this decoder can type: read it generically."""
+
+
+class Args(msgspec.Struct, gc=False):
+    """The `args` keys an analysis reads; every other key is skipped unread. Defaults are what
+    an absent key means (-1 for ids and counts, None for the rest)."""
+
+    device: Any = -1
+    stream: Any = -1
+    correlation: Any = -1
+    external_id: Any = msgspec.field(default=-1, name="External id")
+    grid: Any = None
+    block: Any = None
+    blocks_per_sm: Any = msgspec.field(default=None, name="blocks per SM")
+    warps_per_sm: Any = msgspec.field(default=None, name="warps per SM")
+    registers: Any = msgspec.field(default=-1, name="registers per thread")
+    shared_mem: Any = msgspec.field(default=-1, name="shared memory")
+    occupancy: Any = msgspec.field(default=None, name="est. achieved occupancy %")
+    collective: Any = msgspec.field(default=None, name="Collective name")
+    in_nelems: Any = msgspec.field(default=-1, name="In msg nelems")
+    out_nelems: Any = msgspec.field(default=-1, name="Out msg nelems")
+    group_size: Any = msgspec.field(default=-1, name="Group size")
+    dtype: Any = None
+    pg_name: Any = msgspec.field(default=None, name="Process Group Name")
+    bytes: Any = None
+    size: Any = -1
+    seq: Any = msgspec.field(default=-1, name="Sequence number")
+    fwd_tid: Any = msgspec.field(default=-1, name="Fwd thread id")
+    # Shapes stay JSON text (empty when absent): the frames keep them as text
+    # (`extract.json_texts`).
+    input_dims: Raw = msgspec.field(default=NO_RAW, name="Input Dims")
+    input_strides: Raw = msgspec.field(default=NO_RAW, name="Input Strides")
+    input_types: Raw = msgspec.field(default=NO_RAW, name="Input type")
+    kernel_file: Any = None
+    kernel_name: Any = None
+
+
+class Event(msgspec.Struct, gc=False):
+    """One trace event: the keys every category shares, `args` still as JSON text. Absent
+    keys are None (`dur`: 0, as for an instant)."""
+
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = 0.0
+    id: Any = None
+    args: Raw = EMPTY_RAW
+
+
+EMPTY_ARGS = Args()
+_EVENTS = msgspec.json.Decoder(list[Event])
+_ARGS = msgspec.json.Decoder(list[Args])
+_ONE_ARGS = msgspec.json.Decoder(Args)
+
+
+def decode_events(text: bytes | bytearray | memoryview) -> list[Event]:
+    """The events of a JSON array text (a whole `traceEvents` array or a slice of one)."""
+    try:
+        return _EVENTS.decode(text)
+    except msgspec.ValidationError as exc:
+        raise NotTyped(str(exc)) from None
+
+
+def arg_structs(events: list[Event]) -> list[Args]:
+    """The decoded `args` of each event, in one decode for all of them; an event whose args
+    are null or not an object gets the defaults (as if it had none)."""
+    if not events:
+        return []
+    try:
+        return _ARGS.decode(b"[" + b",".join(e.args for e in events) + b"]")
+    except msgspec.ValidationError:
+        return [_one_args(e.args) for e in events]
+
+
+def _one_args(raw: Raw) -> Args:
+    try:
+        return _ONE_ARGS.decode(raw)
+    except msgspec.ValidationError:
+        return EMPTY_ARGS
+
+
+def events_from_dicts(events: list[Any]) -> list[Event]:
+    """Events from generically parsed dicts (the whole-document path): entries that are not
+    objects are dropped, as are `args` that are not an object."""
+    return [Event(**_event_fields(e)) for e in events if type(e) is dict]
+
+
+def _event_fields(event: dict[str, Any]) -> dict[str, Any]:
+    args = event.get("args")
+    out = {key: event[key] for key in ("ph", "cat", "name", "pid", "tid", "ts", "dur", "id")
+           if key in event}
+    out["args"] = Raw(msgspec.json.encode(args)) if type(args) is dict else EMPTY_RAW
+    return out
+
+
+def decode_document(text: bytes | bytearray) -> tuple[dict[str, Any], list[Event]]:
+    """(the top-level keys other than traceEvents, the events) of a whole trace document.
+
+    Raises NotTyped when the text is not an object with a `traceEvents` array of event
+    objects (the caller falls back to the generic parser, which also words the errors).
+    """
+    try:
+        top = msgspec.json.decode(text, type=dict[str, Raw])
+    except msgspec.DecodeError as exc:
+        raise NotTyped(str(exc)) from None
+    raw_events = top.pop("traceEvents", None)
+    if raw_events is None:
+        raise NotTyped("no traceEvents")
+    events = decode_events(raw_events)
+    return {key: parse_json(bytes(value)) for key, value in top.items()}, events
