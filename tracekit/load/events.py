@@ -90,7 +90,7 @@ def decode_events(text: bytes | bytearray | memoryview) -> list[Event]:
     """The events of a JSON array text (a whole `traceEvents` array or a slice of one)."""
     try:
         return _EVENTS.decode(text)
-    except msgspec.ValidationError as exc:
+    except msgspec.DecodeError as exc:  # not JSON (the generic reader says how), or not typed
         raise NotTyped(str(exc)) from None
 
 

@@ -32,8 +32,14 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 try:  # ISA-L's gunzip: 15-20% faster than zlib's on traces (README, Performance)
     from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - exercised only where python-isal is missing
     import gzip as _gzip  # type: ignore[no-redef]
+
+    _isal_error = zlib.error
+
+GZIP_ERRORS = (EOFError, OSError, ValueError, zlib.error, _isal_error)
+"""What gunzipping a truncated or corrupt file raises (zlib's or ISA-L's)."""
 
 GZIP_MAGIC = b"\x1f\x8b"
 GUNZIP_PIECE = 1 << 16
@@ -48,7 +54,7 @@ def inflate(raw: bytes, path: Path) -> bytes:
     the byte where the file stops making sense (or reads what ISA-L would not)."""
     try:
         return _gzip.decompress(raw)
-    except (EOFError, OSError, ValueError, zlib.error):
+    except GZIP_ERRORS:
         return gunzip(raw, path)
 
 

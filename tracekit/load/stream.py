@@ -21,7 +21,6 @@ import gc
 import multiprocessing
 import os
 import re
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,7 +30,7 @@ from typing import Any
 from tracekit.load import extract
 from tracekit.load.events import NotTyped, decode_events
 from tracekit.load.extract import Columns
-from tracekit.load.read import GZIP_MAGIC, gzip_open, parse_json
+from tracekit.load.read import GZIP_ERRORS, GZIP_MAGIC, gzip_open, parse_json
 
 SLICE_BYTES = 4 * 2**20
 """A slice's parsed event dicts take several times its text: 4 MB slices keep that transient
@@ -68,7 +67,7 @@ def text_chunks(path: Path) -> Iterator[bytes]:
             with open(path, "rb") as fh:
                 while chunk := fh.read(READ_BYTES):
                     yield chunk
-    except (EOFError, OSError, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         raise NotSliceable(str(exc)) from None
 
 
