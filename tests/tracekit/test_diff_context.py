@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from tests.planted import EXTERNAL
-from tracekit.commands.diff import print_diff
+from tracekit.commands.diff_report import print_diff
 from tracekit.errors import UserError
 from tracekit.pipeline.diff import diff_paths
 
