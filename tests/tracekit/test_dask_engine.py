@@ -1,6 +1,6 @@
 """`analyze --engine dask`: the per-rank work on a dask.distributed LocalCluster gives the
-local engine's findings (those of `analyze_run`, which equal the rank processes', see
-test_rankwise), on a run of 16 synthetic ranks with a straggler."""
+local engine's findings (`analyze_rankwise`, the rank processes `analyze` runs), on a run of
+16 synthetic ranks with a straggler."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tests.synth import SynthTrace, write_run
 from tracekit.errors import UserError
-from tracekit.pipeline import analyze_run
+from tracekit.pipeline import analyze_rankwise
 
 RANKS = 16
 SLOW_RANK = 11
@@ -54,7 +54,7 @@ def test_findings_on_a_local_cluster_equal_the_local_engines(tmp_path: Path,
 
     run_dir = straggler_run(tmp_path / "run")
     (run_dir / "config.json").write_text('{"lr": 0.1}')  # skipped by both: not a trace
-    _, local_findings = analyze_run(run_dir, progress=False)
+    _, local_findings = analyze_rankwise(run_dir, progress=False)
     run, findings, _ = analyze_on_dask(run_dir, cluster)
     assert {f.kind for f in local_findings} >= {"slow_step"}
     assert [f.to_dict() for f in findings] == [f.to_dict() for f in local_findings]

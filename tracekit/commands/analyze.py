@@ -11,7 +11,6 @@ import typer
 from tracekit.commands.options import PARAM_HELP, split_kinds
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
-from tracekit.load.runstate import stop_text
 
 
 def fails(findings: list[Finding], fail_on: str | None) -> bool:
@@ -196,6 +195,8 @@ def register(app: typer.Typer) -> None:
                                     min_cost_us=min_cost_us, progress=True, params=params)
         if json_out:
             sys.stdout.write(render_json(findings) + "\n")
+            from tracekit.load.runstate import stop_text
+
             stopped = stop_text(run.manifest)
             if stopped is not None:  # the findings list has no room for it: say it on stderr
                 print(f"note: {stopped}: the traces are whole, but the run is not",
