@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.accounting.table import RunAccounting
-from tracekit.detectors import check_kinds, worst_first
+from tracekit.detectors import apply_passes, check_kinds, worst_first
 from tracekit.errors import UserError
 from tracekit.finding import Finding
 from tracekit.load.run import TraceJob, load_trace_file
@@ -125,4 +125,6 @@ def analyze_on_dask(path: Path | str, scheduler: Any = None,
     run = Run(path=plan.path, traces=thin, manifest=plan.manifest, steps_log=steps_log,
               context=context, accounting=RunAccounting.combine([a for _, _, a in results]))
     check_rank(run, rank)
+    # Passes over all ranks' findings (the distortion finding of rank 0 marks every rank's).
+    findings = apply_passes(findings)
     return run, worst_first(select_findings(findings, rank, min_cost_us)), sums
