@@ -14,7 +14,7 @@ import pytest
 
 from tracekit.errors import UserError
 from tracekit.load import load
-from tracekit.load.rundir import plan_load
+from tracekit.load.rundir import finish_ranks, plan_load
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpu"
 RUN = DATA / "comm_gap_late"
@@ -87,6 +87,18 @@ def test_a_failed_run_whose_traces_are_all_there_loads_with_a_note(tmp_path: Pat
     assert run.traces[0].warnings[0] == (
         "the run failed at step 14: a rank failed or was killed; rank 0 was then stopped by "
         "SIGTERM (torchrun exited with code 1): the traces here are whole, but the run is not")
+
+
+def test_the_note_goes_on_rank_0_whichever_rank_finished_loading_first(tmp_path: Path) -> None:
+    run_dir = copy_run(tmp_path)
+    traces = load(run_dir, progress=False).traces  # no manifest yet: no note
+    write_manifest(run_dir, status="failed", stop={"reason": "rank 1 was killed", "at_step": 9})
+    arrived = [t for t in reversed(traces)]  # rank 1's process answered first
+    finish_ranks(plan_load(run_dir), arrived, skipped=["notes.json: not a profiler trace"])
+    assert [t.rank for t in arrived] == [0, 1]
+    assert arrived[0].warnings[0].startswith("the run failed at step 9: rank 1 was killed")
+    assert arrived[0].warnings[-1] == "skipped notes.json: not a profiler trace"
+    assert not any("the run" in w for w in arrived[1].warnings)
 
 
 def test_a_run_still_marked_running_without_traces_says_so(tmp_path: Path) -> None:

@@ -113,10 +113,11 @@ def finish_ranks(plan: LoadPlan, traces: list[Trace], skipped: list[str]) -> Non
     if not traces:
         raise UserError(f"{plan.path}: no profiler traces here ({'; '.join(skipped)})")
     assign_ranks(traces, files_in_order=plan.files, manifest=plan.manifest)
+    # Sorted first: the notes below go on the lowest rank, whichever file finished loading first.
+    traces.sort(key=lambda t: t.rank)
     check_run_state(plan.path, plan.single_file, plan.manifest, traces)
     if skipped:
         traces[0].warnings.extend(f"skipped {s}" for s in skipped)
-    traces.sort(key=lambda t: t.rank)
 
 
 def skip_or_raise(exc: UserError, path: Path, single_file: bool) -> str:
