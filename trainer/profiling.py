@@ -41,6 +41,20 @@ class ProfileSpec:
         return self.start <= step <= self.end
 
 
+PROFILER_TOUCHES = ("warmup", "active", "export")
+"""steps.jsonl's `profiler` field: what the profiler did in a step (tracekit.link.profiler_steps
+reads it): its warmup step (START-1), a recorded step, and the first step after its trace export
+(END+1), which waits for ranks still exporting and pays the profiler's teardown."""
+
+
+def profiler_touches(step: int, windows: list[ProfileSpec]) -> list[str]:
+    """What the profiler windows did in `step`, in PROFILER_TOUCHES order (empty: untouched)."""
+    touched = {name for w in windows for name, hit in (
+        ("warmup", step == w.start - 1), ("active", w.covers(step)), ("export", step == w.end + 1))
+        if hit}
+    return [name for name in PROFILER_TOUCHES if name in touched]
+
+
 def parse_steps(text: str) -> tuple[int, int]:
     """Parse `--steps 6-10` (inclusive) or `--steps 7` and enforce the warmup rule.
 

@@ -19,7 +19,8 @@ What marks the end of a training step:
 
 At every boundary the runner measures the step's wall time (after `torch.cuda.synchronize()`
 when CUDA is in use, as the trainer does), advances the profiler, and rank 0 appends the step to
-steps.jsonl, so the unprofiled steps give the baseline that profiled steps are compared with
+steps.jsonl with what the profiler did in it (`profiler`: warmup, active, export), so the steps
+it did not touch give the baseline that profiled steps are compared with
 (tracekit.detectors.profiler_distortion). At exit each rank leaves a small JSON note of its
 host, device, software and sys.path for the launcher's manifest, and rank 0 copies the script
 and the modules it imported from beside it into `source/`.
@@ -47,7 +48,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from trainer.profiling import ProfileSpec, profiler_schedule, trace_path
+from trainer.profiling import ProfileSpec, profiler_schedule, profiler_touches, trace_path
 
 STACKS_DIR = "stacks"
 """Split mode: the run's second window, recorded with stacks, as its own run directory."""
@@ -114,6 +115,7 @@ class Stepper:
     def __init__(self, windows: list[Window], log: Path | None,
                  factory: Callable[[ProfileSpec, Path], Any] = make_profiler) -> None:
         self.pending = sorted(windows, key=lambda w: w.spec.start)
+        self.specs = [w.spec for w in windows]
         self.active: list[tuple[Window, Any]] = []
         self.factory = factory
         self.profiled = {s for w in windows[:1] for s in w.spec.steps}
@@ -180,6 +182,7 @@ class Stepper:
         if self.log is not None:
             row = {"step": self.step, "wall_ms": round(wall_ms, 4),
                    "profiled": self.step in self.profiled or self.step in self.stacked,
+                   "profiler": profiler_touches(self.step, self.specs),
                    "timed_by": "script-runner"}
             if self.step in self.stacked:
                 row["window"] = STACKS_DIR

@@ -142,18 +142,20 @@ def overhead_summary(rows: list[dict[str, Any]], start: int, end: int,
     """Median wall time of profiled and of ordinary steps, and their ratio.
 
     Ordinary steps: steps >= 2 (step 0 compiles and warms the allocator, step 1 may still
-    hold one-off work), neither profiled nor a profiler warmup step (START-1, and the stack
-    window's first step - 1)."""
+    hold one-off work) that the profiler did not touch: neither recorded, nor a window's warmup
+    step, nor the step after a window's trace export (trainer.profiling.profiler_touches)."""
+    from trainer.profiling import ProfileSpec, profiler_touches
+
     profiled = set(range(start, end + 1))
     stacked = set(stack_steps)
-    warmups = {start - 1} | ({stack_steps[0] - 1} if stack_steps else set())
+    specs = [ProfileSpec(start, end)] + ([ProfileSpec(stack_steps[0], stack_steps[-1])]
+                                         if stack_steps else [])
 
     def median(values: list[float]) -> float | None:
         return round(statistics.median(values), 4) if values else None
 
     wall = {int(r["step"]): float(r["wall_ms"]) for r in rows if "step" in r and "wall_ms" in r}
-    plain = [ms for s, ms in wall.items()
-             if s >= 2 and s not in profiled | stacked | warmups]
+    plain = [ms for s, ms in wall.items() if s >= 2 and not profiler_touches(s, specs)]
     summary: dict[str, Any] = {
         "median_step_ms": median([ms for s, ms in wall.items() if s >= 1]),
         "median_unprofiled_ms": median(plain), "unprofiled_steps": len(plain),

@@ -42,7 +42,7 @@ from trainer.manifest import (
     stop_reason,
     this_rank_info,
 )
-from trainer.profiling import ProfileSpec, maybe_profile, trace_path
+from trainer.profiling import ProfileSpec, maybe_profile, profiler_touches, trace_path
 
 # The learning rate is flat, then falls linearly to zero over the last COOLDOWN_FRAC of training
 # (no warmup, as in modded-nanogpt).
@@ -112,6 +112,7 @@ class StepRecord:
     tokens_per_s_per_gpu: float  # one rank's share (per GPU, or per CPU process)
     profiled: bool
     shard_switch: bool = False
+    profiler: list[str] = field(default_factory=list)  # trainer.profiling.profiler_touches
 
 
 @dataclass
@@ -255,6 +256,8 @@ def train(spec: RunSpec, ctx: Dist) -> RunSummary | None:
                             tokens_per_s_per_gpu=local_tokens / wall,
                             profiled=profile_spec is not None and profile_spec.covers(step),
                             shard_switch=switched,
+                            profiler=profiler_touches(step, [profile_spec])
+                            if profile_spec is not None else [],
                         ))
                 if prof is not None:
                     prof.step()  # after step N: the profiler's step_num becomes N + 1
@@ -379,8 +382,8 @@ def summarize(
     """Median step time over steps >= 1 (step 0 compiles), throughput, MFU, profiler overhead.
 
     The profiler overhead compares the median of the profiled steps with the median of the
-    unprofiled steps >= 1, leaving out the profiler's warmup step (start - 1) and the shard
-    switch step, which are not ordinary steps.
+    unprofiled steps >= 1, leaving out the steps the profiler touched (its warmup step, the
+    step after its trace export) and the shard switch step, which are not ordinary steps.
     """
     timed = [r for r in records if r.step >= 1] or records
     median_s = statistics.median(r.wall_ms for r in timed) / 1e3
@@ -391,8 +394,7 @@ def summarize(
     if profile_spec is not None:
         profiled = [r.wall_ms for r in records if r.profiled]
         plain = [r.wall_ms for r in records
-                 if not r.profiled and r.step >= 1 and r.step != profile_spec.start - 1
-                 and not r.shard_switch]
+                 if not r.profiled and r.step >= 1 and not r.profiler and not r.shard_switch]
         if profiled and plain:
             ratio = statistics.median(profiled) / statistics.median(plain)
     return RunSummary(

@@ -111,7 +111,8 @@ def test_the_stack_window_of_a_split_recording_is_not_a_baseline(tmp_path: Path)
     rows = [dict(r, wall_ms=12.0) if r["step"] in PROFILED else r for r in rows]
     run_dir = write_run(tmp_path / "run2", [late_launch_trace(0)], rows)
     (f,) = detect(load(run_dir, progress=False))
-    assert f.evidence["unprofiled_step_ms"] == 3.8  # steps 2-4, 12, 13: not 8 nor 9-11
+    assert f.evidence["unprofiled_step_ms"] == 3.8
+    assert f.evidence["baseline_steps"] == [2, 3, 13]  # not 4 or 8 (warmups), 9-11, 12
     assert f.evidence["stack_window_ratio"] == pytest.approx(12.0 / 3.8, rel=1e-3)
 
 
@@ -120,3 +121,12 @@ def test_too_few_unprofiled_steps_give_no_baseline(tmp_path: Path) -> None:
     run_dir = write_run(tmp_path / "run", [late_launch_trace(0)], rows)
     assert detect(load(run_dir, progress=False)) == []  # only steps 2 and 3 are ordinary
     assert detect(load(run_dir, progress=False), min_baseline_steps=2)
+
+
+def test_the_step_after_the_trace_export_is_not_a_baseline_step(tmp_path: Path) -> None:
+    rows = steps_log(profiled_ms=9.0, plain_ms=3.0)
+    rows[8]["wall_ms"] = 80.0  # step 8 follows the export of window 5-7 (and is no baseline)
+    run_dir = write_run(tmp_path / "run", [late_launch_trace(0)], rows)
+    (f,) = detect(load(run_dir, progress=False))
+    assert f.evidence["baseline_steps"] == [2, 3, 9, 10, 11, 12, 13]  # not 4 (warmup) nor 8
+    assert f.evidence["unprofiled_step_ms"] == 3.0

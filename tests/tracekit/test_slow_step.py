@@ -13,6 +13,8 @@ from tracekit.detectors.slow_step import detect
 from tracekit.link.steptime import median_step_us
 from tracekit.pipeline import load
 
+COMPILED_CPU = Path(__file__).resolve().parents[1] / "data" / "compiled_cpu"
+
 
 def test_planted_wait_found_at_step_8() -> None:
     run = load_planted("slow_step_wait")
@@ -133,3 +135,65 @@ def test_steps_log_reports_a_slow_first_step_as_warmup(tmp_path: Path, compiled:
     assert f.cost_us == pytest.approx(880_000)
     run.steps_log.loc[0, "wall_ms"] = 30.0  # a fast first step says nothing
     assert detect(run) == []
+
+
+def mng_shaped_log(window: tuple[int, int] = (6, 6)) -> pd.DataFrame:
+    """modded-nanogpt's #200 run in shape: 10 steps of ~121 ms after warm-up, step `window`
+    profiled at 10x, and the step after the profiler's trace export at 849 ms."""
+    start, end = window
+    wall = [117_416.0, 5_107.0, 121.0, 122.0, 120.0, 123.0] + [121.0] * 4
+    for step in range(start, end + 1):
+        wall[step] = 1_224.0
+    wall[end + 1] = 849.2
+    return pd.DataFrame({"step": range(10), "wall_ms": wall,
+                         "profiled": [start <= s <= end for s in range(10)]})
+
+
+def test_the_step_after_the_trace_export_is_the_profilers_not_a_high_slow_step(
+        tmp_path: Path) -> None:
+    """A log without the runners' `profiler` field (older runs): step 7 follows the export of
+    window 6-6, so its 849 ms are said to be the profiler's, at LOW, and it stays out of the
+    median."""
+    run = load(write_run(tmp_path / "run", [steps_trace()]), link=True, progress=False)
+    run.steps_log = mng_shaped_log()
+    after = [f for f in detect(run) if f.step == 7]
+    assert [f.severity for f in after] == ["low"]
+    (f,) = after
+    assert f.evidence["category"] == "profiler" and f.evidence["profiler"] == "export"
+    assert "after the profiler exported its trace" in f.title and "not the program's" in f.title
+    assert f.evidence["median_step_us"] == 121_000.0  # steps 2-6, 8, 9: the export left out
+    assert not [g for g in detect(run) if g.severity == "high"]
+
+
+def test_a_slow_step_the_profiler_did_not_touch_is_still_the_programs(tmp_path: Path) -> None:
+    run = load(write_run(tmp_path / "run", [steps_trace()]), link=True, progress=False)
+    log = mng_shaped_log()
+    log.loc[log["step"] == 9, "wall_ms"] = 900.0  # two steps after the export: not touched
+    run.steps_log = log
+    (f,) = [f for f in detect(run) if f.step == 9]
+    assert f.severity == "high" and f.evidence["category"] == "unknown"
+    assert "not profiled" in f.title
+
+
+def test_a_split_recordings_stack_window_is_the_profilers_time(tmp_path: Path) -> None:
+    """The runners' `profiler` field: steps 6-7 timed, 9-10 with stacks at 10x."""
+    run = load(write_run(tmp_path / "run", [steps_trace()]), link=True, progress=False)
+    touches = [[], [], [], [], [], ["warmup"], ["active"], ["active"], ["warmup", "export"],
+               ["active"], ["active"], ["export"], []]
+    wall = [900.0, 300.0] + [120.0] * 11
+    wall[9] = wall[10] = 1_300.0
+    run.steps_log = pd.DataFrame({
+        "step": range(13), "wall_ms": wall, "profiler": touches,
+        "profiled": [bool(t) and "active" in t for t in touches],
+        "window": ["stacks" if s in (9, 10) else None for s in range(13)]})
+    slow = [f for f in detect(run) if not f.evidence.get("warmup")]
+    assert [(f.step, f.severity, f.evidence["profiler"]) for f in slow] == [
+        (9, "low", "stacks"), (10, "low", "stacks")]
+    assert "stack window" in slow[0].title
+
+
+def test_the_compiled_cpu_run_says_its_step_6_is_the_profilers() -> None:
+    run = load(COMPILED_CPU, link=True, progress=False)
+    by_step = {f.step: f for f in detect(run)}
+    assert by_step[6].severity == "low" and by_step[6].evidence["profiler"] == "export"
+    assert "profiler" not in by_step[7].evidence  # step 7 is an ordinary step of the script

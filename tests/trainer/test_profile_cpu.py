@@ -79,6 +79,8 @@ def test_profile_steps_6_to_10(tmp_path: Path, procs: int) -> None:
     assert [r["step"] for r in lines] == list(range(11))
     assert [r["step"] for r in lines if r["profiled"]] == [6, 7, 8, 9, 10]
     assert [r["step"] for r in lines if r["shard_switch"]] == [6]
+    assert [r["step"] for r in lines if r["profiler"] == ["warmup"]] == [5]
+    assert [r["step"] for r in lines if r["profiler"] == ["active"]] == [6, 7, 8, 9, 10]
     for r in lines:
         assert r["wall_ms"] > 0
         assert r["tokens_per_s"] == pytest.approx(r["tokens_per_s_per_gpu"] * procs)

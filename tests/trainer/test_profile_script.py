@@ -121,6 +121,10 @@ def test_each_window_runs_from_its_warmup_step_to_its_export(tmp_path: Path) -> 
     assert [r["step"] for r in rows] == list(range(9))
     assert [r["step"] for r in rows if r["profiled"]] == [2, 3, 5, 6]
     assert [r["step"] for r in rows if r.get("window") == "stacks"] == [5, 6]
+    # what the profiler did in each step: step 4 follows one export and warms the next window
+    assert [r["profiler"] for r in rows] == [
+        [], ["warmup"], ["active"], ["active"], ["warmup", "export"], ["active"], ["active"],
+        ["export"], []]
 
 
 def test_a_step_function_is_wrapped_when_the_script_binds_it() -> None:
@@ -158,12 +162,12 @@ def test_split_mode_records_stacks_two_steps_after_the_timing_window() -> None:
     assert windows(6, 10, "timing", stack=True, shapes=True)[1] == []
 
 
-def test_overhead_leaves_out_warmup_profiled_and_first_steps() -> None:
+def test_overhead_leaves_out_warmup_profiled_export_and_first_steps() -> None:
     rows = [{"step": s, "wall_ms": ms} for s, ms in
-            enumerate([900.0, 50.0, 10.0, 10.0, 12.0, 30.0, 30.0, 10.0, 14.0])]
+            enumerate([900.0, 50.0, 10.0, 10.0, 12.0, 30.0, 30.0, 400.0, 11.0])]
     summary = overhead_summary(rows, start=5, end=6, stack_steps=[])
-    # ordinary: steps 2, 3, 7, 8 (step 4 is the profiler's warmup step)
-    assert summary["median_unprofiled_ms"] == 10.0 and summary["unprofiled_steps"] == 4
+    # ordinary: steps 2, 3, 8 (step 4 is the profiler's warmup step, 7 follows its export)
+    assert summary["median_unprofiled_ms"] == 10.0 and summary["unprofiled_steps"] == 3
     assert summary["median_profiled_ms"] == 30.0
     assert summary["profiled_over_unprofiled"] == 3.0
 
@@ -189,7 +193,8 @@ def test_a_torch_optim_script_on_two_gloo_ranks(tmp_path: Path) -> None:
     assert manifest["trace_files"] == ["rank0.pt.trace.json.gz", "rank1.pt.trace.json.gz"]
     assert manifest["torch_version"] == torch.__version__
     assert manifest["git_sha"] and manifest["command"][:2] == ["cli.py", "profile"]
-    assert manifest["summary"]["unprofiled_steps"] == 4  # 6-9 (2 is the warmup step)
+    # 7-9 (2 is the warmup step, 6 follows the trace export)
+    assert manifest["summary"]["unprofiled_steps"] == 3
     assert (run_dir / "source" / "torch_optimizer.py").read_bytes() == \
         (PROGRAMS / "torch_optimizer.py").read_bytes()
     assert not (run_dir / ".ranks").exists()

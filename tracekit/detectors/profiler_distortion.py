@@ -11,10 +11,11 @@ the profiler, not the program, and nothing else in a trace says so.
 
 How it is measured: the profiled steps' median wall time against the median of ordinary
 unprofiled steps, from steps.jsonl (the trainer's, or the one `profile --script` writes from
-its own step timing): steps >= 2, not the profiler's warmup step (the step before the first
-profiled one), not a shard switch, and not a second, stack-recording window of a split
-recording. Without steps.jsonl, `baseline_step_ms` (`analyze --baseline-step-ms`, an
-unprofiled step time measured elsewhere) is compared with the traces' median step
+its own step timing): steps >= 2 that the profiler did not touch (not its warmup steps, not
+the step after a window's trace export, not a split recording's stack window:
+tracekit.link.profiler_steps) and not a shard switch (`evidence.baseline_steps`). Without
+steps.jsonl, `baseline_step_ms` (`analyze --baseline-step-ms`, an unprofiled step time measured
+elsewhere) is compared with the traces' median step
 (tracekit.detectors.steptime). The tracer's cost is shown as Python function events per
 profiled step (per rank, from the trace), beside the excess time per step.
 
@@ -45,11 +46,11 @@ import pandas as pd
 
 from tracekit.detectors import register, register_pass
 from tracekit.finding import Cause, Culprit, Finding
+from tracekit.link.profiler_steps import STACK_WINDOW, profiler_touch
 from tracekit.link.steptime import run_step_us
 from tracekit.trace import Run
 
 KIND = "profiler_distortion"
-STACK_WINDOW = "stacks"
 SUGGESTION = (
     "judge CPU-side timings on a recording without stacks: cli.py profile --record timing "
     "(or --record split: timings from a window without stacks, source lines from one with)"
@@ -70,25 +71,17 @@ class Params:
     baseline_step_ms: float | None = None
 
 
-def baseline_rows(log: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def baseline_rows(log: pd.DataFrame, manifest: dict[str, Any] | None = None) \
+        -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(profiled rows of the main window, ordinary unprofiled rows, stack-window rows)."""
     log = log[pd.to_numeric(log.get("wall_ms"), errors="coerce").notna()].copy()
     log["wall_ms"] = log["wall_ms"].astype(float)
     log["step"] = log["step"].astype(int)
-    profiled = log["profiled"].fillna(False).astype(bool) if "profiled" in log \
+    touch = profiler_touch(log, manifest)
+    switch = log["shard_switch"].fillna(False).astype(bool) if "shard_switch" in log \
         else pd.Series(False, index=log.index)
-    window = log["window"].fillna("") if "window" in log else pd.Series("", index=log.index)
-    stacked = (window == STACK_WINDOW).to_numpy()
-    main = profiled.to_numpy() & ~stacked
-    warmups = set()
-    for mask in (main, stacked):
-        if mask.any():
-            warmups.add(int(log.loc[mask, "step"].min()) - 1)
-    switch = log["shard_switch"].fillna(False).astype(bool).to_numpy() \
-        if "shard_switch" in log else np.zeros(len(log), dtype=bool)
-    ordinary = (~profiled.to_numpy() & ~stacked & ~switch & (log["step"] >= 2).to_numpy()
-                & ~log["step"].isin(warmups).to_numpy())
-    return log[main], log[ordinary], log[stacked]
+    ordinary = touch.eq("") & ~switch & log["step"].ge(2)
+    return log[touch.eq("active")], log[ordinary], log[touch.eq(STACK_WINDOW)]
 
 
 def python_events_per_step(run: Run) -> dict[int, float]:
@@ -112,16 +105,19 @@ def detect(run: Run, p: Params) -> list[Finding]:
     per_step_ms: dict[int, float] = {}
     stack_ms = baseline_ms = None
     baseline_from = ""
+    baseline_steps: list[int] = []
     if has_log:
-        main, ordinary, stacked = baseline_rows(log)
+        main, ordinary, stacked = baseline_rows(log, run.manifest)
         per_step_ms = dict(zip(main["step"], main["wall_ms"], strict=True))
         stack_ms = float(stacked["wall_ms"].median()) if len(stacked) else None
         baseline_ms = float(ordinary["wall_ms"].median()) if len(ordinary) else None
         baseline_from = "steps.jsonl"
+        baseline_steps = [int(s) for s in ordinary["step"]]
         if len(ordinary) < p.min_baseline_steps:
             baseline_ms = None
     if p.baseline_step_ms is not None:
         baseline_ms, baseline_from = float(p.baseline_step_ms), "--baseline-step-ms"
+        baseline_steps = []
     if not per_step_ms:  # no log of the profiled steps: the traces' own step time
         step_us = run_step_us(run)
         if step_us is None:
@@ -154,6 +150,7 @@ def detect(run: Run, p: Params) -> list[Finding]:
     evidence: dict[str, Any] = {
         "ratio": round(ratio, 3), "profiled_step_ms": round(profiled_ms, 3),
         "unprofiled_step_ms": round(baseline_ms, 3), "baseline_from": baseline_from,
+        "baseline_steps": baseline_steps,
         "profiled_from": profiled_from,
         "per_step_ms": {str(int(k)): round(float(v), 3) for k, v in per_step_ms.items()},
         "excess_per_step_us": round(excess_us, 3),

@@ -17,7 +17,10 @@ A step is slow when either measure exceeds `factor` x that measure's median AND 
 least `min_excess_us`; cost = step time - median on the measure with the larger excess.
 The trainer's steps.jsonl (`run.steps_log`), when present, adds every step of the run, profiled
 or not: unprofiled slow steps are reported with what is known (their wall time), so one knows
-which steps to profile next.
+which steps to profile next. The steps whose time is the profiler's (the step after a
+window's trace export, a split recording's stack window: tracekit.link.profiler_steps) stay out
+of the median, and when slow are reported as the profiler's, LOW, never as the program's; so
+is a slow warmup step of the profiler.
 
 Thresholds:
 - factor = 2.0: on the planted two-rank H200 traces (tests/data/gpu), ordinary profiled steps
@@ -56,6 +59,7 @@ from tracekit.detectors.step_profile import (
 from tracekit.durations import format_us
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack, source_of_op
+from tracekit.link.profiler_steps import NOT_THE_PROGRAM, STACK_WINDOW, profiler_touch
 from tracekit.link.steptime import SLOW_STEP_WARMUP_ROWS, run_step_us, step_table
 from tracekit.source import SourceFiles, call_in_with, call_name
 from tracekit.trace import Run, Trace
@@ -225,25 +229,34 @@ def claimed_spans(trace: Trace, chosen: Candidate) -> tuple[np.ndarray, np.ndarr
 
 def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_us: float,
                        min_steps: int, skip_first_logged: int) -> list[Finding]:
-    """Slow steps of steps.jsonl that no trace covers (not profiled): wall time only."""
+    """Slow steps of steps.jsonl that no trace covers (not profiled): wall time only. The
+    median leaves out the steps whose time is the profiler's; a slow step the profiler touched
+    is said to be the profiler's (see the module docstring)."""
     log = run.steps_log
     if log is None or log.empty or "wall_ms" not in log:
         return []
     log = log.sort_values("step")
-    first, log = log.iloc[:skip_first_logged], log.iloc[skip_first_logged:]
+    touch = profiler_touch(log, run.manifest)
+    first, log, touch = log.iloc[:skip_first_logged], log.iloc[skip_first_logged:], \
+        touch.iloc[skip_first_logged:]
     wall = log["wall_ms"].astype(float) * 1000.0
-    if wall.notna().sum() < min_steps:
+    own = wall[~touch.isin(NOT_THE_PROGRAM)]
+    if own.notna().sum() < min_steps:
         return []
-    median = float(wall.median())
+    median = float(own.median())
     slow = log[(wall > factor * median) & (wall - median >= min_excess_us)]
     rank = run.traces[0].rank if run.traces else 0
     first = first[~first["step"].isin(list(profiled))]  # the traces say more about those
     findings = warmup_findings(run, first, median, rank, factor, min_excess_us)
     for index, row in slow.iterrows():
         step = int(row["step"])
-        if step in profiled:
+        if step in profiled or touch.loc[index] == "active":
             continue
         time_us = float(wall.loc[index])
+        if touch.loc[index]:
+            findings.append(profiler_step_finding(step, str(touch.loc[index]), time_us, median,
+                                                  rank))
+            continue
         # The trainer marks steps where the data loader moved to a new shard (a known stall).
         flag = row["shard_switch"] if "shard_switch" in log else False
         shard_switch = bool(flag) if pd.notna(flag) else False
@@ -263,6 +276,36 @@ def steps_log_findings(run: Run, profiled: set[int], factor: float, min_excess_u
             suggestion=f"profile steps around {step} (cli.py profile --steps "
                        f"{max(step - 1, 0)}-{step + 1}) to see what holds the time"))
     return findings
+
+
+PROFILER_STEP_WHY = {
+    "export": "the first step after the profiler exported its trace: its time includes the "
+              "profiler's teardown and waiting for ranks still exporting",
+    STACK_WINDOW: "a step of the split recording's stack window: the Python stack tracer "
+                  "slowed it",
+    "warmup": "the profiler's warmup step: its activity collection was already on",
+}
+
+
+def profiler_step_finding(step: int, touch: str, time_us: float, median: float,
+                          rank: int) -> Finding:
+    """A slow step whose time the profiler took (LOW: the program did not lose it)."""
+    why = PROFILER_STEP_WHY[touch]
+    return Finding(
+        kind="slow_step", severity="low", rank=rank, step=step, start_us=0.0, dur_us=time_us,
+        cost_us=round(time_us - median, 3), count=1,
+        title=(f"step {step} took {time_us / 1000:.1f} ms, {time_us / median:.1f}x the median "
+               f"{median / 1000:.1f} ms: {why}, not the program's"),
+        culprit=Culprit(), cause=Cause(op="torch.profiler", ordering=why),
+        evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
+                  "median_step_us": round(median, 3), "ratio": round(time_us / median, 2),
+                  "profiled": False, "profiler": touch, "category": "profiler",
+                  "no_code_location": "the profiler's own time"},
+        suggestion=PROFILER_STEP_SUGGESTION)
+
+
+PROFILER_STEP_SUGGESTION = ("nothing to fix in the program: judge step times on steps the "
+                            "profiler did not touch")
 
 
 def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, factor: float,

@@ -16,7 +16,8 @@ and the first profiled step, which has no predecessor in the trace, uses its own
 
 Warm-up. The first steps of steps.jsonl include compilation and allocator warm-up: slow_step
 leaves out the first SLOW_STEP_WARMUP_ROWS logged rows, the comparison the steps numbered below
-COMPARE_FROM_STEP (`logged_step_ms`).
+COMPARE_FROM_STEP (`logged_step_ms`). Both also leave out the steps whose time is the
+profiler's own (its trace export, a split recording's stack window: `profiler_steps`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from tracekit.link.profiler_steps import NOT_THE_PROGRAM, profiler_touch
 from tracekit.trace import Run, Trace
 
 
@@ -83,12 +85,14 @@ COMPARE_FROM_STEP = 1
 
 
 def logged_step_ms(run: Run, skip_below: int = COMPARE_FROM_STEP) -> list[float] | None:
-    """Wall times from steps.jsonl, without the first steps (compilation, warmup)."""
+    """Wall times from steps.jsonl, without the first steps (compilation, warmup) and the
+    steps whose time is the profiler's (see the module docstring)."""
     log = run.steps_log
     if log is None or log.empty or "wall_ms" not in log:
         return None
     if "step" in log:
-        log = log[log["step"] >= skip_below]
+        own = ~profiler_touch(log, run.manifest).isin(NOT_THE_PROGRAM)
+        log = log[(log["step"] >= skip_below) & own]
     values = pd.to_numeric(log["wall_ms"], errors="coerce").dropna()
     return [float(v) for v in values] or None
 
