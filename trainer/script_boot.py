@@ -300,10 +300,12 @@ def snapshot_script_sources(script: Path, run_dir: Path) -> list[str]:
     files = {script.resolve()}
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py"):
+        # A relative __file__ (torch's op namespaces say "_classes.py") names no file: resolved
+        # against the working directory it would point into the script's folder.
+        if not isinstance(file, str) or not file.endswith(".py") or not Path(file).is_absolute():
             continue
         path = Path(file).resolve()
-        if path.is_relative_to(root) and "site-packages" not in path.parts:
+        if path.is_relative_to(root) and "site-packages" not in path.parts and path.is_file():
             files.add(path)
     copied = []
     for path in sorted(files):
@@ -346,7 +348,10 @@ def main(argv: list[str] | None = None) -> None:
             handle.remove()
         note = rank_note(rank, stepper.backend) | {"steps_seen": stepper.step}
         if rank == 0:
-            note["source_files"] = snapshot_script_sources(script, run_dir)
+            try:
+                note["source_files"] = snapshot_script_sources(script, run_dir)
+            except OSError as error:  # the traces are written: a failed copy must not lose them
+                note["source_snapshot_error"] = str(error)
         notes = run_dir / RANK_NOTES_DIR
         notes.mkdir(exist_ok=True)
         (notes / f"rank{rank}.json").write_text(json.dumps(note))

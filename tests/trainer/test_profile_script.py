@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from trainer.profiling import ProfileSpec, profiler_schedule
-from trainer.script_boot import Stepper, Window, WrappingNamespace, wrap_attribute
+from trainer.script_boot import (
+    Stepper,
+    Window,
+    WrappingNamespace,
+    snapshot_script_sources,
+    wrap_attribute,
+)
 from trainer.script_run import overhead_summary, windows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,6 +179,25 @@ def test_overhead_leaves_out_warmup_profiled_export_and_first_steps() -> None:
 
 
 @pytest.mark.slow
+def test_the_source_snapshot_skips_modules_whose_file_names_no_real_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script_dir = tmp_path / "proj"
+    script_dir.mkdir()
+    script = script_dir / "train.py"
+    script.write_text("print('hi')\n")
+    (script_dir / "helper.py").write_text("X = 1\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.chdir(script_dir)
+    fakes = {"tk_relative_ns": "_classes.py", "tk_helper": str(script_dir / "helper.py"),
+             "tk_deleted": str(script_dir / "gone.py")}
+    for name, file in fakes.items():
+        module = type(sys)(name)
+        module.__file__ = file
+        monkeypatch.setitem(sys.modules, name, module)
+    assert snapshot_script_sources(script, run_dir) == ["helper.py", "train.py"]
+
+
 def test_a_torch_optim_script_on_two_gloo_ranks(tmp_path: Path) -> None:
     done = run_cli(["profile", "--script", str(PROGRAMS / "torch_optimizer.py"), "--nproc", "2",
                     "--steps", "3-5", "--out-dir", str(tmp_path), "--name", "run",
