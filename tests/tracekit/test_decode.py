@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from tests.planted import EXTERNAL
-from tracekit.load.events import NotTyped, arg_structs, decode_document, decode_events
+from tracekit.load.events import (
+    KernelArgs,
+    NotTyped,
+    arg_structs,
+    decode_document,
+    decode_events,
+)
 from tracekit.load.frames import build_trace
 from tracekit.load.read import read_document
 from tracekit.load.run import TraceJob, read_trace_file, read_whole
@@ -51,7 +57,7 @@ def test_only_read_args_are_kept_and_absent_ones_take_their_defaults() -> None:
         {"ph": "X", "cat": "kernel", "name": "k", "ts": 1, "args": [1, 2]},
     ]).encode())
     assert [e.dur for e in events] == [2, 0.0, 0.0, 0.0]
-    first, bare, null, listed = arg_structs(events)
+    first, bare, null, listed = arg_structs(events, KernelArgs)
     assert (first.stream, first.grid, first.external_id, first.device) == (7, [1, 2, 3], 4, -1)
     assert not hasattr(first, "python_id")
     assert bare == null == listed and (bare.stream, bare.external_id, bare.grid) == (-1, -1, None)

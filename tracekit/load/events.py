@@ -15,7 +15,9 @@ dicts with `events_from_dicts`, which drops such entries.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from operator import attrgetter
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -31,9 +33,36 @@ class NotTyped(ValueError):
     """The text is not an array of event objects this decoder can type: read it generically."""
 
 
-class Args(msgspec.Struct, gc=False):
-    """The `args` keys an analysis reads; every other key is skipped unread. Defaults are what
-    an absent key means (-1 for ids and counts, None for the rest)."""
+class LaunchArgs(msgspec.Struct, gc=False):
+    """The `args` keys an analysis reads of a runtime/driver call; every other key is skipped
+    unread. Defaults are what an absent key means (-1 for ids and counts, None for the rest).
+    Each category that reads args has its own struct (fewer fields: less to build per event);
+    a key means the same in all of them."""
+
+    correlation: Any = -1
+    external_id: Any = msgspec.field(default=-1, name="External id")
+
+
+class AnnotationArgs(msgspec.Struct, gc=False):
+    """The `args` keys read of a record_function range (see `LaunchArgs`)."""
+
+    external_id: Any = msgspec.field(default=-1, name="External id")
+    stream: Any = -1
+
+
+class MemArgs(msgspec.Struct, gc=False):
+    """The `args` keys read of a memcpy/memset (see `LaunchArgs`); MTIA writes `size`."""
+
+    device: Any = -1
+    stream: Any = -1
+    correlation: Any = -1
+    external_id: Any = msgspec.field(default=-1, name="External id")
+    bytes: Any = None
+    size: Any = -1
+
+
+class KernelArgs(msgspec.Struct, gc=False):
+    """The `args` keys read of a GPU kernel (see `LaunchArgs`)."""
 
     device: Any = -1
     stream: Any = -1
@@ -52,8 +81,12 @@ class Args(msgspec.Struct, gc=False):
     group_size: Any = msgspec.field(default=-1, name="Group size")
     dtype: Any = None
     pg_name: Any = msgspec.field(default=None, name="Process Group Name")
-    bytes: Any = None
-    size: Any = -1
+
+
+class OpArgs(msgspec.Struct, gc=False):
+    """The `args` keys read of a CPU op (see `LaunchArgs`)."""
+
+    external_id: Any = msgspec.field(default=-1, name="External id")
     seq: Any = msgspec.field(default=-1, name="Sequence number")
     fwd_tid: Any = msgspec.field(default=-1, name="Fwd thread id")
     # Shapes stay JSON text (empty when absent): the frames keep them as text
@@ -80,10 +113,14 @@ class Event(msgspec.Struct, gc=False):
     args: Raw = EMPTY_RAW
 
 
-EMPTY_ARGS = Args()
+_ARGS_OF = attrgetter("args")
 _EVENTS = msgspec.json.Decoder(list[Event])
-_ARGS = msgspec.json.Decoder(list[Args])
-_ONE_ARGS = msgspec.json.Decoder(Args)
+ArgsT = TypeVar("ArgsT", LaunchArgs, AnnotationArgs, MemArgs, KernelArgs, OpArgs)
+
+
+@cache
+def _decoders(kind: type[Any]) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    return msgspec.json.Decoder(list[kind]), msgspec.json.Decoder(kind)  # type: ignore[valid-type]
 
 
 def decode_events(text: bytes | bytearray | memoryview) -> list[Event]:
@@ -94,22 +131,24 @@ def decode_events(text: bytes | bytearray | memoryview) -> list[Event]:
         raise NotTyped(str(exc)) from None
 
 
-def arg_structs(events: list[Event]) -> list[Args]:
-    """The decoded `args` of each event, in one decode for all of them; an event whose args
-    are null or not an object gets the defaults (as if it had none)."""
+def arg_structs(events: list[Event], kind: type[ArgsT]) -> list[ArgsT]:
+    """The decoded `args` of each event as `kind` structs, in one decode for all of them; an
+    event whose args are null or not an object gets the defaults (as if it had none)."""
     if not events:
         return []
+    many, one = _decoders(kind)
     try:
-        return _ARGS.decode(b"[" + b",".join(e.args for e in events) + b"]")
+        return many.decode(b"[" + b",".join(map(_ARGS_OF, events)) + b"]")
     except msgspec.ValidationError:
-        return [_one_args(e.args) for e in events]
+        empty = kind()
+        return [_one_args(one, e.args, empty) for e in events]
 
 
-def _one_args(raw: Raw) -> Args:
+def _one_args(decoder: msgspec.json.Decoder[Any], raw: Raw, empty: Any) -> Any:
     try:
-        return _ONE_ARGS.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError:
-        return EMPTY_ARGS
+        return empty
 
 
 def events_from_dicts(events: list[Any]) -> list[Event]:

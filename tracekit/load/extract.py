@@ -10,13 +10,25 @@ for one slice of a big trace and concatenated in the parent (see `tracekit.load.
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 
 from tracekit.load import columns as col
-from tracekit.load.events import Event, Raw, arg_structs
+from tracekit.load.events import (
+    AnnotationArgs,
+    ArgsT,
+    Event,
+    KernelArgs,
+    LaunchArgs,
+    MemArgs,
+    OpArgs,
+    Raw,
+    arg_structs,
+)
+from tracekit.load.memory import release_freed
 from tracekit.load.read import parse_json
 
 Columns = dict[str, Any]
@@ -113,12 +125,10 @@ def _rows(events: list[Event]) -> list[tuple[Any, ...]]:
     return list(map(_base_fields, events))
 
 
-def _arg_rows(events: list[Event], fields: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """The named `Args` fields of every event (decoded for these events only)."""
-    get = attrgetter(*fields)
-    if len(fields) == 1:
-        return [(value,) for value in map(get, arg_structs(events))]
-    return list(map(get, arg_structs(events)))
+def _arg_rows(events: list[Event], kind: type[ArgsT]) -> list[tuple[Any, ...]]:
+    """Every field of `kind` (the category's args struct) of every event, in the struct's
+    field order (decoded for these events only)."""
+    return list(map(attrgetter(*kind.__struct_fields__), arg_structs(events, kind)))
 
 
 def _base(rows: list[tuple[Any, ...]]) -> Columns:
@@ -135,10 +145,7 @@ def _base(rows: list[tuple[Any, ...]]) -> Columns:
 def kernels(events: list[Event]) -> Columns:
     """Kernel launch geometry, occupancy and NCCL collective metadata."""
     cols = _base(_rows(events))
-    args = _arg_rows(events, (
-        "device", "stream", "correlation", "external_id", "grid", "block", "blocks_per_sm",
-        "warps_per_sm", "registers", "shared_mem", "occupancy", "collective", "in_nelems",
-        "out_nelems", "group_size", "dtype", "pg_name"))
+    args = _arg_rows(events, KernelArgs)
     cols.update({
         "device": _ints(args, 0), "stream": _ints(args, 1), "correlation": _ints(args, 2),
         "external_id": _ints(args, 3), "grid": col.triples(_list(args, 4)),
@@ -157,8 +164,7 @@ def gpu_mem(memcpy: list[Event], memset: list[Event]) -> Columns:
     """Memcpy and memset activities."""
     events = memcpy + memset
     cols = _base(_rows(events))
-    args = _arg_rows(events, ("device", "stream", "correlation", "external_id", "bytes",
-                              "size"))
+    args = _arg_rows(events, MemArgs)
     sizes = [(size if nbytes is None else nbytes, ) for nbytes, size in
              zip(_list(args, 4), _list(args, 5), strict=True)]  # MTIA DMA: "size"
     cols.update({
@@ -172,8 +178,7 @@ def gpu_mem(memcpy: list[Event], memset: list[Event]) -> Columns:
 def ops(events: list[Event]) -> Columns:
     """CPU ops: ids, autograd sequence numbers, recorded shapes, Inductor provenance."""
     cols = _base(_rows(events))
-    args = _arg_rows(events, ("external_id", "seq", "fwd_tid", "input_dims", "input_strides",
-                              "input_types", "kernel_file", "kernel_name"))
+    args = _arg_rows(events, OpArgs)
     cols.update({
         "external_id": _ints(args, 0), "seq": _ints(args, 1), "fwd_tid": _ints(args, 2),
         "input_dims": json_texts(_list(args, 3)),
@@ -188,21 +193,22 @@ def json_texts(values: list[Raw]) -> list[str]:
     """Compact JSON text of each raw value ("" where absent or null), each distinct text held
     once: the raw texts are mostly repeats (the same shapes every step), so each distinct one
     is re-encoded compactly once (`columns.json_texts` of its value), not every row."""
-    texts = col.shared(map(bytes, values))
+    texts = list(map(bytes, values))
     compact = {raw: col.json_texts([parse_json(raw)])[0] if raw else ""
                for raw in set(texts)}
-    return col.shared(map(compact.__getitem__, texts))
+    return list(map(compact.__getitem__, texts))
 
 
 LAUNCH_CAT_ORDER = {cat: i for i, cat in enumerate(LAUNCH_CATS)}
+_CAT = attrgetter("cat")
 
 
 def launches(events: list[Event]) -> Columns:
     """CUDA runtime/driver and HIP API calls (`cat`: index in LAUNCH_CATS, for `concat`)."""
     cols = _base(_rows(events))
-    args = _arg_rows(events, ("correlation", "external_id"))
+    args = _arg_rows(events, LaunchArgs)
     cols.update({"correlation": _ints(args, 0), "external_id": _ints(args, 1),
-                 "cat": [LAUNCH_CAT_ORDER.get(e.cat, 0) for e in events]})
+                 "cat": list(map(LAUNCH_CAT_ORDER.get, map(_CAT, events), repeat(0)))})
     return cols
 
 
@@ -215,7 +221,7 @@ def annotations(cpu: list[Event], gpu: list[Event]) -> Columns:
     """record_function ranges: CPU side, then the GPU-side copies."""
     events = cpu + gpu
     cols = _base(_rows(events))
-    args = _arg_rows(events, ("external_id", "stream"))
+    args = _arg_rows(events, AnnotationArgs)
     cols.update({
         "external_id": _ints(args, 0), "stream": _ints(args, 1),
         "is_gpu": np.arange(len(events)) >= len(cpu),
@@ -306,28 +312,33 @@ is the same as from one pass over the whole file, whatever the slice size."""
 
 
 def concat(parts: list[dict[str, Columns]]) -> dict[str, Columns]:
-    """Join the raw columns of consecutive slices of one trace."""
+    """Join the raw columns of consecutive slices of one trace. `parts` is consumed: each
+    slice's column is dropped as soon as it is joined, so the joined columns and the slices'
+    are never all held at once."""
     if len(parts) == 1:
-        return parts[0]
+        return parts.pop()
     out: dict[str, Columns] = {}
-    for frame in parts[0]:
+    for frame in list(parts[0]):
         merged: Columns = {}
-        for name, first in parts[0][frame].items():
-            pieces = [p[frame][name] for p in parts]
-            if isinstance(first, np.ndarray):
+        for name in list(parts[0][frame]):
+            pieces = [p[frame].pop(name) for p in parts]
+            if isinstance(pieces[0], np.ndarray):
                 merged[name] = np.concatenate(pieces)
             else:
-                merged[name] = [v for piece in pieces for v in piece]
+                merged[name] = list(chain.from_iterable(pieces))
+            del pieces
+        release_freed()
         key = GROUPED_BY.get(frame)
         if key is not None:
             order = np.argsort(np.asarray(merged[key], dtype=object).astype(str),
                                kind="stable")
             merged = {name: _reorder(values, order) for name, values in merged.items()}
         out[frame] = merged
+    parts.clear()
     return out
 
 
 def _reorder(values: Any, order: np.ndarray) -> Any:
     if isinstance(values, np.ndarray):
         return values[order]
-    return [values[i] for i in order]
+    return list(map(values.__getitem__, order.tolist()))

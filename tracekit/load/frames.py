@@ -255,16 +255,13 @@ def rank_info(meta: dict[str, Any]) -> tuple[int | None, int | None]:
 
 
 def build_frames(raw: dict[str, Columns]) -> dict[str, pd.DataFrame]:
-    """Frames of one trace from its raw columns (see `tracekit.load.extract`)."""
-    frames = {
-        "kernels": build_kernels(raw["kernels"]),
-        "gpu_mem": build_gpu_mem(raw["gpu_mem"]),
-        "ops": build_ops(raw["ops"]),
-        "launches": build_launches(raw["launches"]),
-        "python": build_python(raw["python"]),
-        "flows": build_flows(raw["flows"]),
-        "annotations": build_annotations(raw["annotations"]),
-    }
+    """Frames of one trace from its raw columns (see `tracekit.load.extract`). Each frame's
+    raw columns are dropped from `raw` once it is built, so a trace's raw columns and its
+    frames are never all held at once; only `census` stays."""
+    builders = {"kernels": build_kernels, "gpu_mem": build_gpu_mem, "ops": build_ops,
+                "launches": build_launches, "python": build_python, "flows": build_flows,
+                "annotations": build_annotations}
+    frames = {name: build(raw.pop(name)) for name, build in builders.items()}
     frames["steps"] = build_steps(frames["ops"], frames["annotations"], frames["kernels"],
                                   frames["gpu_mem"], frames["launches"])
     return frames
@@ -341,7 +338,8 @@ def trace_from_events(events: list[Event], meta: dict[str, Any], path: Path,
     `entries`: see `extract.extract_all`."""
     raw = extract.extract_all(events, entries)
     events.clear()  # the events go now, before the frames are built
-    return trace_from_frames(build_frames(raw), meta, path, rank, census=raw["census"])
+    frames = build_frames(raw)
+    return trace_from_frames(frames, meta, path, rank, census=raw["census"])
 
 
 def load_warnings(trace: Trace) -> list[str]:

@@ -1,0 +1,38 @@
+"""Give memory the loader has freed back to the operating system.
+
+Loading builds many mid-sized buffers (each slice's raw columns, pandas' transient copies)
+and frees them before the next stage allocates its own, larger ones. glibc's malloc keeps such
+freed heap memory for reuse by later small allocations rather than returning it, while the
+large arrays of the next stage are mapped fresh: the process's resident size then counts both.
+Measured on a 690 MB rank file (2-core dev box): joining the slices' columns took the resident
+size from 312 to 498 MB, of which 190 MB was freed memory that `malloc_trim` returns. Calling
+it between stages keeps a rank process's peak near what it actually holds.
+
+Elsewhere than glibc (macOS, musl, Windows) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import cache
+from typing import Any
+
+
+@cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_freed() -> None:
+    """Return the freed parts of the heap to the OS (glibc's `malloc_trim`; a few ms)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
