@@ -23,7 +23,8 @@ parsers add up), and events per second.
 
     python scripts/bench_scale.py                          # 100 MB x 2 ranks (quick)
     python scripts/bench_scale.py --sizes 100,500 --ranks 2
-    python scripts/bench_scale.py --sizes 1000 --ranks 8 --skip hta --out results.json
+    python scripts/bench_scale.py --sizes 1000 --ranks 8 --steps 3 --hta-ranks 1 --hta-timeout 300 \
+        --out-dir results/ --machine "32-core GPU host"   # HTA on one rank, cut off at 5 min
     python scripts/bench_scale.py --sizes 100,500 --steps 5   # five long steps, not 780+
 
 By default every replica keeps its own profiler steps (780 at 100 MB per rank, growing with the
@@ -189,6 +190,21 @@ def write_rank(template: Template, rank: int, world_size: int, copies: int,
     return events, written
 
 
+def _write_one(job: tuple[Template, int, int, Path, int, int]) -> tuple[str, dict[str, Any]]:
+    """Write one rank file of a run; (what to print, its entry in the run's info)."""
+    template, rank, ranks, run_dir, size_mb, steps = job
+    copies = max(1, math.ceil(size_mb * 1e6 / template.bytes_per_copy))
+    path = run_dir / f"rank{rank}.pt.trace.json.gz"
+    t0 = time.perf_counter()
+    events, nbytes = write_rank(template, rank, ranks, copies, path, steps)
+    line = (f"  wrote {path.name}: {nbytes / 1e6:.0f} MB JSON, {events:,} events, "
+            f"{copies} copies of {template.steps_per_copy} steps"
+            + (f" in {steps} profiler steps " if steps else " ")
+            + f"({time.perf_counter() - t0:.0f} s)")
+    return line, {"path": str(path), "events": events, "json_bytes": nbytes,
+                  "gz_bytes": path.stat().st_size}
+
+
 def build_run(source: Path, size_mb: int, ranks: int, workdir: Path,
               steps: int = 0) -> dict[str, Any]:
     """Write (or reuse) a run of `ranks` files of ~size_mb MB uncompressed JSON each; with
@@ -204,18 +220,19 @@ def build_run(source: Path, size_mb: int, ranks: int, workdir: Path,
     templates = [load_template(p) for p in sources]
     info: dict[str, Any] = {"run_dir": str(run_dir), "size_mb": size_mb, "ranks": ranks,
                             "steps": steps, "source": str(source), "files": []}
-    for rank in range(ranks):
-        template = templates[rank % len(templates)]
-        copies = max(1, math.ceil(size_mb * 1e6 / template.bytes_per_copy))
-        path = run_dir / f"rank{rank}.pt.trace.json.gz"
-        t0 = time.perf_counter()
-        events, nbytes = write_rank(template, rank, ranks, copies, path, steps)
-        print(f"  wrote {path.name}: {nbytes / 1e6:.0f} MB JSON, {events:,} events, "
-              f"{copies} copies of {template.steps_per_copy} steps"
-              + (f" in {steps} profiler steps " if steps else " ")
-              + f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        info["files"].append({"path": str(path), "events": events, "json_bytes": nbytes,
-                              "gz_bytes": path.stat().st_size})
+    jobs = [(templates[rank % len(templates)], rank, ranks, run_dir, size_mb, steps)
+            for rank in range(ranks)]
+    processes = min(ranks, os.cpu_count() or 1)
+    if processes > 1:  # each rank file is written by its own process (gzip is the cost)
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes) as pool:
+            written = list(pool.map(_write_one, jobs))
+    else:
+        written = [_write_one(job) for job in jobs]
+    for line, entry in written:
+        print(line, flush=True)
+        info["files"].append(entry)
     info_path.write_text(json.dumps(info, indent=1))
     return info
 
@@ -299,6 +316,11 @@ class Measurement:
     """CPU seconds of the work, this process and its reaped children (on a shared machine the
     steadier measure: JSON MB / cpu_s is the throughput per core)."""
     json_mb: float | None = None
+    """JSON MB this contender read (all the run's rank files, or the subset it was given)."""
+    files: int = 0
+    """Rank files it read."""
+    largest_mb: float | None = None
+    """JSON MB of the largest of them (what a rank process's peak RSS is compared with)."""
     error: str = ""
 
 
@@ -325,17 +347,21 @@ def _sample_tree_rss(pid: int, stop: threading.Event, peak: list[float]) -> None
 
 def measure(contender: str, info: dict[str, Any], timeout_s: int,
             env_extra: dict[str, str]) -> Measurement:
+    """One contender on the run `info` (or on the part of it that `info` names: `subset`)."""
     files = [f["path"] for f in info["files"]]
     events = sum(f["events"] for f in info["files"])
     kind, _, baseline = contender.partition(" @")  # "tracekit @DIR": another checkout's
     kind = kind.replace(" warm", "")
+    kind = kind.split(" (")[0]  # "hta (1 of 8 ranks)"
     code = HARNESS.format(files=files, run_dir=info["run_dir"], imports=IMPORTS.get(kind, ""),
                           work=WORKERS[kind])
     tree = baseline or str(REPO)
     pythonpath = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": pythonpath, **env_extra}
     result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
-                         None)
+                         None, json_mb=sum(f["json_bytes"] for f in info["files"]) / 1e6,
+                         files=len(files),
+                         largest_mb=max(f["json_bytes"] for f in info["files"]) / 1e6)
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
@@ -362,7 +388,6 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
     data = json.loads(found[-1].split(" ", 1)[1])
     result.wall_s = data["wall_s"]
     result.cpu_s = data.get("cpu_s")
-    result.json_mb = sum(f["json_bytes"] for f in info["files"]) / 1e6
     result.max_process_rss_mb = max(data["self_kb"], data["children_kb"]) / 1024
     result.tree_rss_mb = peak[0] / 2**20
     result.events_per_s = events / data["wall_s"] if data["wall_s"] > 0 else None
@@ -379,18 +404,41 @@ def clear_caches(info: dict[str, Any]) -> None:
         clear_cache(Path(f["path"]))
 
 
-def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int) -> list[
-        Measurement]:
+def subset(info: dict[str, Any], ranks: int, workdir: Path) -> dict[str, Any]:
+    """`info` narrowed to its first `ranks` rank files, in a directory of links to them (for
+    a contender too slow to read the whole run in the time there is)."""
+    files = info["files"][:ranks]
+    run_dir = workdir / f"{Path(info['run_dir']).name}.first{ranks}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in files:
+        link = run_dir / Path(f["path"]).name
+        if not link.is_symlink():
+            link.symlink_to(f["path"])
+        paths.append({**f, "path": str(link)})
+    return {**info, "run_dir": str(run_dir), "files": paths}
+
+
+def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int,
+                   hta_ranks: int = 0, hta_timeout_s: int = 0) -> list[Measurement]:
+    """Each contender in turn on the run; HTA on the first `hta_ranks` rank files only when
+    that is fewer than the run has, and cut off after `hta_timeout_s` when given."""
     results = []
     for contender in contenders:
+        target, limit = info, timeout_s
         if contender == "tracekit warm":
             clear_caches(info)
             measure("tracekit", info, timeout_s, {"TRACEKIT_CACHE": "1"})  # fills the cache
             env = {"TRACEKIT_CACHE": "1"}
         else:
             env = {"TRACEKIT_CACHE": "0"}
+        if contender == "hta":
+            limit = hta_timeout_s or timeout_s
+            if 0 < hta_ranks < len(info["files"]):
+                target = subset(info, hta_ranks, Path(info["run_dir"]).parent)
+                contender = f"hta ({hta_ranks} of {len(info['files'])} ranks)"
         print(f"  {contender} ...", end="", flush=True)
-        m = measure(contender, info, timeout_s, env)
+        m = measure(contender, target, limit, env)
         # Each result as it comes: a cut-off benchmark still says what it measured.
         print(f" {m.wall_s:.1f} s ({m.cpu_s or 0:.1f} CPU s), peak RSS "
               f"{m.max_process_rss_mb or 0:,.0f} MB (largest "
@@ -402,44 +450,78 @@ def run_contenders(info: dict[str, Any], contenders: list[str], timeout_s: int) 
     return results
 
 
-def print_table(results: list[Measurement], infos: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COLUMNS = ("run", "contender", "wall s", "CPU s", "MB/s per core", "events/s",
+           "max proc RSS MB", "tree RSS MB", "vs raw parse", "vs hta (wall/MB)",
+           "vs hta (CPU/MB)", "RSS / largest file")
 
-    json_mb = {(i["size_mb"], i["ranks"]): (sum(f["json_bytes"] for f in i["files"]) / 1e6,
-                                            max(f["json_bytes"] for f in i["files"]) / 1e6)
-               for i in infos}
-    table = Table(title=f"tracekit scale benchmark ({os.cpu_count()} CPUs)")
-    for col in ("run", "contender", "wall s", "CPU s", "MB/s per core", "events/s",
-                "max proc RSS MB", "tree RSS MB", "vs raw parse", "vs hta",
-                "RSS / largest file"):
-        table.add_column(col, justify="right" if col not in ("run", "contender") else "left")
+
+def table_rows(results: list[Measurement]) -> list[dict[str, str]]:
+    """One row of COLUMNS per measurement. Ratios to HTA are per MB of JSON read, so they stay
+    fair when HTA read only some of the rank files (`--hta-ranks`)."""
     by_run: dict[tuple[int, int], dict[str, Measurement]] = {}
     for m in results:
         by_run.setdefault((m.size_mb, m.ranks), {})[m.contender] = m
+    rows = []
     for (size, ranks), group in by_run.items():
-        total_mb, largest_mb = json_mb[(size, ranks)]
         raws = [group[c] for c in ("raw json", "raw orjson") if c in group and group[c].wall_s]
-        raw = min(raws, key=lambda m: m.wall_s) if raws else None
-        hta = group.get("hta")
+        raw = min(raws, key=lambda m: m.wall_s or 0) if raws else None
+        hta = next((m for c, m in group.items() if c.startswith("hta") and m.wall_s), None)
         for m in group.values():
+            row = dict.fromkeys(COLUMNS, "")
+            row["contender"] = m.contender
+            row["run"] = f"{size} MB x{ranks}" + (f" ({m.json_mb:.0f} MB)" if m.json_mb else "")
             if m.wall_s is None:
-                table.add_row(f"{size} MB x{ranks}", m.contender, m.error,
-                              *[""] * 10)
+                row["wall s"] = m.error
+                rows.append(row)
                 continue
-            vs_raw = f"{m.wall_s / raw.wall_s:.2f}x" if raw and raw.wall_s else ""
-            vs_hta = f"{hta.wall_s / m.wall_s:.1f}x faster" if hta and hta.wall_s else ""
-            table.add_row(f"{size} MB x{ranks} ({total_mb:.0f} MB)", m.contender,
-                          f"{m.wall_s:.2f}", f"{m.cpu_s or 0:.2f}",
-                          f"{total_mb / m.cpu_s:.0f}" if m.cpu_s else "",
-                          f"{m.events_per_s:,.0f}",
-                          f"{m.max_process_rss_mb:,.0f}", f"{m.tree_rss_mb:,.0f}", vs_raw, vs_hta,
-                          f"{m.tree_rss_mb / largest_mb:.1f}x / "
-                          f"{m.max_process_rss_mb / largest_mb:.1f}x")
-    Console(width=200).print(table)
-    print("vs raw parse: wall time / the faster of raw json and raw orjson. RSS / largest file: "
-          "tree peak / single-process peak, over the largest rank file's JSON size. MB/s per core: "
-          "JSON MB / CPU s.")
+            mb = m.json_mb or 0
+            row.update({
+                "wall s": f"{m.wall_s:.2f}", "CPU s": f"{m.cpu_s or 0:.2f}",
+                "MB/s per core": f"{mb / m.cpu_s:.0f}" if m.cpu_s else "",
+                "events/s": f"{m.events_per_s:,.0f}",
+                "max proc RSS MB": f"{m.max_process_rss_mb:,.0f}",
+                "tree RSS MB": f"{m.tree_rss_mb:,.0f}",
+                "vs raw parse": (f"{m.wall_s / mb / (raw.wall_s / raw.json_mb):.2f}x"
+                                 if raw and raw.wall_s and raw.json_mb and mb else ""),
+            })
+            if hta is not None and hta is not m and mb and hta.json_mb:
+                row["vs hta (wall/MB)"] = (
+                    f"{(hta.wall_s or 0) / hta.json_mb / (m.wall_s / mb):.1f}x faster")
+                if m.cpu_s and hta.cpu_s:
+                    row["vs hta (CPU/MB)"] = (
+                        f"{hta.cpu_s / hta.json_mb / (m.cpu_s / mb):.1f}x less")
+            if m.largest_mb and m.tree_rss_mb is not None and m.max_process_rss_mb is not None:
+                row["RSS / largest file"] = (f"{m.tree_rss_mb / m.largest_mb:.1f}x / "
+                                             f"{m.max_process_rss_mb / m.largest_mb:.1f}x")
+            rows.append(row)
+    return rows
+
+
+NOTE = ("vs raw parse: wall time per MB / that of the faster of raw json and raw orjson. "
+        "vs hta: HTA's wall (CPU) seconds per MB of JSON it read / this contender's. "
+        "RSS / largest file: tree peak / single-process peak, over the largest rank file's "
+        "JSON size. MB/s per core: JSON MB / CPU s (CPU: this process and its reaped "
+        "children).")
+
+
+def print_table(rows: list[dict[str, str]], title: str, file: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col not in ("run", "contender") else "left")
+    for row in rows:
+        table.add_row(*(row[c] for c in COLUMNS))
+    Console(width=220, file=file).print(table)
+    print(NOTE, file=file)
+
+
+def markdown_table(rows: list[dict[str, str]], title: str) -> str:
+    lines = [f"**{title}**", "", "| " + " | ".join(COLUMNS) + " |",
+             "| " + " | ".join("---" for _ in COLUMNS) + " |"]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines + ["", NOTE, ""])
 
 
 def main() -> None:
@@ -453,6 +535,15 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true", help="skip the cached second analyze")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--out-dir", type=Path,
+                        help="write table.md, table.txt and results.json into this folder")
+    parser.add_argument("--machine", default="",
+                        help="what ran it, for the table's title (e.g. '2-core dev box, shared')")
+    parser.add_argument("--hta-ranks", type=int, default=0,
+                        help="HTA loads only the first N rank files (0: all); its ratios are "
+                             "per MB read")
+    parser.add_argument("--hta-timeout", type=int, default=0,
+                        help="seconds HTA may take before it is cut off (0: --timeout)")
     parser.add_argument("--baseline", type=Path,
                         help="also time `analyze` from this checkout (e.g. main before a change)")
     parser.add_argument("--build-only", action="store_true", help="only write the traces")
@@ -479,14 +570,25 @@ def main() -> None:
             infos.append(info)
             if args.build_only:
                 continue
-            results.extend(run_contenders(info, contenders, args.timeout))
+            results.extend(run_contenders(info, contenders, args.timeout, args.hta_ranks,
+                                          args.hta_timeout))
     if args.build_only:
         return
-    print_table(results, infos)
+    title = (f"tracekit scale benchmark ({args.machine + ', ' if args.machine else ''}"
+             f"{os.cpu_count()} CPUs)")
+    rows = table_rows(results)
+    print_table(rows, title)
+    payload = json.dumps({"cpus": os.cpu_count(), "machine": args.machine, "argv": sys.argv[1:],
+                          "results": [asdict(r) for r in results], "runs": infos}, indent=1)
     if args.out:
-        args.out.write_text(json.dumps({"cpus": os.cpu_count(),
-                                        "results": [asdict(r) for r in results],
-                                        "runs": infos}, indent=1))
+        args.out.write_text(payload)
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "results.json").write_text(payload)
+        (args.out_dir / "table.md").write_text(markdown_table(rows, title))
+        with open(args.out_dir / "table.txt", "w") as fh:
+            print_table(rows, title, file=fh)
+        print(f"wrote {args.out_dir}/table.md, table.txt, results.json")
 
 
 if __name__ == "__main__":
