@@ -61,7 +61,7 @@ def link_trace(trace: Trace, *, source_roots: Sequence[Path] | None = None) -> T
     index = SourceIndex(roots=tuple(source_roots))
     sources = op_sources(trace, index)
     for column in sources.columns:
-        trace.ops[column] = as_column(sources[column].to_numpy())
+        trace.ops[column] = as_column(sources[column])
     trace.source_roots = tuple(source_roots)
     for run_dir in (trace.path.parent, trace.path.parent.parent):
         if (run_dir / COMPILED_KERNELS_FILE).is_file():

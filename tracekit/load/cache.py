@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.load.memory import release_freed
 from tracekit.trace import FRAME_NAMES, Trace
 
 # 3: launches in one row order however the file was sliced (see extract.GROUPED_BY).
@@ -117,16 +118,6 @@ def _read_frame(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def _release_arrow_memory() -> None:
-    """Give arrow's pooled buffers back to the system once the frames are pandas objects: the
-    pool keeps them otherwise, and they count in the process's memory for the whole analysis."""
-    import pyarrow as pa
-
-    release = getattr(pa.default_memory_pool(), "release_unused", None)
-    if release is not None:
-        release()
-
-
 def load_cached(path: Path) -> Trace | None:
     """The cached Trace of the file at `path`, or None when absent, stale or unreadable."""
     if not cache_enabled() or not _pyarrow_available():
@@ -147,7 +138,7 @@ def load_cached(path: Path) -> Trace | None:
         return None
     except Exception:
         return None
-    _release_arrow_memory()
+    release_freed()  # arrow's pooled buffers too, once the frames are pandas objects
     scalars = stored.get("trace", {})
     return Trace(
         path=path,

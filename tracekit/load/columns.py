@@ -227,13 +227,36 @@ def numeric_ids(values: list[Any]) -> np.ndarray:
 
 
 def as_column(values: Any) -> Any:
-    """Numeric arrays as they are; strings (lists, object arrays) as object-dtype Series, so
-    string columns have one dtype whichever pandas version infers what from a list."""
+    """Numeric arrays as they are; strings (lists, object arrays, pandas string Series) as
+    object-dtype Series, so string columns have one dtype whichever pandas version infers
+    what from a list. A pandas string Series (pyarrow-backed in pandas 3) is turned into
+    objects once per distinct value (`object_strings`), not once per row."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         return values
-    if isinstance(values, pd.Series) and values.dtype == object:
-        return values
+    if isinstance(values, pd.Series):
+        if values.dtype == object:
+            return values
+        if pd.api.types.is_string_dtype(values.dtype):
+            return pd.Series(object_strings(values), index=values.index, dtype=object)
+        return values.to_numpy()
     return pd.Series(values, dtype=object)
+
+
+def object_strings(values: pd.Series) -> np.ndarray:
+    """A string Series as an object array holding one str per distinct value (missing values
+    as `to_numpy` gives them). Reading a pyarrow-backed column with `to_numpy` makes a new
+    str for every row: on a linked 690 MB rank, ~230 MB of repeated source paths and function
+    names that the process kept (freed small objects stay with Python's allocator)."""
+    codes, uniques = pd.factorize(values)
+    if len(uniques) == len(values):
+        return values.to_numpy(dtype=object)
+    distinct = np.asarray(uniques, dtype=object)
+    missing = codes < 0
+    out = distinct.take(np.maximum(codes, 0)) if len(distinct) else \
+        np.empty(len(values), dtype=object)
+    if missing.any():
+        out[missing] = values.to_numpy(dtype=object)[missing]
+    return out
 
 
 def frame(columns: dict[str, Any], order: list[str]) -> pd.DataFrame:

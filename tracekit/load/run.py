@@ -29,7 +29,7 @@ from tracekit.load.frames import (
     trace_from_events,
     trace_from_frames,
 )
-from tracekit.load.memory import release_freed
+from tracekit.load.memory import arrow_on_malloc, release_freed
 from tracekit.load.progress import LoadProgress, show_progress
 from tracekit.load.read import read_bytes, read_document
 from tracekit.load.rundir import LoadPlan, finish_ranks, skip_or_raise
@@ -59,6 +59,7 @@ def load_trace_file(job: TraceJob) -> Trace:
     one-line error. The built frames are cached beside the trace (tracekit.load.cache) before
     `prepare`: linking reads the user's source files, which may change between analyses.
     """
+    arrow_on_malloc()
     trace = load_cached(job.path)
     if trace is None or trace.linked:  # a linked cache predates this loader: rebuild
         with gc_paused():
