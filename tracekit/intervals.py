@@ -294,12 +294,20 @@ class Coverage:
         return float(other.overlap(self.starts, self.ends).sum())
 
 
+PAIR_CHUNK = 1 << 22
+"""Candidate pairs `window_pairs` expands at once (a few arrays of this many 8-byte values):
+long windows over many short intervals make hundreds of millions of candidates, of which few
+overlap, so they are expanded a run of windows at a time."""
+
+
 def window_pairs(lo: np.ndarray, hi: np.ndarray, iv_start: np.ndarray, iv_end: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (window i, interval j, overlap length) with positive overlap, vectorised.
+    """All (window i, interval j, overlap length) with positive overlap, vectorised, ordered
+    by window and then by interval start.
 
     Intervals sorted by start; for each window the candidates are those starting before its end
-    and after (its start - the longest interval), found with searchsorted and exploded.
+    and after (its start - the longest interval), found with searchsorted and exploded, for
+    runs of windows of at most PAIR_CHUNK candidates at a time (a single window may exceed it).
     """
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     if len(lo) == 0 or len(iv_start) == 0:
@@ -312,12 +320,25 @@ def window_pairs(lo: np.ndarray, hi: np.ndarray, iv_start: np.ndarray, iv_end: n
     counts = np.maximum(last - first, 0)
     if counts.sum() == 0:
         return empty
-    wi = np.repeat(np.arange(len(lo)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(first, counts) + offsets
-    overlap = np.minimum(hi[wi], e[pos]) - np.maximum(lo[wi], s[pos])
-    keep = overlap > 0
-    return wi[keep], order[pos[keep]], overlap[keep]
+    ends = np.cumsum(counts)
+    parts = []
+    start = 0
+    while start < len(lo):
+        before = ends[start] - counts[start]
+        stop = max(start + 1, int(np.searchsorted(ends, before + PAIR_CHUNK, side="right")))
+        window = np.arange(start, stop)
+        n = counts[start:stop]
+        wi = np.repeat(window, n)
+        offsets = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        pos = np.repeat(first[start:stop], n) + offsets
+        overlap = np.minimum(hi[wi], e[pos]) - np.maximum(lo[wi], s[pos])
+        keep = overlap > 0
+        parts.append((wi[keep], order[pos[keep]], overlap[keep]))
+        start = stop
+    if len(parts) == 1:
+        return parts[0]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
 
 
 def busy_us(ts: np.ndarray, ends: np.ndarray, start: float, end: float) -> float:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tracekit.intervals import Intervals
 from tracekit.link.ancestry import ancestor_levels
+from tracekit.load.columns import strings_column
 from tracekit.load.steps import STEP_NAME
 from tracekit.names import name_matches
 from tracekit.trace import Trace
@@ -90,21 +91,28 @@ def launching_threads(trace: Trace) -> np.ndarray:
 
 
 def _frame(cause: np.ndarray, rows: pd.DataFrame, src: pd.DataFrame | None) -> pd.DataFrame:
+    """The events frame of `rows` (by position); its string columns hold objects, one per
+    distinct value (`strings_column`: events of every launching thread are many rows)."""
     n = len(rows)
-    out = pd.DataFrame({"cause": cause, "tid": rows["tid"].to_numpy(),
+    out = pd.DataFrame({"cause": strings_column(cause), "tid": rows["tid"].to_numpy(),
                         "ts": rows["ts"].to_numpy(np.float64),
                         "end": rows["end"].to_numpy(np.float64),
-                        "name": rows["name"].to_numpy(dtype=object)})
+                        "name": strings_column(rows["name"])})
     if src is None:
-        out["src_file"] = np.full(n, "", dtype=object)
+        out["src_file"] = strings_column(np.full(n, "", dtype=object))
         out["src_line"] = np.full(n, -1, dtype=np.int64)
-        out["src_function"] = np.full(n, "", dtype=object)
+        out["src_function"] = strings_column(np.full(n, "", dtype=object))
         out["src_line_exact"] = np.zeros(n, dtype=bool)
-        out["src_path"] = np.full(n, "", dtype=object)
+        out["src_path"] = strings_column(np.full(n, "", dtype=object))
     else:
         for column in EVENT_COLUMNS[5:]:
-            out[column] = src[column].to_numpy()
+            values = src[column]
+            out[column] = strings_column(values) if _is_text(values) else values.to_numpy()
     return out
+
+
+def _is_text(values: pd.Series) -> bool:
+    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
 
 
 def _op_events(trace: Trace, tids: np.ndarray) -> pd.DataFrame:

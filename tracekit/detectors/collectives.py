@@ -228,12 +228,17 @@ def instance_keys(table: pd.DataFrame, names: pd.Series) -> np.ndarray:
     sized = (table["collective"] + "|" + table["in_nelems"].astype(str) + "|"
              + table["out_nelems"].astype(str) + "|" + table["dtype"])
     kernel = pd.Series(names.astype(str).to_numpy(), index=table.index)
-    ordered = kernel.groupby([table["pg"], table["step"]]).transform(
-        lambda g: "/".join(g.loc[table.loc[g.index, "order"].sort_values().index]))
+    # Each step's sequence is hashed per group: the joined names of a step of thousands of
+    # collectives are ~100 KB, which a per-row column would hold once per row.
+    sequence = kernel.groupby([table["pg"], table["step"]]).transform(
+        lambda g: _crc("/".join(g.loc[table.loc[g.index, "order"].sort_values().index])))
     placed = ("unsized|" + table["collective"] + "|" + kernel + "|" + table["pg"] + "|"
-              + table["order"].astype(str) + "|"
-              + ordered.map(lambda text: f"{zlib.crc32(text.encode()):08x}"))
+              + table["order"].astype(str) + "|" + sequence)
     return np.where(table["in_nelems"].to_numpy() >= 0, sized.to_numpy(), placed.to_numpy())
+
+
+def _crc(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 INSTANCE_COLUMNS = ["pg", "step", "order", "key"]
