@@ -21,6 +21,7 @@ from typing import Any
 from tracekit.accounting.budget import apply_budget
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
+from tracekit.load.memory import release_freed
 from tracekit.trace import Run, Trace
 
 Summary = Callable[[Trace, Any], Any]
@@ -120,6 +121,7 @@ def run_detectors(run: Run, kinds: Iterable[str] | None = None,
     findings: list[Finding] = []
     for kind in check_kinds(kinds):
         findings.extend(available[kind].detect(run, params_for(kind, params)))
+        release_freed()  # each detector's transients, before the next one makes its own
     return apply_passes(apply_budget(run, findings))
 
 
