@@ -105,6 +105,14 @@ class SynthTrace:
                 tid or self.tid, {"Python parent id": parent, "Python id": pyid})
         return pyid
 
+    def python_builtin(self, name: str, ts: float, dur: float, *, tid: int | None = None) -> int:
+        """A C function's frame, named as the tracer does: "<built-in method matmul of Tensor
+        object at 0x7f...>" for `name="method matmul of Tensor object"`."""
+        pyid = self._new_id()
+        self._x("python_function", f"<built-in {name} at 0x7f00deadbeef>", ts, dur, self.pid,
+                tid or self.tid, {"Python parent id": None, "Python id": pyid})
+        return pyid
+
     def fwdbwd(self, fwd_ts: float, bwd_ts: float, *, fwd_tid: int | None = None,
                bwd_tid: int | None = None) -> None:
         """Flow from a forward op (starting at fwd_ts) to its backward op (at bwd_ts)."""

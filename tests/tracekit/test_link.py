@@ -266,3 +266,44 @@ def test_link_without_gpu_or_python(tmp_path: Path) -> None:
         assert column in trace.kernels.columns
     assert trace.ops["src_line"].tolist() == [-1]
     assert trace.ops["fwd_op_idx"].tolist() == [-1]
+
+
+LOOP_PY = textwrap.dedent('''\
+    def main(bank, x):
+        for step in range(10):
+            y = x @ bank
+            report(step)
+''')
+
+
+def running_frame_events(first_line: int, started_after_a_return: bool) -> list[dict[str, Any]]:
+    """`main` named "loop.py(N): main" with a matmul in its loop; with `started_after_a_return`,
+    a short frame returns before `main` starts (so `main` was entered while profiling)."""
+    start = 50 if started_after_a_return else 0
+    events = [x("python_function", f"loop.py({first_line}): main", start, 900)]
+    if started_after_a_return:
+        events.append(x("python_function", "loop.py(1): main", 0, 10))
+    return events + [x("cpu_op", "aten::matmul", 100, 20)]
+
+
+def test_a_frame_running_when_profiling_began_is_narrowed_within_its_function(
+        tmp_path: Path) -> None:
+    """The profiler names a frame already on the stack by the line it was executing (here the
+    `report(step)` line): the matmul it ran is found in the function holding that line."""
+    (tmp_path / "loop.py").write_text(LOOP_PY)
+    trace = load_trace(write(tmp_path / "rank0.pt.trace.json.gz",
+                             running_frame_events(4, started_after_a_return=False)), link=False)
+    link_trace(trace, source_roots=[tmp_path])
+    matmul = by_name(trace, "ops", "aten::matmul")
+    assert (matmul.src_function, matmul.src_line, matmul.src_line_exact) == ("main", 3, True)
+
+
+def test_a_frame_entered_while_profiling_with_a_stale_line_keeps_it(tmp_path: Path) -> None:
+    """The same name on a frame entered after profiling began is a def line that no longer
+    names `main` (the file changed since recording): nothing is guessed from it."""
+    (tmp_path / "loop.py").write_text(LOOP_PY)
+    trace = load_trace(write(tmp_path / "rank0.pt.trace.json.gz",
+                             running_frame_events(4, started_after_a_return=True)), link=False)
+    link_trace(trace, source_roots=[tmp_path])
+    matmul = by_name(trace, "ops", "aten::matmul")
+    assert (matmul.src_line, matmul.src_line_exact) == (4, False)

@@ -60,6 +60,7 @@ from tracekit.intervals import (
     union_intervals,
 )
 from tracekit.link.op_source import user_frames
+from tracekit.load.frames import already_running
 from tracekit.source import SourceIndex
 from tracekit.trace import Trace
 
@@ -273,12 +274,8 @@ def fill_sources(trace: Trace, pieces: pd.DataFrame) -> None:
     found = frame >= 0
     rows, frame = missing[found], frame[found]
     py = trace.python
-    # Frames open since the profiler started name the line they were executing then: the
-    # tracer writes the stack it finds, outermost first, before any frame returns.
-    tid = py["tid"].to_numpy()
-    first_end = pd.Series(py["end"].to_numpy(np.float64)).groupby(tid).transform("min")
-    running = py["ts"].to_numpy(np.float64) < first_end.to_numpy()
-    pieces.loc[rows, "running_frame"] = running[frame]
+    # Frames open since the profiler started name the line they were executing then.
+    pieces.loc[rows, "running_frame"] = already_running(py)[frame]
     pieces.loc[rows, "src_file"] = py["file"].to_numpy(dtype=object)[frame]
     pieces.loc[rows, "src_line"] = py["line"].to_numpy(np.int64)[frame]
     pieces.loc[rows, "src_function"] = py["function"].to_numpy(dtype=object)[frame]

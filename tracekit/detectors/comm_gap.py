@@ -72,7 +72,13 @@ from tracekit.detectors.collectives import (
     sm_filling,
     suspect_mask,
 )
-from tracekit.detectors.cpu_activity import CpuActivity, CpuSpans, cpu_activity, display_name
+from tracekit.detectors.cpu_activity import (
+    CpuActivity,
+    CpuSpans,
+    activity_evidence,
+    activity_name,
+    cpu_activity,
+)
 from tracekit.detectors.labels import user_label
 from tracekit.durations import ms_or_us
 from tracekit.finding import Cause, Culprit, Finding, severity_from_cost, source_key
@@ -318,13 +324,12 @@ def describe_gap(trace: Trace, gap: pd.Series, launch: pd.DataFrame, spans: CpuS
         after = float(gap["launch_ts"]) - float(gap["prev_end"])
         if activity:
             where = f" ({activity.source.file}:{activity.source.line})" if activity.source else ""
-            name = display_name(activity.name)
+            name = activity_name(activity)
             what = (f"CPU still issuing it, in {name} for {ms_or_us(activity.end - activity.ts)}"
                     f"{where}" if activity.issuing else f"CPU in {name}{where}")
             op, source = activity.name, activity.source
-            extra["cpu_activity"] = {"name": activity.name, "kind": activity.kind,
-                                     "dur_us": round(activity.end - activity.ts, 3),
-                                     "issuing_the_collective": activity.issuing}
+            extra["cpu_activity"] = activity_evidence(activity) | {
+                "issuing_the_collective": activity.issuing}
         else:
             what = "no CPU activity recorded on the launching thread"
         ordering = f"{nxt} issued {ms_or_us(after)} after {prev} finished; {what}"

@@ -3,15 +3,17 @@ frame covering most of it, with the user's source line (comm_gap's late launches
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from tracekit.detectors.cpu_lines import python_source
 from tracekit.detectors.labels import INTERNAL_LABEL
 from tracekit.finding import SourceLine
 from tracekit.link import source_of_op
-from tracekit.source import SourceFiles, call_line, call_name
+from tracekit.load.frames import already_running
+from tracekit.source import SourceFiles, call_name
 from tracekit.trace import Trace
 
 
@@ -27,6 +29,9 @@ class CpuActivity:
     source: SourceLine | None
     issuing: bool
     """The activity contains the next collective's own launch: the CPU was busy issuing it."""
+    chain: list[str] = field(default_factory=list)
+    """From Python frames: the function holding the statement, down to the deepest call that
+    holds the window (`tracekit.detectors.cpu_lines`); empty otherwise."""
 
 
 def display_name(name: str) -> str:
@@ -38,6 +43,23 @@ def display_name(name: str) -> str:
     if "): " in text and text.split("): ", 1)[0].rsplit("(", 1)[-1].isdigit():
         return text.split("): ", 1)[1] + "()"
     return text
+
+
+def activity_name(activity: CpuActivity) -> str:
+    """How a report names the activity: the Python call chain down to the work that held the
+    window (`_normuon_update -> polar_express`) when there is one, else its readable name."""
+    if activity.kind == "python" and len(activity.chain) > 1:
+        return " -> ".join(activity.chain)
+    return display_name(activity.name)
+
+
+def activity_evidence(activity: CpuActivity) -> dict[str, object]:
+    """evidence.cpu_activity: the span picked, its kind and length, and the call chain."""
+    out: dict[str, object] = {"name": activity.name, "kind": activity.kind,
+                              "dur_us": round(activity.end - activity.ts, 3)}
+    if len(activity.chain) > 1:
+        out["call_chain"] = list(activity.chain)
+    return out
 
 
 SPAN_KINDS = ("op", "annotation", "python")
@@ -64,6 +86,8 @@ class CpuSpans:
     is_python: np.ndarray
     is_annotation: np.ndarray
     by_tid: dict[int, ThreadSpans]
+    running_python: np.ndarray
+    """Per row of `trace.python`: on the stack when the tracer started (`already_running`)."""
 
     @classmethod
     def of(cls, trace: Trace) -> CpuSpans:
@@ -96,7 +120,8 @@ class CpuSpans:
         return cls(kind=kind_all, row=np.concatenate(rows), name=np.concatenate(names),
                    tid=tid_all, ts=ts_all, end=end_all,
                    is_python=kind_all == SPAN_KINDS.index("python"),
-                   is_annotation=kind_all == SPAN_KINDS.index("annotation"), by_tid=by_tid)
+                   is_annotation=kind_all == SPAN_KINDS.index("annotation"), by_tid=by_tid,
+                   running_python=already_running(trace.python))
 
     def overlapping(self, tid: int, lo: float, hi: float) -> np.ndarray:
         """Indices (ascending) of the spans on thread `tid` with ts < hi and end > lo."""
@@ -146,7 +171,7 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     Most specific = the shortest such span (a loop inside `step()` rather than `step()`); a
     record_function label about as short (within 10%) wins, being the user's own name for it.
     Without one, the span overlapping the window most. The source line comes from the op's
-    linked source, else from the innermost Python frames (see `python_source`).
+    linked source, else from the Python frames (`tracekit.detectors.cpu_lines`).
     """
     width = max(hi - lo, 1e-9)
     hit = spans.overlapping(tid, lo, hi)
@@ -165,58 +190,12 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     i = hit[pick]
     kind, row = SPAN_KINDS[spans.kind[i]], int(spans.row[i])
     source = source_of_op(trace.ops, row, or_ancestor=True) if kind == "op" else None
+    chain: list[str] = []
     if source is None:
-        source = python_source(trace, spans, tid, lo, hi, dominant_frac, files)
+        python = hit[spans.is_python[hit]]
+        source, chain = python_source(trace.python, spans.row[python].astype(np.int64),
+                                      ov[spans.is_python[hit]], dominant_frac * width,
+                                      spans.running_python, files)
     issuing = bool(spans.ts[i] <= launch_ts <= spans.end[i])
     return CpuActivity(name=str(spans.name[i]), kind=kind, ts=float(spans.ts[i]),
-                       end=float(spans.end[i]), source=source, issuing=issuing)
-
-
-def python_source(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
-                  dominant_frac: float, files: SourceFiles) -> SourceLine | None:
-    """The user's line the thread spent the window in, from with_stack Python frames.
-
-    Take the innermost frame covering >= dominant_frac of the window and the nearest user frame
-    at or above it. If that is the innermost frame itself (the user's own function took the
-    time), the line is its call site in the calling user function when there is one. Otherwise
-    it is the call, in the user frame, of the first frame below it (dist.all_reduce ->
-    c10d's wrapper -> ...: the frames' function names are tried in turn). Call sites are found
-    by parsing the user function (the profiler gives def lines only); when the file cannot be
-    read or has changed since recording, the def line is given (line_exact false).
-    """
-    py = trace.python
-    if not len(py):
-        return None
-    width = max(hi - lo, 1e-9)
-    hit = spans.overlapping(tid, lo, hi)
-    hit = hit[spans.is_python[hit]]
-    ov = np.minimum(spans.end[hit], hi) - np.maximum(spans.ts[hit], lo)
-    rows = spans.row[hit[ov >= dominant_frac * width]].astype(np.int64)
-    if not len(rows):
-        return None
-    parents = py["parent"].to_numpy()
-    is_user = py["is_user"].to_numpy(dtype=bool)
-    depth = py["depth"].to_numpy()[rows]
-    chain = [int(rows[np.lexsort((py["dur"].to_numpy()[rows], -depth))[0]])]
-    while parents[chain[-1]] >= 0 and len(chain) < 256:
-        chain.append(int(parents[chain[-1]]))
-    user_pos = [i for i, row in enumerate(chain) if is_user[row]]
-    if not user_pos:
-        return None
-    pos = user_pos[0]
-    if pos == 0 and len(user_pos) > 1 and user_pos[1] == 1:
-        pos = 1  # the user's function itself is the hot frame: give its call site
-    if pos == 0:
-        row = chain[0]
-        return SourceLine(file=str(py.at[row, "file"]), line=int(py.at[row, "line"]),
-                          function=str(py.at[row, "function"]), line_exact=False)
-    caller = chain[pos]
-    file, def_line = str(py.at[caller, "file"]), int(py.at[caller, "line"])
-    function = str(py.at[caller, "function"])
-    callees = [call_name(str(py.at[row, "name"])) for row in reversed(chain[:pos])]
-    path = files.resolve(file)
-    line = next((found for callee in callees
-                 if (found := call_line(path, def_line, function, callee, files)) is not None),
-                None)
-    return SourceLine(file=file, line=line or def_line, function=function,
-                      line_exact=line is not None)
+                       end=float(spans.end[i]), source=source, issuing=issuing, chain=chain)

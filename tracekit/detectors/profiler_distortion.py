@@ -159,6 +159,7 @@ def detect(run: Run, p: Params) -> list[Finding]:
         "stack_window_step_ms": round(stack_ms, 3) if stack_ms else None,
         "stack_window_ratio": round(stack_ms / baseline_ms, 3) if stack_ms else None,
         "factor": p.factor, "unreliable_findings": [],
+        "no_code_location": "the profiler's own cost, not a line of the program",
     }
     suggestion = SUGGESTION if tracer > 0 else NO_STACK_SUGGESTION
     return [Finding(

@@ -330,7 +330,8 @@ def warmup_findings(run: Run, first: pd.DataFrame, median: float, rank: int, fac
             culprit=Culprit(), cause=Cause(),
             evidence={"source": "steps.jsonl", "step_us": round(time_us, 3),
                       "median_step_us": round(median, 3), "ratio": round(time_us / median, 2),
-                      "profiled": False, "warmup": True, "category": category},
+                      "profiled": False, "warmup": True, "category": category,
+                      "no_code_location": f"{category}, paid once per process"},
             suggestion=WARMUP_SUGGESTION[category]))
     return findings
 

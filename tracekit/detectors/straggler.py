@@ -66,7 +66,13 @@ import pandas as pd
 from tracekit.accounting.sets import gpu_sets
 from tracekit.detectors import register, register_summary
 from tracekit.detectors.collectives import INSTANCE_COLUMNS, clock_offsets, launch_columns
-from tracekit.detectors.cpu_activity import CpuActivity, CpuSpans, cpu_activity, display_name
+from tracekit.detectors.cpu_activity import (
+    CpuActivity,
+    CpuSpans,
+    activity_evidence,
+    activity_name,
+    cpu_activity,
+)
 from tracekit.detectors.sm_contention import Params as ContentionParams
 from tracekit.detectors.sm_contention import nccl_table
 from tracekit.durations import ms_or_us
@@ -260,10 +266,9 @@ def cpu_described(activity: CpuActivity | None, idle_us: float) -> Activity:
                         key="cpu", op=None, stack=[], source=None, culprit=Culprit(),
                         extra=extra)
     where = f" ({activity.source.file}:{activity.source.line})" if activity.source else ""
-    extra["cpu_activity"] = {"name": activity.name, "kind": activity.kind,
-                             "dur_us": round(activity.end - activity.ts, 3)}
+    extra["cpu_activity"] = activity_evidence(activity)
     return Activity(
-        kind="cpu", text=f"its GPU idle while its CPU was in {display_name(activity.name)}"
+        kind="cpu", text=f"its GPU idle while its CPU was in {activity_name(activity)}"
         f"{where}", key=source_key(activity.source) or activity.name, op=activity.name,
         stack=[], source=activity.source, culprit=Culprit(), extra=extra)
 

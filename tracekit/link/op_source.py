@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.intervals import innermost_containing, propagate_down
+from tracekit.load.frames import already_running
 from tracekit.names import name_matches
 from tracekit.source import KERNEL_PREFIX, SourceIndex
 from tracekit.trace import Trace
@@ -151,8 +152,10 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     """Statement line (and whether it is exact) of each op that has a user frame.
 
     Ops are matched to source by the name of their call op; the k-th call of the same name
-    within one frame instance is matched to the k-th candidate statement. Each distinct
-    (frame, name, k, count) is narrowed once.
+    within one frame instance is matched to the k-th candidate statement. A frame already
+    running when the tracer started is named by the line it was executing then, not its def
+    line: its op is matched within the function holding that line (exact when one statement
+    can run it). Each distinct (frame, name, k, count) is narrowed once.
     """
     n = len(ops)
     line = np.full(n, -1, dtype=np.int64)
@@ -177,10 +180,13 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
         "name": names[call_of],
         "ordinal": ordinal[call_of],
         "count": count[call_of],
+        "running": already_running(python)[frame[rows]],
     })
     codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
-    answers = [index.narrow(str(f), int(dl), str(fn), str(nm), int(o), int(c))
-               for f, dl, fn, nm, o, c in uniques]
+    answers = [index.narrow_in_running_frame(str(f), int(dl), str(fn), str(nm), int(o), int(c))
+               if running
+               else index.narrow(str(f), int(dl), str(fn), str(nm), int(o), int(c))
+               for f, dl, fn, nm, o, c, running in uniques]
     line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]
     exact[rows] = np.array([a.exact for a in answers], dtype=bool)[codes]
     return line, exact

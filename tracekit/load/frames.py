@@ -186,6 +186,21 @@ def build_python(cols: Columns) -> pd.DataFrame:
     return col.frame(columns, PYTHON_COLUMNS)
 
 
+def already_running(python: pd.DataFrame) -> np.ndarray:
+    """Per Python frame, True when it was on its thread's stack when the tracer started.
+
+    The tracer first records the stack it finds, outermost first, naming each of those frames
+    by the line it was executing (`PyFrame_GetLineNumber`), where frames entered later are
+    named by their code's first line (the def line, or the first decorator's). Those frames
+    all start before any frame of their thread returns; so does at most a short chain of
+    calls made right after the start (the profiler's own code, not the user's)."""
+    if not len(python):
+        return np.zeros(0, dtype=bool)
+    ends = pd.Series(python["end"].to_numpy(np.float64))
+    first_end = ends.groupby(python["tid"].to_numpy()).transform("min").to_numpy()
+    return python["ts"].to_numpy(np.float64) < first_end
+
+
 def _parse_frame_name(name: str) -> tuple[str, int, str]:
     """("file", def line, "function"); builtins -> ("", -1, the whole name)."""
     match = FRAME_NAME.match(name)

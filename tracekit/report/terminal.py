@@ -56,12 +56,15 @@ def finding_lines(f: Finding) -> Text:
 
 
 def detail_text(f: Finding) -> str:
-    """`kernel K  at file:line`, each part only when the finding has it ("" for neither)."""
+    """`kernel K  at file:line`, each part only when the finding has it ("" for neither); a
+    finding whose nature has no line says so."""
     parts = []
     if f.culprit.kernel:
         parts.append(f"kernel {short_kernel(f.culprit.kernel, 70)}")
     if f.cause.source is not None:
         parts.append(f"at {source_text(f)}")
+    elif f.evidence.get("no_code_location"):
+        parts.append(f"no code location: {f.evidence['no_code_location']}")
     return "  ".join(parts)
 
 

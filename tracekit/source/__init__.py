@@ -4,7 +4,7 @@ an op (`narrow`, `containers`) and the line of a call (`calls`). The one home fo
 source, used by the linker, the detectors and the comparison.
 """
 
-from tracekit.source.calls import call_in_with, call_line
+from tracekit.source.calls import call_in_with, call_line, def_line_of, function_found
 from tracekit.source.files import SourceFiles, SourcePath, on_disk
 from tracekit.source.narrow import KERNEL_PREFIX, Narrowed, SourceIndex, choose_line
 from tracekit.source.parse import call_name
@@ -16,5 +16,6 @@ from tracekit.source.roots import (
 )
 
 __all__ = ["KERNEL_PREFIX", "SOURCE_SNAPSHOT_DIR", "Narrowed", "SourceFiles", "SourceIndex",
-           "SourcePath", "call_in_with", "call_line", "call_name", "choose_line", "on_disk",
+           "SourcePath", "call_in_with", "call_line", "call_name", "choose_line", "def_line_of",
+           "function_found", "on_disk",
            "snapshot_location", "source_roots", "source_snapshot"]

@@ -108,24 +108,33 @@ class SourceIndex(SourceFiles):
                 return choose_line(lines, def_line, ordinal, count)
         return fallback
 
-    def narrow_in_running_frame(self, file: str, line: int, function: str,
-                                op_name: str) -> Narrowed:
-        """`narrow` for a frame that was already on the stack when profiling began: the
-        profiler names the line it was executing then (not its def line), so the scope is the
-        function of that name holding the line. Exact only when one statement matches."""
-        key = (file, line, function, "running:" + op_name, 0, 1)
+    def narrow_in_running_frame(self, file: str, line: int, function: str, op_name: str,
+                                ordinal: int = 0, count: int = 1) -> Narrowed:
+        """`narrow` for a frame that may have been on the stack when profiling began: the
+        profiler names such a frame by the line it was executing then (not its def line), so
+        the scope is the function of that name holding the line. Exact only when one statement
+        matches; otherwise that function's def line. A line that is the function's def (or
+        decorator) line is read as one."""
+        key = (file, line, function, "running:" + op_name, ordinal, count)
         answer = self._answers.get(key)
         if answer is None:
             answer = Narrowed(line, False)
             path = self.resolve(file)
             parsed = self.parsed(path) if path is not None and line >= 0 else None
+            if parsed is not None and function_scope(parsed, line, function) is not None:
+                answer = self.narrow(file, line, function, op_name, ordinal, count)
+                self._answers[key] = answer
+                return answer
             scope = scope_around(parsed, line, function) if parsed is not None else None
             if scope is not None:
+                # The line it was executing is not where `op_name` ran: without a match the
+                # answer is the function's def line, inexact, as for any other frame.
+                answer = Narrowed(scope.lineno, False)
                 nodes = list(walk_scope(scope))
                 for matcher in matchers_for(op_name):
                     lines = [node.lineno for node in nodes if matcher(node)]
                     if lines:
-                        answer = choose_line(lines, line, 0, 1)
+                        answer = choose_line(lines, scope.lineno, 0, 1)
                         break
             self._answers[key] = answer
         return answer
