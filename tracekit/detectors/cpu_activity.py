@@ -194,7 +194,7 @@ def cpu_activity(trace: Trace, spans: CpuSpans, tid: int, lo: float, hi: float,
     if source is None:
         python = hit[spans.is_python[hit]]
         source, chain = python_source(trace.python, spans.row[python].astype(np.int64),
-                                      ov[spans.is_python[hit]], dominant_frac * width,
+                                      ov[spans.is_python[hit]], width, dominant_frac,
                                       spans.running_python, files)
     issuing = bool(spans.ts[i] <= launch_ts <= spans.end[i])
     return CpuActivity(name=str(spans.name[i]), kind=kind, ts=float(spans.ts[i]),

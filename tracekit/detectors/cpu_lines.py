@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tracekit.durations import format_us
 from tracekit.finding import SourceLine
 from tracekit.source import SourceFiles, call_line, call_name, def_line_of, function_found
 
@@ -69,6 +70,31 @@ def dominant_path(py: pd.DataFrame, rows: np.ndarray, overlap: np.ndarray,
     return levels
 
 
+HELD_SHARE = 0.1
+"""A callee is listed under the deepest level when it holds at least this share of the window."""
+HELD_LISTED = 3
+
+
+def held_below(py: pd.DataFrame, rows: np.ndarray, overlap: np.ndarray, level: np.ndarray,
+               width: float) -> list[dict[str, object]]:
+    """The functions the deepest level's time went to, when no one of them held enough to
+    follow: its callees, a library wrapper's (torch.compile's `compile_wrapper`) replaced by
+    the functions it called, summed per function; those holding HELD_SHARE of the window or
+    more, largest first (at most HELD_LISTED)."""
+    parents = py["parent"].to_numpy()
+    is_user = py["is_user"].to_numpy(dtype=bool)
+    child = np.isin(parents[rows], level)
+    wrapper = child & ~is_user[rows]
+    grandchild = np.isin(parents[rows], rows[wrapper])
+    keep = (child & ~wrapper) | grandchild
+    if not keep.any():
+        return []
+    names = np.array([level_name(py, int(r)) for r in rows[keep]], dtype=object)
+    held = pd.Series(overlap[keep]).groupby(names).sum().sort_values(ascending=False)
+    held = held[held >= HELD_SHARE * width].head(HELD_LISTED)
+    return [{"function": str(name), "us": round(float(us), 3)} for name, us in held.items()]
+
+
 def level_name(py: pd.DataFrame, row: int) -> str:
     """A level's short name: the function for a Python frame, the called name for a builtin."""
     function = str(py.at[row, "function"])
@@ -77,18 +103,34 @@ def level_name(py: pd.DataFrame, row: int) -> str:
     return call_name(str(py.at[row, "name"])) or function
 
 
-def python_source(py: pd.DataFrame, rows: np.ndarray, overlap: np.ndarray, need: float,
-                  running: np.ndarray, files: SourceFiles) -> tuple[SourceLine | None, list[str]]:
+def python_source(py: pd.DataFrame, rows: np.ndarray, overlap: np.ndarray, width: float,
+                  dominant_frac: float, running: np.ndarray,
+                  files: SourceFiles) -> tuple[SourceLine | None, list[str]]:
     """The user's statement behind a window, and the call chain from the function holding it
-    down to the deepest level that holds the window (see the module docstring).
+    down to the deepest level that holds the window (see the module docstring); when that
+    level's time is spread over several callees, the chain ends with the largest ones
+    (`held_below`), e.g. `{_cautious_wd_and_update_inplace 3.4 ms, polar_express 2.6 ms}`.
 
     `rows`: the Python frames (rows of `py`) overlapping the window on its thread, `overlap`
-    their overlap with it, `need` the share that dominates (dominant_frac x the window),
+    their overlap with it, `width` the window's length, `dominant_frac` the share that holds it,
     `running` per row of `py` whether the frame was on the stack when the tracer started.
     (None, []) without user frames."""
-    levels = dominant_path(py, rows, overlap, need)
+    levels = dominant_path(py, rows, overlap, dominant_frac * width)
     if not levels:
         return None, []
+    source, names = statement(py, levels, running, files)
+    if source is None:
+        return None, []
+    held = held_below(py, rows, overlap, levels[-1], width)
+    if held:
+        names = names + ["{" + ", ".join(f"{h['function']} {format_us(float(h['us']))}"
+                                         for h in held) + "}"]
+    return source, names
+
+
+def statement(py: pd.DataFrame, levels: list[np.ndarray], running: np.ndarray,
+              files: SourceFiles) -> tuple[SourceLine | None, list[str]]:
+    """The statement and the chain for a dominant path (see the module docstring)."""
     chain = [int(level[0]) for level in reversed(levels)]  # innermost first
     is_user = py["is_user"].to_numpy(dtype=bool)
     user_pos = [i for i, row in enumerate(chain) if is_user[row]]
