@@ -152,6 +152,13 @@ def drawn_bars(driver: Any) -> dict[str, list[list[float]]]:
     return {t["category"]: t["bars"] for t in driver.execute_script(DRAWN_BARS_JS)}
 
 
+def drawn_by_axes(driver: Any) -> list[dict[str, Any]]:
+    """Per bar trace: category, its y axis ("y", "y2", ...) and segments as in drawn_bars."""
+    return driver.execute_script(DRAWN_BARS_JS.replace(
+        "return {category: t.legendgroup, bars: bars};",
+        "return {category: t.legendgroup, yaxis: t.yaxis, bars: bars};"))
+
+
 def lod_settled(driver: Any) -> None:
     """Wait until the page's level-of-detail redraw in flight (if any) has finished."""
     driver.execute_async_script(

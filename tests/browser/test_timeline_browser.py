@@ -11,24 +11,36 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("plotly")
 
-from tests.browser.bench import synthetic_run
+from tests.browser.bench import synthetic_run, synthetic_trace
 from tests.browser.chrome import (
     chromium,
     drawn_bars,
+    drawn_by_axes,
     find_browser,
     lod_settled,
     open_timeline,
     relayout,
     severe_logs,
 )
+from tracekit.commands.diff_report import write_diff_html
+from tracekit.compare import diff_runs
 from tracekit.finding import Cause, Culprit, Finding
 from tracekit.pipeline import analyze_run
 from tracekit.timeline import write_timeline_html
+from tracekit.timeline.bars import (
+    LOD_DETAIL_MAX,
+    LOD_MERGE_DIVISOR,
+    LOD_MERGE_PX,
+    LOD_MIN_BARS,
+    LOD_PAD,
+)
 from tracekit.timeline.lanes import build_timeline
+from tracekit.trace import Run
 
 pytestmark = pytest.mark.slow
 GPU = Path(__file__).resolve().parents[1] / "data" / "gpu"
@@ -171,8 +183,8 @@ def tip_at(driver, x_ms: float, y_lane: float) -> str:
 def test_large_run_zooms_from_overview_to_every_bar(browser, tmp_path: Path) -> None:
     """Level of detail: a merged overview first, every bar of a zoomed window, right hover.
 
-    After a zoom the page must draw exactly the bars that reach into the window padded by one
-    window width each side (as stored: float32 ms), each with its own hover text.
+    After a zoom the page must draw exactly the bars that reach into the window padded by
+    LOD_PAD window widths each side (as stored: float32 ms), each with its own hover text.
     """
     run = synthetic_run(40_000, ranks=2)
     tl = build_timeline(run)
@@ -196,7 +208,7 @@ def test_large_run_zooms_from_overview_to_every_bar(browser, tmp_path: Path) -> 
     hi = lo + 10.0
     took, _ = relayout(browser, {"xaxis.range": [lo, hi]})
     drawn = drawn_bars(browser)
-    near = bars[(bars["x1"] >= lo - 10.0) & (bars["x0"] <= hi + 10.0)]
+    near = reaching(tl.bars, *padded(lo, hi))
     assert 0 < len(near) < len(bars) / 10
     for cat, expected in near.groupby("category"):
         got = drawn.get(cat, [])
@@ -235,4 +247,99 @@ def test_large_run_zooms_from_overview_to_every_bar(browser, tmp_path: Path) -> 
     assert view[1] - view[0] < 1.0 and view[0] <= target["x0"] <= view[1]
     shown = drawn_bars(browser)
     assert shown["gemm"] and all(b[5] == 1 for seg in shown.values() for b in seg)
+    assert severe_logs(browser) == []
+
+
+def x_ranges(driver) -> list[list[float]]:
+    """The x range of every x axis of the plot (one per row of a diff page)."""
+    return driver.execute_script(
+        "var fl = document.querySelector('.plotly-graph-div')._fullLayout;"
+        "return Object.keys(fl).filter(function (k) { return /^xaxis[0-9]*$/.test(k); })"
+        ".sort().map(function (k) { return fl[k].range.slice(); });")
+
+
+def plot_width_px(driver) -> float:
+    return driver.execute_script(
+        "return document.querySelector('.plotly-graph-div')._fullLayout.xaxis._length;")
+
+
+def padded(lo: float, hi: float) -> tuple[float, float]:
+    """The window the page redraws for a view of [lo, hi]."""
+    return lo - (hi - lo) * LOD_PAD, hi + (hi - lo) * LOD_PAD
+
+
+def reaching(bars, lo: float, hi: float):
+    """Bars reaching into [lo, hi], their x as the page stores them (float32 ms)."""
+    b = bars.assign(x0=bars["x0"].astype(np.float32).astype(float),
+                    x1=bars["x1"].astype(np.float32).astype(float))
+    return b[(b["x1"] >= lo) & (b["x0"] <= hi)]
+
+
+def test_busy_rank_does_not_merge_a_quiet_ranks_bars(browser, tmp_path: Path) -> None:
+    """Level of detail is chosen per rank: the quiet rank is drawn bar by bar beside a busy
+    rank that is merged, in the same view."""
+    rng = np.random.default_rng(0)
+    run = Run(path=Path("uneven"), traces=[synthetic_trace(0, 2, 80_000, 5, rng),
+                                           synthetic_trace(1, 2, 3_000, 5, rng)])
+    tl = build_timeline(run)
+    quiet_end = float(tl.bars.loc[tl.bars["rank"] == 1, "x1"].max())
+    lo, hi = float(tl.bars["x0"].min()), quiet_end * 4
+    near = reaching(tl.bars, *padded(lo, hi))
+    per_rank = near.groupby("rank").size()
+    share = LOD_DETAIL_MAX / 2
+    assert per_rank[0] > share >= per_rank[1] and per_rank.sum() > LOD_DETAIL_MAX / 2
+    page = write_timeline_html(run, [], tmp_path / "uneven.html")
+    open_timeline(browser, page, timeout_s=180)
+    relayout(browser, {"xaxis.range": [lo, hi]})
+    quiet_lanes = set(tl.lanes.loc[tl.lanes["rank"] == 1, "y"].astype(np.float32))
+    drawn = [b for seg in drawn_bars(browser).values() for b in seg]
+    quiet = [b for b in drawn if np.float32(b[2]) in quiet_lanes]
+    busy = [b for b in drawn if np.float32(b[2]) not in quiet_lanes]
+    assert len(quiet) == per_rank[1] and all(b[5] == 1 for b in quiet)
+    assert any(b[5] > 1 for b in busy) and len(busy) < per_rank[0]
+    assert severe_logs(browser) == []
+
+
+def test_diff_page_zooms_both_runs_on_one_axis_to_every_bar(browser, tmp_path: Path) -> None:
+    """diff --html of two big runs: both rows keep one x range at every zoom, each lane stays
+    within the level of detail's bound, and a 1 ms view draws every bar of both runs near it,
+    each with its own hover text."""
+    base, new = synthetic_run(60_000, ranks=2, seed=1), synthetic_run(60_000, ranks=2, seed=2)
+    page = write_diff_html(diff_runs(base, [], new, []), base, new, tmp_path / "diff.html")
+    timelines = [build_timeline(r, align="step") for r in (base, new)]
+    assert sum(len(t.bars) for t in timelines) > LOD_MIN_BARS
+    open_timeline(browser, page, timeout_s=180)
+    assert severe_logs(browser) == []
+    texts = hover_texts(browser)
+    (lo, hi), (lo2, hi2) = x_ranges(browser)
+    assert (lo, hi) == (lo2, hi2)
+    mid = (lo + hi) / 2
+    px = plot_width_px(browser)
+    ranks_shown = sum(t.bars["rank"].nunique() for t in timelines)
+    bound = max(LOD_DETAIL_MAX / ranks_shown, (1 + 2 * LOD_PAD) * px / LOD_MERGE_PX + 1,
+                LOD_MERGE_DIVISOR + 1)
+    for width in (hi - lo, (hi - lo) / 5, 100.0, 10.0, 1.0):
+        view = [mid - width / 2, mid + width / 2]
+        relayout(browser, {"xaxis.range": view})
+        assert all(np.allclose(r, view) for r in x_ranges(browser)), width
+        for trace in drawn_by_axes(browser):
+            per_lane = pd.Series([b[2] for b in trace["bars"]], dtype=float).value_counts()
+            assert (per_lane <= bound).all(), (width, trace["category"])
+    # At 1 ms, every bar of both runs that reaches into the view and its padding is drawn one
+    # by one (bars drawn for the 10 ms view before it may stay: no redraw was needed).
+    drawn = drawn_by_axes(browser)
+    for axis, tl in zip(("y", "y2"), timelines, strict=True):
+        near = reaching(tl.bars, *padded(mid - 0.5, mid + 0.5))
+        assert len(near) > 0
+        for cat, expected in near.groupby("category"):
+            got = [b for t in drawn if t["yaxis"] == axis and t["category"] == cat
+                   for b in t["bars"]]
+            assert all(b[5] == 1 for b in got), (axis, cat)
+            got_pairs = {(round(b[0], 5), round(b[2], 3), texts[int(b[3])]) for b in got}
+            want = set(zip(expected["x0"].round(5), expected["y"].round(3), expected["hover"],
+                           strict=True))
+            assert want <= got_pairs, (axis, cat)
+    shot = tmp_path / "diff_1ms.png"
+    assert browser.save_screenshot(str(shot))
+    print(f"\nscreenshot {shot}")
     assert severe_logs(browser) == []

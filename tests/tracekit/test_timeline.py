@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("plotly")
@@ -16,7 +17,14 @@ from tracekit.errors import UserError
 from tracekit.finding import Cause, Culprit, Finding
 from tracekit.pipeline import analyze_run, load
 from tracekit.timeline import timeline_figure, write_timeline_html
-from tracekit.timeline.bars import LOD_MIN_BARS, HoverTable, bar_traces, merge_close
+from tracekit.timeline.bars import (
+    LOD_CHUNK_BARS,
+    LOD_MERGE_DIVISOR,
+    LOD_MIN_BARS,
+    HoverTable,
+    bar_traces,
+    merge_close,
+)
 from tracekit.timeline.figure import make_figure
 from tracekit.timeline.lanes import build_timeline, parse_window
 from tracekit.timeline.marks import finding_marks
@@ -162,39 +170,119 @@ def decode(payload: dict, key: str, dtype: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(payload[key]), dtype=dtype)
 
 
+def chunk_bars(payload: dict, block: dict) -> dict[str, np.ndarray]:
+    """Every bar of one rank of one trace, decoded from its chunks in order."""
+    x = f"<f{payload['x_bytes']}"
+    cols = {"x0": x, "x1": x, "y": "<f4", "dur": "<f4", "code": "<i4"}
+    return {k: np.concatenate([decode(c, k, t) for c in block["chunks"]]) for k, t in cols.items()}
+
+
+def overview_segments(fig) -> np.ndarray:
+    """Rows [x0, x1, y, text number, us, bar count] of every bar trace of a figure."""
+    rows = []
+    for t in fig.data:
+        if t.meta != "bar-hover" or len(t.x) == 0:
+            continue
+        x = np.asarray(t.x, dtype=float).reshape(-1, 3)
+        y = np.asarray(t.y, dtype=float).reshape(-1, 3)[:, 0]
+        data = np.asarray(t.customdata, dtype=float).reshape(-1, 3, 3)[:, 0, :]
+        rows.append(np.column_stack([x[:, :2], y, data]))
+    return np.concatenate(rows)
+
+
 def test_large_page_draws_an_overview_that_covers_every_bar() -> None:
     run = synthetic_run(40_000, ranks=2)
     tl = build_timeline(run)
     assert len(tl.bars) > LOD_MIN_BARS
     table = HoverTable()
     fig, _ = make_figure(run, tl, [], hover=table)
-    bars = [t for t in fig.data if t.meta == "bar-hover"]
-    drawn = sum(len(t.x) // 3 for t in bars)
-    assert drawn < len(tl.bars) / 4  # the overview is far smaller than the run
+    seg = overview_segments(fig)
+    assert len(seg) < len(tl.bars) / 4  # the overview is far smaller than the run
     assert fig.layout.xaxis.range is not None  # double-click resets to the whole run
+    assert seg[:, 5].sum() == len(tl.bars)  # merged segments count every bar once
+    # Every bar lies inside an overview segment of its own lane, whatever its category.
+    for lane, lane_bars in tl.bars.groupby("y"):
+        mine = seg[seg[:, 2] == np.float32(lane)]  # y is drawn as float32
+        mine = mine[np.argsort(mine[:, 0])]
+        at = np.searchsorted(mine[:, 0], lane_bars["x0"].to_numpy() + 1e-3, side="right") - 1
+        assert (at >= 0).all()
+        assert (mine[at, 1] >= lane_bars["x1"].to_numpy() - 1e-3).all()
+    merged = seg[seg[:, 5] > 1]
+    assert len(merged) and all("merged" in table.texts[int(c)] for c in merged[:, 3])
+    single = seg[seg[:, 5] == 1]
+    assert not any("merged" in table.texts[int(c)] for c in single[:, 3])
+
+
+def test_overview_segment_takes_the_colour_of_the_category_with_most_time() -> None:
+    # One lane: a 10 us GEMM, then three 1 us elementwise kernels, all under the gap apart.
+    from tracekit.timeline.bars import overview
+
+    bars = pd.DataFrame({"x0": [0.0, 0.0105, 0.0120, 0.0135], "x1": [0.010, 0.0115, 0.0130,
+                                                                     0.0145],
+                         "y": 3.0, "rank": 1,
+                         "category": ["gemm", "elementwise", "elementwise", "elementwise"]})
+    codes = {"gemm": (10, 11), "elementwise": (20, 21)}
+    seg = overview(bars, np.array([10.0, 1.0, 1.0, 1.0]), np.arange(4), codes, gap=0.001)
+    assert len(seg) == 1
+    row = seg.iloc[0]
+    assert row["category"] == "gemm" and row["n"] == 4 and row["dur"] == 13.0
+    assert row["code"] == 11  # the mixed-categories text of GEMM
+    assert (row["x0"], row["x1"], row["rank"]) == (0.0, 0.0145, 1)
+
+
+def test_detail_keeps_every_bar_per_rank_in_bounded_chunks() -> None:
+    run = synthetic_run(120_000, ranks=3)
+    tl = build_timeline(run)
+    table = HoverTable()
+    fig, _ = make_figure(run, tl, [], hover=table)
+    bars = [t for t in fig.data if t.meta == "bar-hover"]
     assert sum(d["n"] for d in table.detail) == len(tl.bars)
     for trace, payload in zip(bars, table.detail, strict=True):
+        assert payload["axes"] == ["x", "y"]
         cat = trace.legendgroup
-        mine = tl.bars[tl.bars["category"] == cat].sort_values("x0", kind="stable")
-        x_bytes = payload["x_bytes"]
-        starts = decode(payload, "x0", f"<f{x_bytes}")
-        assert np.allclose(starts, mine["x0"], atol=1e-4) and (np.diff(starts) >= 0).all()
-        codes = decode(payload, "code", "<i4")
-        assert [table.texts[c] for c in codes[:50]] == mine["hover"].head(50).tolist()
-        # Every bar lies inside an overview segment of its own lane.
-        x = np.asarray(trace.x, dtype=float).reshape(-1, 3)
-        y = np.asarray(trace.y, dtype=float).reshape(-1, 3)[:, 0]
-        for lane, lane_bars in mine.groupby("y"):
-            seg = x[y == np.float32(lane)]  # y is drawn as float32
-            seg = seg[np.argsort(seg[:, 0])]
-            at = np.searchsorted(seg[:, 0], lane_bars["x0"].to_numpy() + 1e-3, side="right") - 1
-            assert (at >= 0).all()
-            assert (seg[at, 1] >= lane_bars["x1"].to_numpy() - 1e-3).all()
-        # Merged segments say how many bars they hold; those counts add up to the category.
-        data = np.asarray(trace.customdata, dtype=float).reshape(-1, 3, 3)[:, 0, :]
-        assert data[:, 2].sum() == len(mine)
-        merged = data[data[:, 2] > 1]
-        assert len(merged) and all("merged" in table.texts[int(c)] for c in merged[:, 0])
+        assert [b["rank"] for b in payload["blocks"]] == sorted(
+            tl.bars.loc[tl.bars["category"] == cat, "rank"].unique())
+        for block in payload["blocks"]:
+            mine = tl.bars[(tl.bars["category"] == cat) & (tl.bars["rank"] == block["rank"])]
+            mine = mine.sort_values("x0", kind="stable")
+            got = chunk_bars(payload, block)
+            assert len(got["x0"]) == block["n"] == len(mine)
+            assert np.allclose(got["x0"], mine["x0"], atol=1e-4) and (np.diff(got["x0"]) >= 0).all()
+            assert [table.texts[c] for c in got["code"]] == mine["hover"].tolist()
+            assert np.allclose(got["dur"], mine["end"] - mine["ts"], rtol=1e-6)
+            assert set(got["y"]) == set(mine["y"].astype(np.float32))
+            assert block["y0"] == mine["y"].min() and block["y1"] == mine["y"].max()
+            # Chunks: at most LOD_CHUNK_BARS bars, each with the span the page searches by.
+            assert len(block["chunks"]) > 1 or len(mine) <= LOD_CHUNK_BARS
+            starts = np.cumsum([0] + [c["n"] for c in block["chunks"]])
+            for c, a in zip(block["chunks"], starts, strict=False):
+                assert 0 < c["n"] <= LOD_CHUNK_BARS
+                assert c["lo"] == got["x0"][a]
+                assert c["hi"] == got["x1"][a:a + c["n"]].max()
+            assert block["max_len"] >= (got["x1"] - got["x0"]).max()
+        # The rank's overview slice holds this trace's overview segments of that rank's lanes.
+        ov = {k: decode(payload["overview"], k, t) for k, t in (("x0", "<f8"), ("y", "<f4"))}
+        for block in payload["blocks"]:
+            a, b = block["overview"]
+            ys = ov["y"][a:b]
+            assert ((ys >= block["y0"]) & (ys <= block["y1"])).all()
+        assert sum(b["overview"][1] - b["overview"][0] for b in payload["blocks"]) == \
+            len(np.asarray(trace.x)) // 3
+
+
+def test_overview_size_is_bounded_by_lanes_not_by_bars() -> None:
+    """The figure Plotly parses on load: at most LOD_MERGE_DIVISOR + 1 segments per lane (the
+    gaps kept are over 1/LOD_MERGE_DIVISOR of the span each), whatever the run's length."""
+    run = synthetic_run(300_000, ranks=2)
+    tl = build_timeline(run)
+    fig, _ = make_figure(run, tl, [], hover=HoverTable())
+    seg = overview_segments(fig)
+    bound = LOD_MERGE_DIVISOR + 1
+    assert tl.bars.groupby("y").size().min() > bound  # drawn bar by bar, a lane would exceed it
+    assert pd.Series(seg[:, 2]).value_counts().max() <= bound
+    # Its JSON: page furniture plus at most 100 bytes a segment (3 vertices of x, y and
+    # 3 customdata numbers, base64 float32/64).
+    assert len(fig.to_json()) <= 100_000 + 100 * len(tl.lanes) * bound
 
 
 def test_small_page_has_no_level_of_detail(tmp_path: Path) -> None:

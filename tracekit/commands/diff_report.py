@@ -149,16 +149,6 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
 # ---- HTML: both timelines on one scale --------------------------------------------------------
 
 
-def _timeline_panel(run: Run, rank: int | None):  # -> (Timeline, list of plotly traces)
-    # plotly (the timeline) is imported only for --html: the command starts fast without it.
-    from tracekit.timeline import build_timeline
-    from tracekit.timeline.bars import bar_traces
-
-    # align="step": x = 0 is each rank's first ProfilerStep, so the two runs line up.
-    tl = build_timeline(run, rank=rank, align="step")
-    return tl, bar_traces(tl.bars)
-
-
 def _rows_html(title: str, rows: list[Row], top: int, kernels: bool = False) -> str:
     body = "".join(
         f"<tr class='{r.status}'><td><code title='{html.escape(r.name, quote=True)}'>"
@@ -175,38 +165,27 @@ def write_diff_html(result: RunDiff, base_run: Run, new_run: Run, out: Path,
                     rank: int | None = None, top: int = 15) -> Path:
     """One offline page: BASE above NEW on a shared time axis, then the top movers."""
     try:
-        from plotly.subplots import make_subplots
+        import plotly  # noqa: F401
     except ImportError:
         raise UserError("--html needs plotly (pip install plotly)") from None
-    from tracekit.timeline import check_output_path
+    from tracekit.timeline import build_timeline, check_output_path
+    from tracekit.timeline.bars import HoverTable
+    from tracekit.timeline.figure import side_by_side
+    from tracekit.timeline.page import TIP_STYLE, plot_parts
 
     out = check_output_path(Path(out))
-    base_tl, base_traces = _timeline_panel(base_run, rank)
-    new_tl, new_traces = _timeline_panel(new_run, rank)
-    heights = [max(float(tl.lanes["y"].max()) + 1, 1.0) if len(tl.lanes) else 1.0
-               for tl in (base_tl, new_tl)]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        row_heights=heights,
-                        subplot_titles=(f"BASE {base_run.path}", f"NEW {new_run.path}"))
-    seen: set[str] = set()
-    for row, traces in ((1, base_traces), (2, new_traces)):
-        for trace in traces:
-            # One legend entry per category across both panels; clicking hides it in both.
-            trace.showlegend = bool(trace.showlegend) and trace.legendgroup not in seen
-            fig.add_trace(trace, row=row, col=1)
-        seen |= {t.legendgroup for t in traces}
-    for row, tl in ((1, base_tl), (2, new_tl)):
-        lanes = tl.lanes
-        fig.update_yaxes(tickvals=lanes["y"].tolist(), ticktext=lanes["label"].tolist(),
-                         range=[float(lanes["y"].max()) + 0.8 if len(lanes) else 1, -0.8],
-                         tickfont={"size": 11, "family": "monospace"}, row=row, col=1)
+    # align="step": x = 0 is each rank's first ProfilerStep, so the two runs line up.
+    timelines = [build_timeline(r, rank=rank, align="step") for r in (base_run, new_run)]
+    hover = HoverTable()
+    fig = side_by_side(timelines, [f"BASE {base_run.path}", f"NEW {new_run.path}"], hover)
     fig.update_xaxes(title={"text": "ms since each rank's first ProfilerStep"}, row=2, col=1,
                      ticksuffix=" ms")
-    fig.update_layout(height=int(200 + 30 * sum(heights)), template="plotly_white",
-                      hovermode="closest", legend={"orientation": "h", "y": 1.06},
+    # The legend below the time axis (above the plot it covers the first row's title).
+    fig.update_layout(legend={"orientation": "h", "yref": "container", "yanchor": "bottom",
+                              "y": 0.005, "x": 0.0, "font": {"size": 11}},
+                      margin={"b": 120},
                       title={"text": "tracekit diff: BASE vs NEW (same time scale)"})
-    plot = fig.to_html(full_html=False, include_plotlyjs=True,
-                       config={"scrollZoom": True, "displaylogo": False})
+    plot, scripts = plot_parts(fig, hover)
     steps = result.steps
     summary = (f"<p>Step time ({html.escape(str(steps.source))}): BASE "
                f"{steps.base.mean_ms:.2f} ms (n={steps.base.n}), NEW {steps.new.mean_ms:.2f} ms "
@@ -231,7 +210,7 @@ def write_diff_html(result: RunDiff, base_run: Run, new_run: Run, out: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>tracekit diff</title>"
-        f"<style>{style}</style></head><body>{plot}<h2>Summary</h2>{summary}"
+        f"<style>{style}{TIP_STYLE}</style></head><body>{plot}<h2>Summary</h2>{summary}"
         f"<h3>Findings</h3><ul>{findings or '<li>none in either run</li>'}</ul>{tables}"
-        "</body></html>\n", encoding="utf-8")
+        f"{scripts}</body></html>\n", encoding="utf-8")
     return out

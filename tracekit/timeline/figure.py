@@ -8,9 +8,12 @@ Everything few in number (findings, steps) uses layout shapes and annotations.
 
 Level of detail (pages of more than LOD_MIN_BARS bars): software WebGL, as in CI browsers and
 remote desktops, takes seconds per redraw of 100k+ bars. So such pages start from an overview,
-each lane's bars of a category merged where the gap between them is under 1/LOD_MERGE_DIVISOR
-of the time span (under a pixel), and carry every bar compactly for the page's script, which
-redraws only the bars near the visible window after each zoom or pan (see page.LOD_SCRIPT).
+each lane's bars merged where the gap between them is under 1/LOD_MERGE_DIVISOR of the time
+span (under a pixel), whatever their category (a merged segment takes the colour of the one
+with most time in it), and carry every bar compactly, per rank and in chunks, for the page's
+script, which redraws only the bars near the visible window after each zoom or pan, choosing
+bar by bar or merged for each rank (see page.LOD_SCRIPT). The overview holds at most
+LOD_MERGE_DIVISOR + 1 segments per lane, however long the run.
 """
 
 from __future__ import annotations
@@ -90,8 +93,7 @@ def make_figure(run: Run, tl: Timeline, findings: list[Finding], step: int | Non
     elif lod:
         # Explicit, so that double-click resets to the whole run: autorange would fit the
         # bars drawn at the time, only those near a zoomed window.
-        lo, hi = float(tl.bars["x0"].min()), float(tl.bars["x1"].max())
-        x_range = [lo - (hi - lo) * 0.01, hi + (hi - lo) * 0.01]
+        x_range = lod_range([tl])
     merge_gap = (x_range[1] - x_range[0]) / LOD_MERGE_DIVISOR if lod and x_range else None
     fig = go.Figure(bar_traces(tl.bars, hover, merge_gap))
     if marks:
@@ -176,3 +178,50 @@ def stack_figures(figs: list[go.Figure], titles: list[str]) -> go.Figure:
                       hoverlabel=figs[0].layout.hoverlabel,
                       title={"text": " vs ".join(f"<b>{t}</b>" for t in titles), "x": 0.01})
     return out
+
+
+def lod_range(timelines: list[Timeline]) -> list[float]:
+    """The x range of all bars of some timelines, with 1% room each side."""
+    lo = min(float(tl.bars["x0"].min()) for tl in timelines if len(tl.bars))
+    hi = max(float(tl.bars["x1"].max()) for tl in timelines if len(tl.bars))
+    return [lo - (hi - lo) * 0.01, hi + (hi - lo) * 0.01]
+
+
+def side_by_side(timelines: list[Timeline], titles: list[str], hover: HoverTable,
+                 ) -> go.Figure:
+    """Timelines as rows on ONE time axis (matched x axes), for `diff --html`.
+
+    Bars hover through `hover` (the page's tooltip). Above LOD_MIN_BARS bars in all, every
+    row is an overview on the same merge gap, and the page's level of detail redraws each
+    row's ranks for the shared window (their payloads name each row's axes).
+    """
+    from plotly.subplots import make_subplots
+
+    heights = [max(float(tl.lanes["y"].max()) + 1, 1.0) if len(tl.lanes) else 1.0
+               for tl in timelines]
+    fig = make_subplots(rows=len(timelines), cols=1, shared_xaxes=True,
+                        vertical_spacing=0.06, row_heights=heights, subplot_titles=titles)
+    drawn = [tl for tl in timelines if len(tl.bars)]
+    lod = sum(len(tl.bars) for tl in timelines) > LOD_MIN_BARS and bool(drawn)
+    x_range = lod_range(drawn) if lod else None
+    merge_gap = (x_range[1] - x_range[0]) / LOD_MERGE_DIVISOR if x_range else None
+    seen: set[str] = set()
+    for row, tl in enumerate(timelines, start=1):
+        suffix = "" if row == 1 else str(row)
+        traces = bar_traces(tl.bars, hover, merge_gap, first_index=len(fig.data),
+                            axes=(f"x{suffix}", f"y{suffix}")) if len(tl.bars) else []
+        for trace in traces:
+            # One legend entry per category across the rows; clicking hides it in all.
+            trace.showlegend = trace.legendgroup not in seen
+            seen.add(trace.legendgroup)
+            fig.add_trace(trace, row=row, col=1)
+        lanes = tl.lanes
+        fig.update_yaxes(tickvals=lanes["y"].tolist(), ticktext=lanes["label"].tolist(),
+                         range=[float(lanes["y"].max()) + 0.8 if len(lanes) else 1, -0.8],
+                         tickfont={"size": 11, "family": "monospace"}, row=row, col=1)
+    if x_range is not None:
+        # Explicit, so that double-click resets to both runs (see make_figure).
+        fig.update_xaxes(range=x_range)
+    fig.update_layout(height=int(200 + 30 * sum(heights)), template="plotly_white",
+                      hovermode="closest", hoverdistance=30, uirevision="timeline")
+    return fig

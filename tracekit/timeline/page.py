@@ -14,7 +14,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from tracekit.durations import ms_or_us
-from tracekit.timeline.bars import LOD_DETAIL_MAX, LOD_MERGE_DIVISOR, HoverTable
+from tracekit.timeline.bars import LOD_DETAIL_MAX, LOD_MERGE_PX, LOD_PAD, HoverTable
 from tracekit.timeline.marks import FindingMark
 
 PLOT_DIV = "tracekit-timeline"
@@ -33,6 +33,8 @@ table.findings tr.selected { background: #ffe680; }
 td.sev-high { color: #b30000; font-weight: 600; } td.sev-medium { color: #c76a00; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 button#reset-view { font-size: 13px; margin-left: 8px; }
+"""
+TIP_STYLE = """
 #tracekit-tip { position: fixed; display: none; z-index: 1000; pointer-events: none;
        background: rgba(255,255,255,0.97); border: 1px solid #888; border-radius: 3px;
        padding: 5px 7px; font: 11px monospace; line-height: 1.35; max-width: 720px;
@@ -96,12 +98,17 @@ SCRIPT = """
 })();
 """
 
-# Level of detail (figure.py explains when): each bar trace starts as the overview; after any
-# relayout, the bars near the visible window (one window width either side, so a pan shows
-# bars at once) are drawn one by one when at most detail_max of them, else merged where under
-# 1/merge_divisor of the visible span apart. Bars sorted by start are found by binary search,
-# back to max_len before the window for those reaching into it. gd._tracekitLod.pending is
-# the promise of the redraw in flight (for tests and measurements).
+# Level of detail (figure.py explains when). Each bar trace starts as the overview. After any
+# relayout, every rank's bars near its panel's visible window (`pad` window widths either side
+# in x, half a height in y, so a short pan shows bars at once) are redrawn, rank by rank: a
+# rank draws its bars one by one when its count fits its share of detail_max (an equal share
+# per rank shown, so one busy rank does not decide for the others), else merged
+# where under merge_px pixels apart, or its overview segments when that is no finer than the
+# overview. Ranks outside the visible lanes draw nothing. A rank's bars come in
+# chunks sorted by start, decoded the first time a window reaches them; bars of a chunk are
+# found by binary search, back to max_len before the window for those reaching into it.
+# gd._tracekitLod.pending is the promise of the redraw in flight, build_ms the time spent
+# choosing its bars (for tests and measurements).
 LOD_SCRIPT = """
 (function () {
   var gd = document.getElementById(%(div)s);
@@ -111,12 +118,26 @@ LOD_SCRIPT = """
     for (var i = 0; i < raw.length; i++) { bytes[i] = raw.charCodeAt(i); }
     return new Type(bytes.buffer);
   }
+  function axisKey(name) { return name.charAt(0) + "axis" + name.slice(1); }
   var traces = lod.traces.map(function (t) {
-    var X = t.x_bytes === 8 ? Float64Array : Float32Array;
-    return {index: t.index, mergedCode: t.merged_code, maxLen: t.max_len,
-            x0: decode(t.x0, X), x1: decode(t.x1, X), y: decode(t.y, Float32Array),
-            dur: decode(t.dur, Float32Array), code: decode(t.code, Int32Array)};
+    var ov = t.overview;
+    return {index: t.index, X: t.x_bytes === 8 ? Float64Array : Float32Array,
+            xaxis: axisKey(t.axes[0]), yaxis: axisKey(t.axes[1]), mergedCode: t.merged_code,
+            mixedCode: t.mixed_code,
+            blocks: t.blocks,
+            ov: {x0: decode(ov.x0, Float64Array), x1: decode(ov.x1, Float64Array),
+                 y: decode(ov.y, Float32Array), dur: decode(ov.dur, Float32Array),
+                 n: decode(ov.n, Float32Array), code: decode(ov.code, Float32Array)}};
   });
+  // A chunk's bars, decoded (and its text dropped) the first time a window reaches it.
+  function bars(t, c) {
+    if (!c.bars) {
+      c.bars = {x0: decode(c.x0, t.X), x1: decode(c.x1, t.X), y: decode(c.y, Float32Array),
+                dur: decode(c.dur, Float32Array), code: decode(c.code, Int32Array)};
+      c.x0 = c.x1 = c.y = c.dur = c.code = null;
+    }
+    return c.bars;
+  }
   // Index of the first start above v (after: true) or at or above v.
   function search(starts, v, after) {
     var lo = 0, hi = starts.length;
@@ -126,49 +147,163 @@ LOD_SCRIPT = """
     }
     return lo;
   }
-  // A trace's bars in [lo, hi] as NaN-separated segments, each lane's bars under `gap` apart
-  // merged (gap -Infinity: none); customdata per vertex: [text number, us, bar count].
-  function draw(t, first, last, lo, gap) {
-    var xs = [], ys = [], cd = [], sep = [-1, 0, 0], open = new Map();
-    function flush(s, y) {
-      var c = [s[3] === 1 ? s[4] : t.mergedCode, s[2], s[3]];
-      xs.push(s[0], s[1], NaN); ys.push(y, y, NaN); cd.push(c, c, sep);
-    }
-    for (var i = first; i < last; i++) {
-      var a = t.x0[i], b = t.x1[i], y = t.y[i];
-      if (b < lo) { continue; }
-      var s = open.get(y);
-      if (s && a - s[1] <= gap) {
-        s[1] = Math.max(s[1], b); s[2] += t.dur[i]; s[3] += 1;
-      } else {
-        if (s) { flush(s, y); }
-        open.set(y, [a, b, t.dur[i], 1, t.code[i]]);
-      }
-    }
-    open.forEach(flush);
-    return {x: new Float64Array(xs), y: new Float32Array(ys), customdata: cd};
+  function reaching(block, lo, hi) {
+    return block.chunks.filter(function (c) { return c.hi >= lo && c.lo <= hi; });
   }
-  var r0 = gd.layout.xaxis.range;
-  var state = {pending: null, lo: r0[0], hi: r0[1], width: r0[1] - r0[0], merged: true};
-  gd._tracekitLod = state;
-  function update() {
-    var r = gd._fullLayout.xaxis.range;
-    var lo = Math.min(r[0], r[1]), hi = Math.max(r[0], r[1]), w = hi - lo;
-    var sameScale = !state.merged || Math.abs(w - state.width) <= 1e-9 * w;
-    if (lo >= state.lo && hi <= state.hi && sameScale) { return; }
-    var plo = lo - w, phi = hi + w, total = 0;
-    var spans = traces.map(function (t) {
-      var span = [search(t.x0, plo - t.maxLen, false), search(t.x0, phi, true)];
-      total += span[1] - span[0];
-      return span;
+  // Bars of a rank reaching into [lo, hi] (chunks wholly inside are not decoded).
+  function count(t, block, lo, hi) {
+    var n = 0;
+    reaching(block, lo, hi).forEach(function (c) {
+      if (c.lo >= lo && c.hi <= hi) { n += c.n; return; }
+      var b = bars(t, c);
+      n += search(b.x0, hi, true) - search(b.x0, lo - block.max_len, false);
     });
-    var gap = total > lod.detail_max ? w / lod.merge_divisor : -Infinity;
+    return n;
+  }
+  // Segments of a trace: [x0, x1] on lane y, customdata [text number, us, bar count] on
+  // both vertices, a NaN vertex after.
+  function push(out, x0, x1, y, c) {
+    out.x.push(x0, x1, NaN); out.y.push(y, y, NaN); out.cd.push(c, c, [-1, 0, 0]);
+  }
+  // A rank's bars of one trace in [lo, hi], each lane's bars under `gap` apart merged (gap
+  // -Infinity: none); sink(x0, x1, y, us, bars, text number) gets each segment.
+  function drawBars(t, block, lo, hi, gap, sink) {
+    var open = new Map();
+    function flush(s, y) { sink(s[0], s[1], y, s[2], s[3], s[3] === 1 ? s[4] : t.mergedCode); }
+    reaching(block, lo, hi).forEach(function (c) {
+      var b = bars(t, c);
+      var last = search(b.x0, hi, true);
+      for (var i = search(b.x0, lo - block.max_len, false); i < last; i++) {
+        var a = b.x0[i], e = b.x1[i], y = b.y[i];
+        if (e < lo) { continue; }
+        var s = open.get(y);
+        if (s && a - s[1] <= gap) {
+          s[1] = Math.max(s[1], e); s[2] += b.dur[i]; s[3] += 1;
+        } else {
+          if (s) { flush(s, y); }
+          open.set(y, [a, e, b.dur[i], 1, b.code[i]]);
+        }
+      }
+    });
+    open.forEach(flush);
+  }
+  // A rank's lanes merged across categories (as the overview is): each category's bars
+  // merged first, then each lane's segments under `gap` apart, coloured by the category
+  // with most time in them.
+  function drawMerged(unit, lo, hi, gap, outs) {
+    var lanes = new Map();
+    unit.forEach(function (m) {
+      drawBars(m.t, m.block, lo, hi, gap, function (a, e, y, us, n, code) {
+        if (!lanes.has(y)) { lanes.set(y, []); }
+        lanes.get(y).push([a, e, us, n, code, m.k]);
+      });
+    });
+    lanes.forEach(function (segs, y) {
+      segs.sort(function (p, q) { return p[0] - q[0]; });
+      var cur = null;
+      function emit() {
+        var best = -1, most = -1, kinds = 0;
+        cur.by.forEach(function (us, k) { kinds += 1; if (us > most) { most = us; best = k; } });
+        var t = traces[best];
+        var code = cur.n === 1 ? cur.code : (kinds === 1 ? t.mergedCode : t.mixedCode);
+        push(outs[best], cur.a, cur.e, y, [code, cur.us, cur.n]);
+      }
+      segs.forEach(function (s) {
+        if (cur && s[0] - cur.e <= gap) {
+          cur.e = Math.max(cur.e, s[1]); cur.us += s[2]; cur.n += s[3];
+        } else {
+          if (cur) { emit(); }
+          cur = {a: s[0], e: s[1], us: s[2], n: s[3], code: s[4], by: new Map()};
+        }
+        cur.by.set(s[5], (cur.by.get(s[5]) || 0) + s[2]);
+      });
+      if (cur) { emit(); }
+    });
+  }
+  function drawOverview(t, block, lo, hi, out) {
+    var ov = t.ov;
+    for (var k = block.overview[0]; k < block.overview[1]; k++) {
+      if (ov.x1[k] < lo || ov.x0[k] > hi) { continue; }
+      push(out, ov.x0[k], ov.x1[k], ov.y[k], [ov.code[k], ov.dur[k], ov.n[k]]);
+    }
+  }
+  function viewOf(t) {
+    var fl = gd._fullLayout, xr = fl[t.xaxis].range, yr = fl[t.yaxis].range;
+    var lo = Math.min(xr[0], xr[1]), hi = Math.max(xr[0], xr[1]), w = hi - lo;
+    var ylo = Math.min(yr[0], yr[1]), yhi = Math.max(yr[0], yr[1]), h = yhi - ylo;
+    var pad = w * lod.pad;
+    return {key: t.xaxis + t.yaxis, lo: lo, hi: hi, w: w, plo: lo - pad, phi: hi + pad,
+            ylo: ylo - h / 2, yhi: yhi + h / 2, yin: [ylo, yhi],
+            gap: w / Math.max(fl[t.xaxis]._length || 1000, 1) * lod.merge_px};
+  }
+  // The units of detail: one rank of one panel, with its block in each category's trace.
+  var units = {};
+  traces.forEach(function (t, k) {
+    t.blocks.forEach(function (block) {
+      var key = t.xaxis + t.yaxis + ":" + block.rank;
+      (units[key] = units[key] || []).push({t: t, block: block, k: k});
+    });
+  });
+  var state = {pending: null, drawn: {}};
+  gd._tracekitLod = state;
+  traces.forEach(function (t) {
+    var v = viewOf(t);
+    state.drawn[v.key] = {plo: v.lo, phi: v.hi, ylo: v.yin[0], yhi: v.yin[1], w: v.w,
+                          merged: true};
+  });
+  function update() {
+    var views = {}, stale = false;
+    traces.forEach(function (t) {
+      var v = viewOf(t), d = state.drawn[v.key];
+      views[v.key] = v;
+      var same = !d.merged || Math.abs(v.w - d.w) <= 1e-9 * v.w;
+      if (!(same && v.lo >= d.plo && v.hi <= d.phi && v.yin[0] >= d.ylo && v.yin[1] <= d.yhi)) {
+        stale = true;
+      }
+    });
+    if (!stale) { return; }
+    var t0 = performance.now();
+    // Each visible rank of each panel: its bars near the window, over all categories.
+    var counts = {};
+    Object.keys(units).forEach(function (key) {
+      var unit = units[key], v = views[unit[0].t.xaxis + unit[0].t.yaxis];
+      var shown = unit.filter(function (m) { return m.block.y1 >= v.ylo && m.block.y0 <= v.yhi; });
+      if (!shown.length) { return; }
+      counts[key] = 0;
+      shown.forEach(function (m) { counts[key] += count(m.t, m.block, v.plo, v.phi); });
+    });
+    // Each rank shown gets an equal share of detail_max.
+    var keys = Object.keys(counts), detail = {};
+    keys.forEach(function (key) { detail[key] = counts[key] <= lod.detail_max / keys.length; });
+    var outs = traces.map(function () { return {x: [], y: [], cd: []}; }), merged = {};
+    keys.forEach(function (key) {
+      var unit = units[key], v = views[unit[0].t.xaxis + unit[0].t.yaxis];
+      if (detail[key]) {
+        unit.forEach(function (m) {
+          drawBars(m.t, m.block, v.plo, v.phi, -Infinity, function (a, e, y, us, n, code) {
+            push(outs[m.k], a, e, y, [code, us, n]);
+          });
+        });
+        return;
+      }
+      merged[v.key] = true;
+      if (v.gap >= lod.overview_gap * (1 - 1e-9)) {
+        unit.forEach(function (m) { drawOverview(m.t, m.block, v.plo, v.phi, outs[m.k]); });
+      } else {
+        drawMerged(unit, v.plo, v.phi, v.gap, outs);
+      }
+    });
     var change = {x: [], y: [], customdata: []};
     traces.forEach(function (t, k) {
-      var d = draw(t, spans[k][0], spans[k][1], plo, gap);
-      change.x.push(d.x); change.y.push(d.y); change.customdata.push(d.customdata);
+      change.x.push(new t.X(outs[k].x)); change.y.push(new Float32Array(outs[k].y));
+      change.customdata.push(outs[k].cd);
     });
-    state.lo = plo; state.hi = phi; state.width = w; state.merged = gap > -Infinity;
+    Object.keys(views).forEach(function (key) {
+      var v = views[key];
+      state.drawn[key] = {plo: v.plo, phi: v.phi, ylo: v.ylo, yhi: v.yhi, w: v.w,
+                          merged: !!merged[key]};
+    });
+    state.build_ms = performance.now() - t0;
     state.pending = Plotly.restyle(gd, change, traces.map(function (t) { return t.index; }));
   }
   gd.on("plotly_relayout", update);
@@ -208,8 +343,8 @@ def lod_data(hover: HoverTable) -> str:
     """The level-of-detail bars as a JSON script element ("" on pages without LOD)."""
     if not hover.detail:
         return ""
-    data = {"traces": hover.detail, "detail_max": LOD_DETAIL_MAX,
-            "merge_divisor": LOD_MERGE_DIVISOR}
+    data = {"traces": hover.detail, "detail_max": LOD_DETAIL_MAX, "merge_px": LOD_MERGE_PX,
+            "pad": LOD_PAD, "overview_gap": hover.overview_gap}
     return f"<script type='application/json' id='tracekit-lod'>{json_for_script(data)}</script>"
 
 
@@ -217,26 +352,32 @@ def lod_script(hover: HoverTable) -> str:
     return f"<script>{LOD_SCRIPT % {'div': json.dumps(PLOT_DIV)}}</script>" if hover.detail else ""
 
 
-def page_html(fig: go.Figure, marks: list[FindingMark], title: str, hover: HoverTable) -> str:
-    """The whole page as one string (plotly.js inlined: works offline)."""
+def plot_parts(fig: go.Figure, hover: HoverTable) -> tuple[str, str]:
+    """A page's plot (plotly.js inlined: works offline) with its hover texts and bars, and
+    the scripts that go after the rest of the page (tooltip, table rows, level of detail)."""
     plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id=PLOT_DIV,
                        config={"scrollZoom": True, "displaylogo": False, "responsive": True,
                                "toImageButtonOptions": {"format": "png", "scale": 2}})
+    head = (f"{plot}<div id='tracekit-tip'></div>"
+            "<script type='application/json' id='tracekit-hover'>"
+            f"{json_for_script(hover.texts)}</script>{lod_data(hover)}")
+    tail = f"<script>{SCRIPT % {'div': json.dumps(PLOT_DIV)}}</script>{lod_script(hover)}"
+    return head, tail
+
+
+def page_html(fig: go.Figure, marks: list[FindingMark], title: str, hover: HoverTable) -> str:
+    """The whole page as one string (plotly.js inlined: works offline)."""
+    plot, scripts = plot_parts(fig, hover)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"{plot}<div id='tracekit-tip'></div>"
-        "<script type='application/json' id='tracekit-hover'>"
-        f"{json_for_script(hover.texts)}</script>"
-        f"{lod_data(hover)}"
+        f"<title>{html.escape(title)}</title><style>{STYLE}{TIP_STYLE}</style></head><body>"
+        f"{plot}"
         "<h2>Findings <button id='reset-view' type='button'>reset view</button></h2>"
         "<p class='help'>Click a row to zoom onto it. On the plot, the yellow band is the "
         "finding's time window, a solid black outline marks the culprit kernel(s) and a dotted "
         "pink outline the kernel(s) it slows down. Hover a bar for kernel name, duration, grid, "
         "blocks/SM, launching op and source line.</p>"
-        f"{findings_table(marks)}"
-        f"<script>{SCRIPT % {'div': json.dumps(PLOT_DIV)}}</script>"
-        f"{lod_script(hover)}"
+        f"{findings_table(marks)}{scripts}"
         "</body></html>\n")
 
 
