@@ -305,8 +305,9 @@ def test_diff_page_zooms_both_runs_on_one_axis_to_every_bar(browser, tmp_path: P
     within the level of detail's bound, and a 1 ms view draws every bar of both runs near it,
     each with its own hover text."""
     base, new = synthetic_run(60_000, ranks=2, seed=1), synthetic_run(60_000, ranks=2, seed=2)
-    page = write_diff_html(diff_runs(base, [], new, []), base, new, tmp_path / "diff.html")
     timelines = [build_timeline(r, align="step") for r in (base, new)]
+    page = write_diff_html(diff_runs(base, [], new, []), timelines, ["BASE", "NEW"],
+                           tmp_path / "diff.html")
     assert sum(len(t.bars) for t in timelines) > LOD_MIN_BARS
     open_timeline(browser, page, timeout_s=180)
     assert severe_logs(browser) == []

@@ -29,7 +29,7 @@ def diff_command(
 
     from tracekit.commands.diff_report import print_diff, write_diff_html
     from tracekit.detectors import parse_params
-    from tracekit.pipeline import diff_loaded, diff_paths
+    from tracekit.pipeline import diff_paths, diff_timelines
 
     params = parse_params(param)
     for path in (base, new):
@@ -42,15 +42,16 @@ def diff_command(
     progress = not as_json
     if html_out is None:  # findings and per-name totals only: one process per rank
         result, *_ = diff_paths(base, new, rank=rank, progress=progress, params=params)
-    else:  # the side-by-side timeline needs both runs' events in this process
-        result, base_run, new_run = diff_loaded(base, new, rank=rank, progress=progress,
-                                                params=params)
+    else:  # the side-by-side timeline: each run's events in this process, one at a time
+        result, timelines = diff_timelines(base, new, rank=rank, progress=progress,
+                                           params=params)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:
         print_diff(result, top=top)
     if html_out is not None:
-        written = write_diff_html(result, base_run, new_run, html_out, rank=rank, top=top)
+        written = write_diff_html(result, timelines, [f"BASE {base}", f"NEW {new}"], html_out,
+                                  top=top)
         if not as_json:
             Console().print(f"wrote {written}")
 

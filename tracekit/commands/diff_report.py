@@ -18,7 +18,7 @@ from tracekit.durations import signed_us as _us
 from tracekit.errors import UserError
 from tracekit.names import cut_to, kernel_label
 from tracekit.report.terminal import report_console
-from tracekit.trace import Run
+from tracekit.timeline.lanes import Timeline
 
 NAME_WIDTH = 70
 STATUS_STYLE = {"appeared": "bold red", "disappeared": "bold green", "both": ""}
@@ -161,23 +161,22 @@ def _rows_html(title: str, rows: list[Row], top: int, kernels: bool = False) -> 
             f"{body}</table>")
 
 
-def write_diff_html(result: RunDiff, base_run: Run, new_run: Run, out: Path,
-                    rank: int | None = None, top: int = 15) -> Path:
-    """One offline page: BASE above NEW on a shared time axis, then the top movers."""
+def write_diff_html(result: RunDiff, timelines: list[Timeline], titles: list[str], out: Path,
+                    top: int = 15) -> Path:
+    """One offline page: the timelines (BASE above NEW, `tracekit.pipeline.diff_timelines`)
+    on a shared time axis, then the top movers."""
     try:
         import plotly  # noqa: F401
     except ImportError:
         raise UserError("--html needs plotly (pip install plotly)") from None
-    from tracekit.timeline import build_timeline, check_output_path
+    from tracekit.timeline import check_output_path
     from tracekit.timeline.bars import HoverTable
     from tracekit.timeline.figure import side_by_side
     from tracekit.timeline.page import TIP_STYLE, plot_parts
 
     out = check_output_path(Path(out))
-    # align="step": x = 0 is each rank's first ProfilerStep, so the two runs line up.
-    timelines = [build_timeline(r, rank=rank, align="step") for r in (base_run, new_run)]
     hover = HoverTable()
-    fig = side_by_side(timelines, [f"BASE {base_run.path}", f"NEW {new_run.path}"], hover)
+    fig = side_by_side(timelines, titles, hover)
     fig.update_xaxes(title={"text": "ms since each rank's first ProfilerStep"}, row=2, col=1,
                      ticksuffix=" ms")
     # The legend below the time axis (above the plot it covers the first row's title).

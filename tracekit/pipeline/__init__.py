@@ -6,7 +6,8 @@ together.
   what `analyze --html`, `timeline` and `profile` need (a timeline draws every rank's events).
 - `rankwise`: one process per rank file, the parent holding only small summaries
   (`analyze_rankwise`); what `analyze` and `diff` use. A single file goes to `analysis`.
-- `diff`: both runs of a comparison analysed rankwise, then `tracekit.compare` (`diff_paths`).
+- `diff`: both runs of a comparison analysed rankwise, then `tracekit.compare` (`diff_paths`);
+  for a side-by-side page, each run's timeline, one run in memory at a time (`diff_timelines`).
 """
 
 from tracekit.load.compiled import save_compiled_kernels
@@ -19,9 +20,9 @@ from tracekit.pipeline.analysis import (
     write_accounting,
     write_findings,
 )
-from tracekit.pipeline.diff import diff_loaded, diff_paths
+from tracekit.pipeline.diff import diff_paths, diff_timelines
 from tracekit.pipeline.rankwise import analyze_rankwise, analyze_rankwise_totals
 
 __all__ = ["analyze_rankwise", "analyze_rankwise_totals", "analyze_run", "analyze_run_and_print",
-           "diff_loaded", "diff_paths", "load", "load_trace", "save_compiled_kernels",
+           "diff_paths", "diff_timelines", "load", "load_trace", "save_compiled_kernels",
            "select_findings", "write_accounting", "write_findings"]

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tracekit.compare import RunDiff, diff_runs, diff_totals
+from tracekit.compare import RunDiff, diff_totals
 from tracekit.finding import Finding
-from tracekit.pipeline.analysis import analyze_run
+from tracekit.pipeline.analysis import load
 from tracekit.pipeline.rankwise import analyze_rankwise_totals
+from tracekit.timeline.lanes import Timeline, build_timeline
 from tracekit.trace import Run
 
 
@@ -30,11 +31,16 @@ def diff_paths(base: Path | str, new: Path | str, rank: int | None = None,
     return result, base_run, new_run, base_findings, new_findings
 
 
-def diff_loaded(base: Path | str, new: Path | str, rank: int | None = None,
-                progress: bool = True, params: Mapping[str, Any] | None = None
-                ) -> tuple[RunDiff, Run, Run]:
-    """`diff_paths` with both runs loaded whole in this process (what a side-by-side timeline
-    needs: every rank's events); the same RunDiff."""
-    base_run, base_findings = analyze_run(base, progress=progress, params=params)
-    new_run, new_findings = analyze_run(new, progress=progress, params=params)
-    return diff_runs(base_run, base_findings, new_run, new_findings, rank=rank), base_run, new_run
+def diff_timelines(base: Path | str, new: Path | str, rank: int | None = None,
+                   progress: bool = True, params: Mapping[str, Any] | None = None
+                   ) -> tuple[RunDiff, list[Timeline]]:
+    """`diff_paths`, plus each run's timeline for a side-by-side page (align="step": x = 0 is
+    each rank's first ProfilerStep, so the runs line up). Each run is loaded whole in this
+    process, drawn, and dropped before the next: the peak holds one run's events, not both."""
+    result, *_ = diff_paths(base, new, rank=rank, progress=progress, params=params)
+    timelines = []
+    for path in (base, new):
+        run = load(path, progress=progress)
+        timelines.append(build_timeline(run, rank=rank, align="step"))
+        del run
+    return result, timelines
