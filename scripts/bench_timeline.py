@@ -121,9 +121,11 @@ def build_pages(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]
             warm = [sys.executable, "-c",
                     f"from tracekit.pipeline import load; load({str(run)!r}, progress=False)"]
             run_command(warm, args.repo, {}, args.timeout)
-    jobs = [("timeline", cli + ["timeline", str(args.base), "-o",
-                                str(out_dir / "timeline.html")], out_dir / "timeline.html")]
-    if args.new:
+    jobs = []
+    if "timeline" in args.pages:
+        jobs.append(("timeline", cli + ["timeline", str(args.base), "-o",
+                                        str(out_dir / "timeline.html")], out_dir / "timeline.html"))
+    if args.new and "diff" in args.pages:
         jobs.append(("diff --html", cli + ["diff", str(args.base), str(args.new), "--html",
                                            str(out_dir / "diff.html")], out_dir / "diff.html"))
     results = []
@@ -283,6 +285,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="parse cache off")
     parser.add_argument("--repeat", type=int, default=3, help="zoom sequences per page")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per build or load")
+    parser.add_argument("--pages", default="timeline,diff", help="which pages to measure")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.build:

@@ -320,6 +320,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env={**__import__("os").environ, "TRACEKIT_CACHE": "0"})
 
 
+def test_side_by_side_diff_is_the_rankwise_diff_with_each_runs_timeline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """diff --html analyses one run at a time in its process; its RunDiff is diff_paths'."""
+    from tracekit.pipeline import diff_paths, diff_timelines
+
+    monkeypatch.setenv("TRACEKIT_CACHE", "0")  # never write caches into tests/data
+    base, new = GPU_DATA / "select_backward_index", GPU_DATA / "select_backward_unbind"
+    rankwise, *_ = diff_paths(base, new, progress=False)
+    result, timelines = diff_timelines(base, new, progress=False)
+    assert result.to_dict() == rankwise.to_dict()
+    assert [tl.align for tl in timelines] == ["step", "step"]
+    assert [sorted(set(tl.bars["rank"])) for tl in timelines] == [[0, 1], [0, 1]]
+    assert (timelines[0].bars["name"].str.contains("FillFunctor")).any()
+    one, _ = diff_timelines(base, new, rank=1, progress=False)
+    assert one.to_dict() == diff_paths(base, new, rank=1, progress=False)[0].to_dict()
+
+
 def test_cli_json_and_html(tmp_path: Path) -> None:
     pytest.importorskip("plotly")
     out = tmp_path / "diff.html"

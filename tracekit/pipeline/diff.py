@@ -9,8 +9,8 @@ from typing import Any
 
 from tracekit.compare import RunDiff, diff_totals
 from tracekit.finding import Finding
-from tracekit.pipeline.analysis import load
-from tracekit.pipeline.rankwise import analyze_rankwise_totals
+from tracekit.pipeline.analysis import analyze_run
+from tracekit.pipeline.rankwise import analyze_rankwise_totals, thinned
 from tracekit.timeline.lanes import Timeline, build_timeline
 from tracekit.trace import Run
 
@@ -34,13 +34,16 @@ def diff_paths(base: Path | str, new: Path | str, rank: int | None = None,
 def diff_timelines(base: Path | str, new: Path | str, rank: int | None = None,
                    progress: bool = True, params: Mapping[str, Any] | None = None
                    ) -> tuple[RunDiff, list[Timeline]]:
-    """`diff_paths`, plus each run's timeline for a side-by-side page (align="step": x = 0 is
-    each rank's first ProfilerStep, so the runs line up). Each run is loaded whole in this
-    process, drawn, and dropped before the next: the peak holds one run's events, not both."""
-    result, *_ = diff_paths(base, new, rank=rank, progress=progress, params=params)
-    timelines = []
+    """`diff_paths`' RunDiff, plus each run's timeline for a side-by-side page (align="step":
+    x = 0 is each rank's first ProfilerStep, so the runs line up). One run at a time is
+    analysed whole in this process, drawn, and thinned before the next: the peak holds one
+    run's events, not both (nor every rank's at once, as rank processes would)."""
+    analysed, timelines = [], []
     for path in (base, new):
-        run = load(path, progress=progress)
-        timelines.append(build_timeline(run, rank=rank, align="step"))
-        del run
+        full, found = analyze_run(path, progress=progress, params=params)
+        timelines.append(build_timeline(full, rank=rank, align="step"))
+        thin, totals = thinned(full)
+        del full
+        analysed.append((thin, totals, found))
+    result = diff_totals(*analysed[0], *analysed[1], rank=rank)
     return result, timelines

@@ -180,6 +180,14 @@ def analyze_rankwise(path: Path | str, kinds: Iterable[str] | None = None,
     return run, findings
 
 
+def thinned(full: Run, totals: bool = True) -> tuple[Run, list[RankTotals]]:
+    """A run analysed in one process, as the rankwise path returns it: thin traces (the step
+    accounting kept), and each rank's totals when `totals`."""
+    sums = [rank_totals(t) for t in full.traces] if totals else []
+    run_accounting(full)
+    return replace(full, traces=[t.thin() for t in full.traces]), sums
+
+
 def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None,
                             rank: int | None = None, min_cost_us: float = 0.0,
                             progress: bool = True, workers: int | None = None,
@@ -192,9 +200,8 @@ def analyze_rankwise_totals(path: Path | str, kinds: Iterable[str] | None = None
     if len(plan.files) < 2:  # one file: parsed in slices on all CPUs by the loader instead
         full, found = analyze_run(plan.path, kinds=kinds, rank=rank, min_cost_us=min_cost_us,
                                   progress=progress, params=params)
-        sums = [rank_totals(t) for t in full.traces] if totals else []
-        run_accounting(full)
-        return replace(full, traces=[t.thin() for t in full.traces]), found, sums
+        thin, sums = thinned(full, totals)
+        return thin, found, sums
     cpus = max(1, workers or _cpus())
     # Fewer files than CPUs: each rank process also parses its file in slices on its share.
     per_file = max(1, cpus // len(plan.files))
