@@ -14,13 +14,16 @@ Each contender runs in its own subprocess (so peak RSS is its own: ru_maxrss of 
 and of its children for HTA's and tracekit's worker processes); time is measured inside the
 subprocess around the work only, after imports:
 
+    imports  nothing but the tracekit worker's imports: with the interpreter's start, the
+             fixed floor of a whole `analyze` process
     raw      gzip.decompress + orjson.loads (json when orjson is missing)
     typed    ISA-L gunzip + tracekit's typed decode (tracekit.load.events) alone
     tracekit load + link + every registered detector (what `analyze` runs), frame cache off;
              per-stage seconds are printed too
+    tracekit cached  the same with the parsed-frame cache on, after a run that filled it
     hta      hta.trace_analysis.TraceAnalysis on a directory holding (a link to) the trace
 
-    python scripts/bench_analyze.py                     # build ~216k events, run all three
+    python scripts/bench_analyze.py                     # build ~216k events, run them all
     python scripts/bench_analyze.py --trace big.json.gz --repeat 3
 """
 
@@ -151,9 +154,16 @@ def work_typed(path: Path) -> dict[str, Any]:
     return {"seconds": elapsed, "cpu_s": cpu_s() - cpu0, "events": len(events)}
 
 
-def work_tracekit(path: Path) -> dict[str, Any]:
-    """analyze's work, stage by stage: load (parse to frames), link, every detector."""
-    os.environ["TRACEKIT_CACHE"] = "0"
+def work_imports(path: Path) -> dict[str, Any]:
+    """Nothing but what the tracekit worker imports: with the interpreter's start, the fixed
+    floor of a whole `analyze` process (see the whole-process columns)."""
+    return {"seconds": 0.0, "cpu_s": 0.0}
+
+
+def work_tracekit(path: Path, cache: bool = False) -> dict[str, Any]:
+    """analyze's work, stage by stage: load (parse to frames), link, every detector; with
+    `cache`, the frames come from the parsed-frame cache (filled by a run before)."""
+    os.environ["TRACEKIT_CACHE"] = "1" if cache else "0"
     from tracekit.detectors import load_detectors
     from tracekit.link import link_trace
     from tracekit.load import load
@@ -191,23 +201,44 @@ def work_hta(path: Path) -> dict[str, Any]:
     return {"seconds": elapsed, "cpu_s": cpu, "ranks": len(analysis.t.traces)}
 
 
-WORKERS = {"raw": work_raw, "typed": work_typed, "tracekit": work_tracekit, "hta": work_hta}
+def work_tracekit_cached(path: Path) -> dict[str, Any]:
+    return work_tracekit(path, cache=True)
 
 
-def run_worker(name: str, path: Path) -> dict[str, Any]:
+WORKERS = {"imports": work_imports, "raw": work_raw, "typed": work_typed,
+           "tracekit": work_tracekit, "tracekit cached": work_tracekit_cached, "hta": work_hta}
+IMPORTS = {"imports": ("tracekit.detectors", "tracekit.link", "tracekit.load", "tracekit.source")}
+"""What a worker imports before its clock starts (the tracekit workers import these inside)."""
+
+
+def run_worker(name: str, path: Path, cache: str | None = None) -> dict[str, Any]:
     """Run one contender in a fresh interpreter; its JSON result, or an error. A name
-    "tracekit @DIR" runs DIR's own copy of this script and of tracekit (a baseline)."""
+    "tracekit @DIR" runs DIR's own copy of this script and of tracekit (a baseline). Besides
+    the worker's own clock (the work, after imports), the whole process is timed: wall and
+    CPU seconds from start to exit, interpreter start and imports included."""
     name, _, baseline = name.partition(" @")
     tree = Path(baseline) if baseline else ROOT
+    if name == "tracekit cached":  # fill the cache first (kept beside the trace)
+        run_worker(f"tracekit{' @' + baseline if baseline else ''}", path, cache="1")
     cmd = [sys.executable, str(tree / "scripts" / "bench_analyze.py"), "--worker", name,
            str(path)]
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if cache is not None:
+        env["BENCH_FILL_CACHE"] = cache
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=tree)
+    whole_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0]}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    result["whole_s"] = whole_s
+    result["whole_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime
+                                                                 + before.ru_stime)
+    return result
 
 
 def main() -> None:
@@ -222,11 +253,17 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated contenders to skip")
     parser.add_argument("--baseline", type=Path,
                         help="also time `analyze` from this checkout (e.g. main before a change)")
+    parser.add_argument("--machine", default="", help="what ran it, for the table's title")
+    parser.add_argument("--out", type=Path, help="also write every run as JSON here")
     parser.add_argument("--worker", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         name, path = args.worker
+        for module in IMPORTS.get(name, ()):
+            __import__(module)
+        if os.environ.get("BENCH_FILL_CACHE"):
+            name = "tracekit cached"  # a run that fills the cache
         result = WORKERS[name](Path(path))
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
@@ -257,21 +294,33 @@ def main() -> None:
         results[name] = min(good, key=lambda r: r["seconds"]) if good else runs[name][0]
 
     tk = results.get("tracekit", {})
+    raw_mb_line = f"{raw_mb:.1f} MB JSON"
     print()
-    print(f"{'contender':<28} {'seconds':>9} {'CPU s':>7} {'peak RSS MB':>12} "
-          f"{'time / tracekit':>16} {'RSS / tracekit':>15}")
+    header = ("| contender | work s | work CPU s | whole process s | whole process CPU s | "
+              "peak RSS MB | work time / tracekit | RSS / tracekit |")
+    print(f"**{args.machine + ': ' if args.machine else ''}{path.name}, {raw_mb_line}**\n")
+    print(header)
+    print("|" + " --- |" * 8)
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<28} error: {r['error']}")
+            print(f"| {name} | error: {r['error']} |" + " |" * 6)
             continue
         t_ratio = r["seconds"] / tk["seconds"] if tk.get("seconds") else float("nan")
         m_ratio = r["peak_rss_mb"] / tk["peak_rss_mb"] if tk.get("peak_rss_mb") else float("nan")
         cpu = f"{r['cpu_s']:.2f}" if "cpu_s" in r else "-"
-        print(f"{name:<28} {r['seconds']:>9.2f} {cpu:>7} {r['peak_rss_mb']:>12.0f} "
-              f"{t_ratio:>16.2f} {m_ratio:>15.2f}")
+        print(f"| {name} | {r['seconds']:.2f} | {cpu} | {r.get('whole_s', 0):.2f} | "
+              f"{r.get('whole_cpu_s', 0):.2f} | {r['peak_rss_mb']:.0f} | {t_ratio:.2f} | "
+              f"{m_ratio:.2f} |")
     events = results.get("raw", {}).get("events")
     if events:
-        print(f"\n{events} events; contract: hta/tracekit time >= 10, hta/tracekit RSS > 1")
+        print(f"\n{events} events; contract: hta/tracekit time >= 10, hta/tracekit RSS > 1. "
+              "work: timed inside the worker after its imports; whole process: from start to "
+              "exit (interpreter start and imports included); best of the repeats by work s.")
+    if args.out:
+        args.out.write_text(json.dumps({"machine": args.machine, "trace": str(path),
+                                        "json_mb": raw_mb, "runs": runs,
+                                        "best": results}, indent=1))
+
 
 if __name__ == "__main__":
     main()
