@@ -124,10 +124,19 @@ def build_trace(source: Path, target_events: int, workdir: Path) -> Path:
 # ---- contenders (each in its own subprocess) -------------------------------------------------
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and (separately) its reaped children, in MB."""
+    """Peak resident memory of this process and (separately) its reaped children, in MB.
+
+    This process's own peak is read from /proc (VmHWM, kept per address space): ru_maxrss
+    survives exec, so it would count the benchmark's parent process, which forked this one
+    while holding the trace (a 268 MB floor under every contender here)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as fh:
+            own = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0  # ru_maxrss is in KiB on Linux
+    return max(own, children) / 1024.0  # both in KiB on Linux
 
 
 def cpu_s() -> float:
@@ -213,14 +222,15 @@ IMPORTS = {"imports": ("tracekit.detectors", "tracekit.link", "tracekit.load", "
 
 def run_worker(name: str, path: Path, cache: str | None = None) -> dict[str, Any]:
     """Run one contender in a fresh interpreter; its JSON result, or an error. A name
-    "tracekit @DIR" runs DIR's own copy of this script and of tracekit (a baseline). Besides
+    "tracekit @DIR" runs this script's worker on DIR's copy of tracekit (a baseline). Besides
     the worker's own clock (the work, after imports), the whole process is timed: wall and
     CPU seconds from start to exit, interpreter start and imports included."""
     name, _, baseline = name.partition(" @")
     tree = Path(baseline) if baseline else ROOT
     if name == "tracekit cached":  # fill the cache first (kept beside the trace)
         run_worker(f"tracekit{' @' + baseline if baseline else ''}", path, cache="1")
-    cmd = [sys.executable, str(tree / "scripts" / "bench_analyze.py"), "--worker", name,
+    # This script measures, the baseline's tracekit is measured: the same harness for both.
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_analyze.py"), "--worker", name,
            str(path)]
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if cache is not None:

@@ -296,6 +296,11 @@ t0, c0 = time.perf_counter(), cpu_s()
 {work}
 wall, cpu = time.perf_counter() - t0, cpu_s() - c0
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:  # ru_maxrss survives exec (it would count the benchmark's parent): VmHWM does not
+    with open("/proc/self/status") as fh:
+        own = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+except (OSError, StopIteration, ValueError):
+    pass
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print("BENCH_RESULT " + json.dumps({{"wall_s": wall, "cpu_s": cpu, "self_kb": own,
                                      "children_kb": kids}}))
