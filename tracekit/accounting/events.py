@@ -91,10 +91,11 @@ def launching_threads(trace: Trace) -> np.ndarray:
 
 
 def _frame(cause: np.ndarray, rows: pd.DataFrame, src: pd.DataFrame | None) -> pd.DataFrame:
-    """The events frame of `rows` (by position); its string columns hold objects, one per
-    distinct value (`strings_column`: events of every launching thread are many rows)."""
+    """The events frame of `rows` (by position). Names and source columns hold objects, one
+    per distinct value (`strings_column`: events of every launching thread are many rows);
+    `cause` (a few short values, compared often) is left to pandas' own string type."""
     n = len(rows)
-    out = pd.DataFrame({"cause": strings_column(cause), "tid": rows["tid"].to_numpy(),
+    out = pd.DataFrame({"cause": cause, "tid": rows["tid"].to_numpy(),
                         "ts": rows["ts"].to_numpy(np.float64),
                         "end": rows["end"].to_numpy(np.float64),
                         "name": strings_column(rows["name"])})
