@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tracekit.link.compiled import primary_line, profiler_name, relocate
 from tracekit.load.compiled import innermost_frame, kernel_files, kernels_from_log
 from tracekit.pipeline import analyze_run, load
@@ -106,3 +108,97 @@ def test_a_line_recorded_by_another_checkout_is_found_by_its_statement(tmp_path:
     assert relocate(gone, (tmp_path,), index) is None
     here = dict(moved, file=str(tmp_path / "prog.py"), line=5)
     assert relocate(here, (tmp_path,), index) == dict(here, file="prog.py")
+
+
+GENERATED = "/tmp/cache/qk/cqkzt5mdn3x2gwa7o4bnyrdqfhqj6m2vmvzhd4dmb3h7xzqymkqk.py"
+GENERATED_BACKWARD = "/tmp/cache/b2/cb2ph7o4bnyrdqfhqj6m2vmvzhd4dmb3h7xzqymkqkaaaaaaaaaaa.py"
+"""Where Inductor's code cache keeps a compiled graph's module (any cache directory)."""
+
+
+def _graph_run(tmp_path: Path) -> Path:
+    """A compiled forward whose graph's `call` (in a generated module) runs an extern custom op
+    and a Triton kernel, beside an eager op on a user line."""
+    import gzip
+    import json
+
+    (tmp_path / "model.py").write_text(
+        "def forward(x, w):\n    y = head(x, w)\n    return y\n\n\n"
+        "def step(p):\n    p.add_(1)\n")
+
+    def ev(cat: str, name: str, ts: float, dur: float, **args: object) -> dict[str, object]:
+        return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": 1, "ts": ts, "dur": dur,
+                "args": args}
+
+    def gpu(name: str, ts: float, corr: int) -> list[dict[str, object]]:
+        return [ev("cuda_runtime", "cudaLaunchKernel", ts, 2, correlation=corr),
+                {"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": 7, "ts": ts + 100,
+                 "dur": 20, "args": {"device": 0, "stream": 7, "correlation": corr}}]
+
+    def flow(ph: str, ts: float, tid: int) -> dict[str, object]:
+        return {"ph": ph, "cat": "fwdbwd", "name": "fwdbwd", "id": 9, "pid": 1, "tid": tid,
+                "ts": ts}
+
+    backward = [
+        dict(ev("cpu_op", "CompiledFunctionBackward", 700, 200), tid=2),
+        flow("f", 700, 2),
+        dict(ev("python_function", f"{GENERATED_BACKWARD}(12): call", 705, 190), tid=2),
+        dict(ev("cpu_op", "mylib::head_backward", 710, 50), tid=2),
+        dict(ev("cuda_runtime", "cudaLaunchKernel", 715, 2, correlation=4), tid=2),
+        {"ph": "X", "cat": "kernel", "name": "head_backward_gemm", "pid": 0, "tid": 7,
+         "ts": 900, "dur": 20, "args": {"device": 0, "stream": 7, "correlation": 4}},
+    ]
+    events = [
+        ev("user_annotation", "ProfilerStep#1", 0, 1000),
+        ev("python_function", "model.py(1): forward", 5, 400),
+        ev("cpu_op", "CompiledFunction", 6, 380),
+        flow("s", 6, 1),
+        ev("python_function", "torch/_dynamo/eval_frame.py(1240): _fn", 6, 390),
+        ev("python_function", f"{GENERATED}(40): call", 10, 300),
+        ev("cpu_op", "mylib::head", 20, 50),
+        *gpu("head_gemm_kernel", 30, 1),
+        ev("cpu_op", "triton_poi_fused_mul_0", 100, 20),
+        *gpu("triton_poi_fused_mul_0", 105, 2),
+        ev("python_function", "model.py(6): step", 500, 100),
+        ev("cpu_op", "aten::add_", 510, 20),
+        *gpu("add_kernel", 515, 3),
+        *backward,
+    ]
+    doc = {"traceEvents": events, "distributedInfo": {"rank": 0, "world_size": 1}}
+    (tmp_path / "rank0.pt.trace.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
+    (tmp_path / "compiled_kernels.json").write_text(json.dumps({"version": 1, "kernels": [
+        {"name": "triton_poi_fused_mul_0", "kernel_file": None, "output_code": GENERATED,
+         "rank": 0, "lines": [{"file": "model.py", "line": 2, "function": "forward",
+                               "code": "y = head(x, w)"}]}]}))
+    return tmp_path
+
+
+def test_generated_graph_code_is_compiled_code_not_a_user_file(tmp_path: Path) -> None:
+    """An extern op run from a compiled graph's `call`, forward or backward, gets no user line
+    (never the generated module, never a `~` def line of the compiled function); a generated
+    kernel there gets the statement its node came from; an eager op keeps its own line."""
+    from tracekit.load.userframes import is_generated_file, is_user_file
+
+    assert is_generated_file(GENERATED) and not is_user_file(GENERATED)
+    assert is_generated_file("/tmp/torchinductor_me/ab/cabqqqqqqqqqqqqqqqqqqqqqqqq.py")
+    assert not is_generated_file("project/ab/cab_tools.py") and is_user_file("project/ab/x.py")
+    trace = load(_graph_run(tmp_path), progress=False).traces[0]
+    kernels = trace.kernels.set_index("name")
+    extern = kernels.loc["head_gemm_kernel"]
+    assert extern["src_file"] == "" and extern["src_line"] == -1
+    compiled = kernels.loc["triton_poi_fused_mul_0"]
+    assert (compiled["src_file"], compiled["src_line"], bool(compiled["src_line_exact"])) == (
+        "model.py", 2, True)
+    eager = kernels.loc["add_kernel"]
+    assert (eager["src_file"], eager["src_line"], bool(eager["src_line_exact"])) == (
+        "model.py", 7, True)
+    # The compiled backward graph's extern op: its forward link is the compiled call, whose
+    # line is only the compiled function's def: no line rather than a `~` one.
+    assert kernels.loc["head_backward_gemm"]["src_line"] == -1
+    # ... nor from the op that ran the compiled graph around it.
+    from tracekit.link import kernel_source
+
+    row = int(np.flatnonzero(trace.kernels["name"].to_numpy() == "head_backward_gemm")[0])
+    assert kernel_source(trace, row)[2] is None
+    assert (trace.ops["src_line"][trace.ops["name"].str.startswith("CompiledFunction")]
+            == -1).all()
+    assert not (trace.ops["src_file"].astype(str).str.contains("/cache/")).any()

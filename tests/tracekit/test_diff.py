@@ -226,20 +226,89 @@ def test_findings_matching_and_costs() -> None:
     assert finding_key(base[3]) == ("comm_gap", None, "op aten::mm")
 
 
+def _code(lines: dict[int, str], length: int = 40) -> list[str]:
+    return [lines.get(n, f"filler_{n}()") for n in range(1, length + 1)]
+
+
 def test_findings_match_by_line_text_across_code_versions() -> None:
     """An edit above a line moves it; the finding on that statement is still the same one."""
-    base_code = {12: "x = bank[i]", 30: "y.copy_(z.T)"}
-    new_code = {14: "x = bank[i]", 30: "other = work()"}
+    base_code = {"train.py": _code({12: "x = bank[i]", 30: "y.copy_(z.T)"})}
+    new_lines = _code({30: "other = work()"})
+    new_lines[10:10] = ["added_one()", "added_two()"]  # lines 11-12: 12 moves to 14
+    new_lines[13] = "x = bank[i]"
+    new_code = {"train.py": new_lines}
     base = [_finding("select_backward", 0, 5.0, line=12), _finding("comm_gap", 0, 1.0, line=30)]
-    new = [_finding("select_backward", 0, 2.0, line=14), _finding("comm_gap", 0, 1.0, line=30)]
-    result = compare_findings(base, new, lambda s: base_code.get(s.line),
-                              lambda s: new_code.get(s.line))
+    new = [_finding("select_backward", 0, 2.0, line=14), _finding("comm_gap", 0, 1.0, line=32)]
+    result = compare_findings(base, new, base_code.get, new_code.get)
     [common] = result.common
     assert common.kind == "select_backward" and common.delta_cost_us == -3.0
     assert common.source == "train.py:12 -> train.py:14"
-    # Same line number, different statement: not the same finding.
-    assert [r.kind for r in result.resolved] == ["comm_gap"]
-    assert [r.kind for r in result.introduced] == ["comm_gap"]
+    assert (common.base_line, common.new_line, common.line_edited) == (12, 14, False)
+    # The line that held BASE's statement now holds another one: not the same finding, and
+    # both ends say their line was edited.
+    [resolved] = result.resolved
+    [introduced] = result.introduced
+    assert resolved.kind == introduced.kind == "comm_gap"
+    assert (resolved.base_line, resolved.new_line, resolved.line_edited) == (30, None, True)
+    assert (introduced.base_line, introduced.new_line, introduced.line_edited) == (None, 32, True)
+
+
+def test_findings_on_unedited_lines_say_where_the_line_is_in_the_other_run() -> None:
+    """A finding gone from a statement the change did not touch is resolved by something else;
+    the row says where that statement is now."""
+    base_code = {"train.py": _code({20: "w = self.bank[i]"})}
+    new_lines = _code({20: "w = self.bank[i]"})
+    new_lines[2:3] = []  # line 3 removed: line 20 is now 19
+    new_code = {"train.py": new_lines}
+    result = compare_findings([_finding("select_backward", 0, 5.0, line=20)], [],
+                              base_code.get, new_code.get)
+    [resolved] = result.resolved
+    assert (resolved.base_line, resolved.new_line, resolved.line_edited) == (20, 19, False)
+    # Unreadable code: no claim either way.
+    unknown = compare_findings([_finding("select_backward", 0, 5.0, line=20)], [])
+    assert unknown.resolved[0].line_edited is None
+
+
+def test_repeated_statements_match_by_their_place_not_their_text() -> None:
+    """Two lines with the same text (two attention classes) are two findings; each matches the
+    one at its own place after the edit, never both in one row."""
+    base_code = {"train.py": _code({10: "y = attn(q[0], k[0])", 30: "y = attn(q[0], k[0])"})}
+    new_lines = _code({10: "y = attn(q[0], k[0])", 30: "y = attn(q[0], k[0])"})
+    new_lines[0:0] = ["import extra"]
+    new_code = {"train.py": new_lines}
+    base = [_finding("select_backward", 0, 5.0, line=10), _finding("select_backward", 0, 7.0,
+                                                                   line=30)]
+    new = [_finding("select_backward", 0, 4.0, line=11), _finding("select_backward", 0, 6.0,
+                                                                  line=31)]
+    result = compare_findings(base, new, base_code.get, new_code.get)
+    assert sorted((r.base_line, r.new_line, r.delta_cost_us) for r in result.common) == [
+        (10, 11, -1.0), (30, 31, -1.0)]
+    assert not result.resolved and not result.introduced
+    # Fusion swapped the kernels' names between the two statements: each still matches the
+    # one at its own place, not the same-text statement holding its old kernel name.
+    swapped = compare_findings(
+        [_finding("select_backward", 0, 5.0, line=10, kernel="triton_poi_fused_a_1"),
+         _finding("select_backward", 0, 7.0, line=30, kernel="triton_poi_fused_b_2")],
+        [_finding("select_backward", 0, 4.0, line=11, kernel="triton_poi_fused_b_2"),
+         _finding("select_backward", 0, 6.0, line=31, kernel="triton_poi_fused_a_1")],
+        base_code.get, new_code.get)
+    assert sorted((r.base_line, r.new_line) for r in swapped.common) == [(10, 11), (30, 31)]
+
+
+def test_a_fused_kernel_renamed_by_the_change_is_still_the_same_finding() -> None:
+    """Inductor names a fused kernel after what it fused: the same statement's select_backward
+    kernel is named differently when fusion changed. Same kind and statement: one finding."""
+    code = {"train.py": _code({12: "x = bank[i]"})}
+    base = [_finding("select_backward", 0, 5.0, line=12,
+                     kernel="triton_poi_fused__unsafe_view_mul_select_backward_3")]
+    new = [_finding("select_backward", 0, 2.0, line=12,
+                    kernel="triton_per_fused_mul_select_backward_sum_18")]
+    result = compare_findings(base, new, code.get, code.get)
+    assert len(result.common) == 1 and not result.resolved and not result.introduced
+    # Another kind on that line is another finding.
+    other = compare_findings(base, [_finding("sm_contention", 0, 2.0, line=12, kernel="k")],
+                             code.get, code.get)
+    assert len(other.resolved) == 1 and len(other.introduced) == 1
 
 
 def test_reference_runs_of_different_code_match_findings() -> None:
@@ -416,3 +485,62 @@ def test_trainer_tie_copy_fix_swaps_eager_copies_for_the_triton_kernels() -> Non
     tie = [r for r in result.findings.resolved
            if r.kind == "sm_contention" and r.source and "optim.py" in r.source]
     assert tie, result.findings.resolved
+
+
+def test_a_split_recording_is_diffed_with_its_borrowed_lines(tmp_path: Path) -> None:
+    """`profile --record split`: timings without stacks, lines from `stacks/`. diff uses the
+    borrowed lines as analyze does (the findings of a run diffed with itself are all "in both",
+    at their statements)."""
+    import gzip
+    import json
+
+    from tracekit.pipeline.diff import diff_paths
+
+    (tmp_path / "model.py").write_text("def forward(bank, x):\n    w = bank[1]\n"
+                                       "    return x @ w\n")
+
+    def ev(cat: str, name: str, ts: float, dur: float, tid: int = 1, **args: object
+           ) -> dict[str, object]:
+        return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": tid, "ts": ts,
+                "dur": dur, "args": args}
+
+    def window(step: int, stacks: bool) -> list[dict[str, object]]:
+        t0 = step * 10000.0
+        events = [ev("user_annotation", f"ProfilerStep#{step}", t0, 5000)]
+        if stacks:
+            events.append(ev("python_function", "model.py(1): forward", t0 + 5, 300))
+        events += [
+            ev("cpu_op", "aten::select", t0 + 10, 10, **{"Sequence number": 3,
+                                                          "Fwd thread id": 0}),
+            {"ph": "s", "cat": "fwdbwd", "name": "fwdbwd", "id": step, "pid": 1, "tid": 1,
+             "ts": t0 + 10},
+            ev("cpu_op", "autograd::engine::evaluate_function: SelectBackward0", t0 + 400,
+               100, tid=2),
+            ev("cpu_op", "SelectBackward0", t0 + 401, 98, tid=2),
+            {"ph": "f", "cat": "fwdbwd", "name": "fwdbwd", "id": step, "pid": 1, "tid": 2,
+             "ts": t0 + 401},
+            ev("cpu_op", "aten::select_backward", t0 + 402, 90, tid=2),
+            ev("cpu_op", "aten::fill_", t0 + 403, 20, tid=2),
+            ev("cuda_runtime", "cudaLaunchKernel", t0 + 405, 2, tid=2, correlation=step),
+            {"ph": "X", "cat": "kernel", "pid": 0, "tid": 7, "ts": t0 + 1200, "dur": 400,
+             "name": "void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>",
+             "args": {"device": 0, "stream": 7, "correlation": step, "grid": [4096, 1, 1],
+                      "block": [128, 1, 1]}},
+        ]
+        return events
+
+    def write(path: Path, rank: int, events: list[dict[str, object]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"traceEvents": events, "distributedInfo": {"rank": rank, "world_size": 2},
+               "deviceProperties": [{"id": 0, "numSms": 132}]}
+        path.write_bytes(gzip.compress(json.dumps(doc).encode()))
+
+    for rank in (0, 1):  # two rank files: diff would analyse them one process per rank
+        write(tmp_path / f"rank{rank}.pt.trace.json.gz", rank, window(6, stacks=False))
+        write(tmp_path / "stacks" / f"rank{rank}.pt.trace.json.gz", rank,
+              window(8, stacks=True))
+    result, *_ = diff_paths(tmp_path, tmp_path, progress=False)
+    banks = [r for r in result.findings.common if r.kind == "select_backward"]
+    assert banks and not result.findings.resolved and not result.findings.introduced
+    assert [(r.file, r.base_line, r.new_line, r.ranks) for r in banks] == [
+        ("model.py", 2, 2, [0, 1])]

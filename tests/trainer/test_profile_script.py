@@ -288,3 +288,6 @@ def test_a_split_recording_takes_lines_from_its_stack_window(tmp_path: Path) -> 
         assert finding["cause"]["source"]["line"] == line_of(PROGRAMS / "hand_step.py",
                                                               "x @ bank[i]")
         assert finding["cause"]["source"]["line_exact"]
+    # The report says where the lines came from, and no longer that there are none.
+    assert "source lines of" in done.stdout and "taken from the same ops" in done.stdout
+    assert "no python_function events" not in done.stdout + done.stderr

@@ -59,7 +59,7 @@ from tracekit.intervals import (
     subtract_intervals,
     union_intervals,
 )
-from tracekit.link.op_source import user_frames
+from tracekit.link.op_source import in_generated_code, user_frames
 from tracekit.load.frames import already_running
 from tracekit.source import SourceIndex
 from tracekit.trace import Trace
@@ -128,6 +128,7 @@ def idle_split(trace: Trace) -> IdleSplit:
     pieces["running_frame"] = False
     fill_sources(trace, pieces)
     narrow_lines(trace, pieces)
+    drop_compiled_def_lines(trace, pieces)
     pieces = pieces.drop(columns="running_frame")
     split = IdleSplit(pieces)
     trace.__dict__["_idle_split"] = split
@@ -308,3 +309,20 @@ def narrow_lines(trace: Trace, pieces: pd.DataFrame) -> None:
     rows = np.flatnonzero(todo)
     pieces.loc[rows, "src_line"] = merged["new_line"].to_numpy(np.int64)
     pieces.loc[rows, "src_line_exact"] = merged["new_exact"].to_numpy(dtype=bool)
+
+
+def drop_compiled_def_lines(trace: Trace, pieces: pd.DataFrame) -> None:
+    """Pieces whose event runs inside Inductor's generated code keep a line only when it is
+    the statement: the compiled function's def line around that code is not the user's line
+    (as for ops, tracekit.link.op_source)."""
+    todo = np.flatnonzero((pieces["src_line"].to_numpy() >= 0)
+                          & ~pieces["src_line_exact"].to_numpy(dtype=bool)
+                          & (pieces["tid"].to_numpy() >= 0))
+    if todo.size == 0 or len(trace.python) == 0:
+        return
+    inside = in_generated_code(trace, pieces["tid"].to_numpy()[todo],
+                               pieces["event_ts"].to_numpy(np.float64)[todo])
+    rows = todo[inside]
+    columns = [c for c in ("src_file", "src_function", "src_path") if c in pieces]
+    pieces.loc[rows, columns] = ""
+    pieces.loc[rows, "src_line"] = -1

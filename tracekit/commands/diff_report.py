@@ -78,14 +78,29 @@ def rows_table(title: str, rows: list[Row], top: int, what: str = "time/step",
     return table
 
 
+def finding_lines(row: FindingRow) -> str:
+    """Where a finding's statement is in BASE and in NEW, and whether the change edited it:
+    "train.py:12 -> 14" (moved by an edit above it), "train.py:30 -> - (edited)" (changed or
+    removed in NEW), "train.py:- -> 40 (edited)" (changed or added in NEW)."""
+    if row.file is None:
+        return "-"
+    if row.base_line is None and row.new_line is None:
+        return row.source or row.file
+    base = str(row.base_line) if row.base_line is not None else "-"
+    new = str(row.new_line) if row.new_line is not None else "-"
+    where = f"{row.file}:{base}" if base == new else f"{row.file}:{base} -> {new}"
+    edited = {True: " (edited)", False: "", None: ""}[row.line_edited]
+    return where + edited
+
+
 def findings_table(title: str, rows: list[FindingRow], top: int) -> Table:
     table = Table(title=f"{title} ({len(rows)})", title_justify="left", title_style="bold")
-    for col in ("kind", "source", "culprit", "ranks", "BASE cost", "NEW cost", "change",
-                "title"):
+    for col in ("kind", "line BASE -> NEW", "culprit", "ranks", "BASE cost", "NEW cost",
+                "change", "title"):
         table.add_column(col, overflow="fold",
                          justify="right" if "cost" in col or col == "change" else "left")
     for row in rows[:top]:
-        table.add_row(row.kind, row.source or "-", cut_to(kernel_label(row.culprit), 40),
+        table.add_row(row.kind, finding_lines(row), cut_to(kernel_label(row.culprit), 40),
                       ",".join(map(str, row.ranks)), _us(row.base_cost_us), _us(row.new_cost_us),
                       _delta(row.delta_cost_us), cut_to(row.title, 60))
     return table
@@ -138,6 +153,12 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
                         ("Findings in both", f.common)):
         if rows:
             console.print(findings_table(title, rows, top))
+    edited = [(label, sum(r.line_edited is True for r in rows), len(rows))
+              for label, rows in (("resolved", f.resolved), ("introduced", f.introduced)) if rows]
+    if any(r.line_edited is not None for r in f.resolved + f.introduced):
+        console.print("(edited): the finding's line changed between BASE and NEW (a line-level "
+                      "diff of each run's copy of the file): "
+                      + ", ".join(f"{n} of {total} {label}" for label, n, total in edited))
     if not (f.resolved or f.introduced or f.common):
         console.print("No findings in either run.", style="bold")
     if result.comm:
@@ -197,7 +218,7 @@ def write_diff_html(result: RunDiff, timelines: list[Timeline], titles: list[str
         _rows_html("Kernels by launching CPU op", result.kernels_by_launching_op, top),
     ))
     findings = "".join(
-        f"<li><b>{label}</b>: {html.escape(r.kind)} at {html.escape(r.source or '-')} "
+        f"<li><b>{label}</b>: {html.escape(r.kind)} at {html.escape(finding_lines(r))} "
         f"({html.escape(r.title)}), cost {_us(r.base_cost_us)} -> {_us(r.new_cost_us)}</li>"
         for label, rows in (("resolved", result.findings.resolved),
                             ("introduced", result.findings.introduced),

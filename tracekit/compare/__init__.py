@@ -11,19 +11,18 @@ a trace has no steps). Counts are totals, so "appeared"/"disappeared" are exact.
 
 Kernel names are matched across runs by `tracekit.names.normalize_kernel_name`.
 
-Findings are matched on (kind, cause source, normalised culprit kernel), falling back to the
-cause op when a finding has neither; findings of one key on several ranks are summed. Ranks are
-paired only with the same rank: a rank in one run only is left out (with a note), and two runs
-with no rank in common are not compared. How the runs differ beyond their timings (device,
-world size, ranks, versions, profiled steps) comes first in the report (`context`). The cause
-source is the file and the text of its line when each run's copy of the file can be read (runs
-of different code: an edit above the line moves it, the finding is still the same), else
-`file:line`.
+Findings are matched on what they are: kind, statement, normalised culprit kernel (the cause op
+when a finding has neither), with the statement placed in both runs by a line-level diff of
+each run's own copy of the file (`findings`, `edits`); findings of one key on several ranks are
+summed. Each resolved or introduced finding says whether its line was edited between the runs.
+Ranks are paired only with the same rank: a rank in one run only is left out (with a note),
+and two runs with no rank in common are not compared. How the runs differ beyond their timings
+(device, world size, ranks, versions, profiled steps) comes first in the report (`context`).
 
 The parts: `schema` (the data classes and the JSON form), `steps` (step-time statistics),
 `tables` (per-name tables), `totals` (one rank's share, computed where the rank is loaded),
-`findings` (matching findings across runs), `comm` (exposed communication), `context` (what
-each run is, and where they differ). Nothing here
+`findings` (matching findings across runs), `edits` (which lines changed), `comm` (exposed
+communication), `context` (what each run is, and where they differ). Nothing here
 loads or analyses a run: `tracekit.pipeline` does, and hands the results in.
 """
 
@@ -31,7 +30,7 @@ from __future__ import annotations
 
 from tracekit.compare.comm import compare_comm
 from tracekit.compare.context import RunContexts, context_of, paired_ranks
-from tracekit.compare.findings import compare_findings, finding_key, source_line_reader
+from tracekit.compare.findings import compare_findings, finding_key, source_file_reader
 from tracekit.compare.schema import (
     CommRow,
     Distribution,
@@ -102,8 +101,8 @@ def diff_totals(base_run: Run, base_totals: list[RankTotals], base_findings: lis
         **tables,
         kernels_appeared=[r.name for r in tables["kernels"] if r.status == "appeared"],
         kernels_disappeared=[r.name for r in tables["kernels"] if r.status == "disappeared"],
-        findings=compare_findings(base_findings, new_findings, source_line_reader(base_run),
-                                  source_line_reader(new_run)),
+        findings=compare_findings(base_findings, new_findings, source_file_reader(base_run),
+                                  source_file_reader(new_run)),
         comm=compare_comm({t.rank: t.comm for t in base_totals if t.comm},
                           {t.rank: t.comm for t in new_totals if t.comm}),
         notes=notes,

@@ -34,7 +34,13 @@ cannot be computed):
           FindingRow = {"kind", "source": str | null, "culprit": str | null,
                         "title": str, "ranks": [int],
                         "base_count": int, "new_count": int,
-                        "base_cost_us": float, "new_cost_us": float, "delta_cost_us": float}
+                        "base_cost_us": float, "new_cost_us": float, "delta_cost_us": float,
+                        "file": str | null,             # the cause's source file
+                        "base_line", "new_line": int | null,  # the statement's line in each
+                            # run (for a finding of one run only: where its line is, unedited,
+                            # in the other; null when edited or the code is unreadable)
+                        "line_edited": bool | null}     # the line changed between the runs
+                            # (for "common": the BASE line); null: code of a run unreadable
       },
       "comm": [CommRow],
         CommRow = {"rank": int, "base_nccl_us", "new_nccl_us", "base_exposed_us",
@@ -134,6 +140,10 @@ class FindingRow:
     base_cost_us: float
     new_cost_us: float
     delta_cost_us: float
+    file: str | None = None
+    base_line: int | None = None
+    new_line: int | None = None
+    line_edited: bool | None = None
 
 
 @dataclass

@@ -9,7 +9,13 @@ Compiled code: an Inductor kernel's cpu_op (`triton_poi_fused_add_select_backwar
 backward and takes the line of its forward op, the compiled graph's call, which names only the
 def line of the compiled function. When the kernel's name says it fuses a select_backward, the
 forward statement behind it is a tensor indexed by a variable (`bank[i]`): narrowed with
-`SourceIndex.narrow_for_op(..., "aten::select")`.
+`SourceIndex.narrow_for_op(..., "aten::select")`. Ops run from Inductor's generated code
+itself (the graph's `call` calling an extern op such as a custom op or cuBLAS) keep a line
+only when it is a statement: that code is not the user's
+(`tracekit.load.userframes.is_generated_file`), and the def line of the compiled function
+around it is not the statement. Ops the autograd engine runs with
+neither a forward op nor a user frame (a parameter's gradient accumulation) take the
+`.backward(` statement that started the pass (`_engine_sources`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import pandas as pd
 
 from tracekit.intervals import innermost_containing, propagate_down
 from tracekit.load.frames import already_running
+from tracekit.load.userframes import is_generated_file
 from tracekit.names import name_matches
 from tracekit.source import KERNEL_PREFIX, SourceIndex
+from tracekit.source.backward_call import backward_statement
 from tracekit.trace import Trace
 
 SRC_COLUMNS = ["src_file", "src_line", "src_function", "src_line_exact"]
@@ -47,6 +55,34 @@ def user_frames(trace: Trace, tid: np.ndarray | None = None,
         python["parent"].to_numpy(), tid, t,
         eligible=python["is_user"].to_numpy(dtype=bool),
     )
+
+
+def in_generated_code(trace: Trace, tid: np.ndarray | None = None,
+                      t: np.ndarray | None = None) -> np.ndarray:
+    """Whether the innermost frame of user or generated code around each (tid, t), by default
+    each op's start, is Inductor's generated code (a compiled graph's `call` running an extern
+    op or a kernel)."""
+    python = trace.python
+    if tid is None or t is None:
+        tid, t = trace.ops["tid"].to_numpy(), trace.ops["ts"].to_numpy()
+    if len(python) == 0 or len(t) == 0:
+        return np.zeros(len(t), dtype=bool)
+    generated = generated_frames(python)
+    found = innermost_containing(
+        python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
+        python["parent"].to_numpy(), tid, t,
+        eligible=python["is_user"].to_numpy(dtype=bool) | generated,
+    )
+    inside = found >= 0
+    inside[inside] = generated[found[inside]]
+    return inside
+
+
+def generated_frames(python: pd.DataFrame) -> np.ndarray:
+    """Whether each Python frame runs code Inductor generated (`is_generated_file`)."""
+    codes, files = pd.factorize(python["file"].astype(object))
+    flags = np.array([is_generated_file(str(f)) for f in files] or [False], dtype=bool)
+    return flags[codes] if len(files) else np.zeros(len(python), dtype=bool)
 
 
 def launch_sources(trace: Trace, launch_rows: np.ndarray, kernel_names: np.ndarray,
@@ -122,7 +158,85 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     out["src_line"] = out["src_line"].astype(np.int64)
     out["src_line_exact"] = out["src_line_exact"].astype(bool)
     _narrow_compiled(ops, out, index)
+    _compiled_code_lines(trace, out)
+    _engine_sources(trace, out, index)
     return out
+
+
+COMPILED_REGION = re.compile(r"CompiledFunction|Torch-Compiled Region|CompiledFxGraph")
+"""The ops that run a compiled graph (AOTAutograd's forward and backward functions, dynamo's
+region, Inductor's graph call): what they ran is the graph, not one statement."""
+
+
+def _compiled_code_lines(trace: Trace, out: pd.DataFrame) -> None:
+    """Work run from Inductor's generated code, and the ops that run a compiled graph, keep a
+    line only when it is the statement (narrowed in the compiled function, or given by
+    provenance later): the compiled function's def line, or a generated module's own line, is
+    not the user's line, so they get none (nor do the ops inside them inherit it)."""
+    region = np.asarray(name_matches(trace.ops["name"], COMPILED_REGION), dtype=bool)
+    vague = (in_generated_code(trace) | region) & ~out["src_line_exact"].to_numpy(dtype=bool)
+    if vague.any():
+        rows = out.index[vague]
+        out.loc[rows, "src_file"] = ""
+        out.loc[rows, "src_function"] = ""
+        out.loc[rows, "src_line"] = -1
+        out.loc[rows, "src_from_fwd"] = False
+
+
+ENGINE_OP = re.compile(r"^autograd::engine::evaluate_function: torch::autograd::AccumulateGrad")
+"""A parameter's gradient accumulation, which the engine runs natively (the one kind of
+engine work taken here: the others run a graph or a hook whose own code is the answer)."""
+RUN_BACKWARD = re.compile(r"run_backward")
+"""torch's `Variable._execution_engine.run_backward(...)`: the caller waits in it while the
+engine's threads run the backward pass."""
+
+
+def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex) -> None:
+    """The autograd engine's gradient accumulation into `.grad` (AccumulateGrad's add_/copy_:
+    no forward op, no Python frame of its own) takes the `.backward(` statement the calling
+    thread was running meanwhile (tracekit.source.backward_call), in place."""
+    ops, python = trace.ops, trace.python
+    if ops.empty or python.empty:
+        return
+    engine = np.asarray(name_matches(ops["name"], ENGINE_OP), dtype=bool)
+    under = propagate_down(ops["parent"].to_numpy(), ops["depth"].to_numpy(),
+                           np.where(engine, np.arange(len(ops)), -1)) >= 0
+    todo = np.flatnonzero(under & (out["src_line"].to_numpy() < 0))
+    waits = python[np.asarray(name_matches(python["name"], RUN_BACKWARD), dtype=bool)]
+    if todo.size == 0 or waits.empty:
+        return
+    # Only native engine work: an op under Python code of its own thread (a compiled backward
+    # graph's generated code, a Python hook) is that code's, not the caller's. Built-in
+    # frames (C++ functions bound to Python, named without a file) do not count.
+    framed = innermost_containing(
+        python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
+        python["parent"].to_numpy(), ops["tid"].to_numpy()[todo], ops["ts"].to_numpy()[todo],
+        eligible=python["line"].to_numpy() >= 0)
+    todo = todo[framed < 0]
+    if todo.size == 0:
+        return
+    waits = waits.sort_values("ts", kind="stable")
+    starts, ends = waits["ts"].to_numpy(), waits["end"].to_numpy()
+    t = ops["ts"].to_numpy()[todo]
+    at = np.searchsorted(starts, t, side="right") - 1
+    inside = at >= 0
+    inside[inside] = ends[at[inside]] >= t[inside]
+    todo, at = todo[inside], at[inside]
+    if todo.size == 0:
+        return
+    frame = user_frames(trace, waits["tid"].to_numpy()[at], starts[at])
+    has = frame >= 0
+    todo, frame = todo[has], frame[has]
+    keys = pd.DataFrame({"file": python["file"].to_numpy()[frame],
+                         "line": python["line"].to_numpy()[frame],
+                         "function": python["function"].to_numpy()[frame]})
+    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+    answers = [backward_statement(index, str(f), int(ln), str(fn)) for f, ln, fn in uniques]
+    rows = out.index[todo]
+    out.loc[rows, "src_file"] = keys["file"].to_numpy()
+    out.loc[rows, "src_function"] = keys["function"].to_numpy()
+    out.loc[rows, "src_line"] = np.array([a.line for a in answers], dtype=np.int64)[codes]
+    out.loc[rows, "src_line_exact"] = np.array([a.exact for a in answers], dtype=bool)[codes]
 
 
 def _narrow_compiled(ops: pd.DataFrame, out: pd.DataFrame, index: SourceIndex) -> None:

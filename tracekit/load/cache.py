@@ -43,7 +43,7 @@ from tracekit.load.memory import release_freed
 from tracekit.trace import FRAME_NAMES, Trace
 
 # 3: launches in one row order however the file was sliced (see extract.GROUPED_BY).
-CACHE_FORMAT_VERSION = 4
+CACHE_FORMAT_VERSION = 5
 CACHE_DIR_NAME = ".tkcache"
 KEY_FILE = "key.json"
 HASH_SPAN_BYTES = 1 << 20

@@ -163,6 +163,9 @@ def build_launches(cols: Columns) -> pd.DataFrame:
     return col.frame(columns, LAUNCH_COLUMNS)
 
 
+NO_STACKS = "no python_function events"
+"""How the note on a trace recorded without Python stacks begins."""
+
 FRAME_NAME = re.compile(r"^(?P<file>.*)\((?P<line>\d+)\): (?P<function>.*)$")
 
 
@@ -368,10 +371,8 @@ def load_warnings(trace: Trace) -> list[str]:
     if len(trace.ops) == 0:
         out.append("no CPU ops (cpu_op events): kernels cannot be tied to the code that ran them")
     if len(trace.python) == 0:
-        out.append(
-            "no python_function events (record with with_stack=True): "
-            "findings will not point at source lines"
-        )
+        out.append(f"{NO_STACKS} (record with with_stack=True): findings will not point at "
+                   "source lines")
     if not isinstance(trace.meta.get("distributedInfo"), dict):
         out.append(
             "no distributedInfo: rank and world size are taken from the file name or order"

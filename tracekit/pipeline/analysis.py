@@ -18,6 +18,7 @@ from tracekit.link import link_trace
 from tracekit.link.borrow import borrow_op_sources
 from tracekit.load import load_plan
 from tracekit.load import load_trace as load_trace_frames
+from tracekit.load.frames import NO_STACKS
 from tracekit.load.rundir import LoadPlan, plan_load
 from tracekit.report import print_report, render_json
 from tracekit.source import source_roots
@@ -68,6 +69,8 @@ def borrow_stack_window(run: Run, window: Run) -> None:
     for trace in run.traces:
         if trace.rank in donors:
             n = borrow_op_sources(trace, donors[trace.rank])
+            if n:  # the timing window's own "no Python stacks" note no longer holds
+                trace.warnings[:] = [w for w in trace.warnings if not w.startswith(NO_STACKS)]
             trace.warnings.append(
                 f"recorded without stacks; source lines of {n:,} ops taken from the same ops "
                 f"of steps {span}, recorded with stacks (stacks/)")
