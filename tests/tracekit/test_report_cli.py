@@ -213,3 +213,12 @@ def test_a_mostly_idle_step_is_reported_with_where_its_idle_went(tmp_path: Path,
     assert step3["idle_by_cause_us"]["input"] == pytest.approx(50_000.0, rel=0.01)
     assert step3["wall_us"] == pytest.approx(step3["compute_us"] + step3["exposed_comm_us"]
                                              + step3["idle_us"])
+
+
+def test_budgeted_costs_show_per_step_and_as_a_share_of_the_step(tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    run_dir = slow_run(tmp_path)
+    code, out, err = cli_here([str(run_dir), "--kinds", "slow_step"], capsys, monkeypatch)
+    assert code == 0, err
+    [line] = [x for x in out.splitlines() if "step 3 took" in x]
+    assert "/step, " in line and "% of step)" in line
