@@ -544,3 +544,13 @@ def test_a_split_recording_is_diffed_with_its_borrowed_lines(tmp_path: Path) -> 
     assert banks and not result.findings.resolved and not result.findings.introduced
     assert [(r.file, r.base_line, r.new_line, r.ranks) for r in banks] == [
         ("model.py", 2, 2, [0, 1])]
+    # A rank missing from stacks/: its note says so, the other rank's says where its lines
+    # came from; neither claims the run has no lines at all.
+    from tracekit.pipeline import load
+
+    (tmp_path / "stacks" / "rank1.pt.trace.json.gz").unlink()
+    notes = {t.rank: t.warnings for t in load(tmp_path, progress=False).traces}
+    assert not [w for w in notes[0] if "no python_function events" in w]
+    assert [w for w in notes[0] if "taken from the same ops" in w]
+    assert [w for w in notes[1] if "rank 1 recorded without stacks and stacks/ holds" in w]
+    assert not [w for w in notes[1] if "no python_function events" in w]

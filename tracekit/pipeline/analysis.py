@@ -74,6 +74,11 @@ def borrow_stack_window(run: Run, window: Run) -> None:
             trace.warnings.append(
                 f"recorded without stacks; source lines of {n:,} ops taken from the same ops "
                 f"of steps {span}, recorded with stacks (stacks/)")
+        else:  # the note says why this rank's findings have no lines, not that none do
+            trace.warnings[:] = [
+                f"rank {trace.rank} recorded without stacks and stacks/ holds no trace of it: "
+                "its findings have no source lines" if w.startswith(NO_STACKS) else w
+                for w in trace.warnings]
 
 
 def load_trace(path: str | os.PathLike[str], *, link: bool = True) -> Trace:
