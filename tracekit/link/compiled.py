@@ -12,6 +12,13 @@ The primary line: for a kernel that fuses a select_backward, the first of its li
 indexes with a single index (`w = self.bank[i]`, `q[0]`: a select, the cause of the fill);
 otherwise the first line Inductor lists (its first fused node). A recorded line is checked
 against the run's copy of the file (`relocate`).
+
+Extern ops (cuBLAS `aten::mm`, attention, custom ops) run from a generated module's `call`
+function, whose frame the profiler names by its def line only. That body is straight-line code,
+so under one `call` frame the k-th op of a name that `call` runs directly is the module's k-th
+extern call of that op (`tracekit.load.compiled.call_handles`), and takes its recorded line
+(`apply_extern_sources`); the ops inside it inherit it. When the frame's count of that op
+differs from the module's (an op missing or extra), none of them gets a line.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from tracekit.load.compiled import read_compiled_kernels
+from tracekit.intervals import innermost_containing
+from tracekit.link.op_source import call_ops, generated_frames
+from tracekit.load.compiled import read_compiled_kernels, read_extern_calls
 from tracekit.source import SourceIndex
 from tracekit.trace import Trace
 
@@ -78,9 +88,10 @@ def primary_line(name: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> int:
     """Give Inductor kernel ops their recorded user lines (in place); returns the ops set."""
+    set_rows = apply_extern_sources(trace, run_dir, index)
     kernels = read_compiled_kernels(run_dir)
     if not kernels or trace.ops.empty:
-        return 0
+        return set_rows
     rank_kernels = [k for k in kernels if k.get("rank") in (None, trace.rank)] or kernels
     roots = tuple(trace.source_roots)  # as recorded: the program's sys.path, even if gone
     by_name: dict[str, list[dict[str, Any]]] = {}
@@ -96,7 +107,6 @@ def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> i
     hit = label.isin(list(by_name)).to_numpy()
     columns = {c: ops[c].to_numpy().copy() for c in
                ("src_file", "src_line", "src_function", "src_line_exact", "src_from_fwd")}
-    set_rows = 0
     for row in np.flatnonzero(hit):
         name = str(label.iat[row])
         candidates = by_name[name]
@@ -121,3 +131,79 @@ def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> i
     for column, values in columns.items():
         ops[column] = values
     return set_rows
+
+
+def apply_extern_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> int:
+    """Give the extern ops a generated `call` runs (and the ops inside them) the user line of
+    their extern call (in place); returns the ops set."""
+    modules = read_extern_calls(run_dir)
+    ops, python = trace.ops, trace.python
+    if not modules or ops.empty or python.empty:
+        return 0
+    rank_modules = [m for m in modules if m.get("rank") in (None, trace.rank)] or modules
+    by_file = {Path(str(m["output_code"])).name: m for m in rank_modules}
+    names = python["file"].astype(str).map(lambda f: Path(f).name)
+    is_call = (generated_frames(python) & (python["function"].astype(str) == "call").to_numpy()
+               & names.isin(list(by_file)).to_numpy())
+    if not is_call.any():
+        return 0
+    tid, ts = ops["tid"].to_numpy(), ops["ts"].to_numpy()
+    frame = innermost_containing(
+        python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
+        python["parent"].to_numpy(), tid, ts, eligible=is_call)
+    top = call_ops(ops, frame)
+    direct = (frame >= 0) & (top == np.arange(len(ops)))
+    rows = np.flatnonzero(direct)
+    calls = pd.DataFrame({"row": rows, "frame": frame[rows], "op": ops["name"].to_numpy()[rows],
+                          "ts": ts[rows]}).sort_values(["frame", "ts"], kind="stable")
+    calls["k"] = calls.groupby(["frame", "op"]).cumcount()
+    calls["count"] = calls.groupby(["frame", "op"])["op"].transform("size")
+    calls["module"] = names.to_numpy()[calls["frame"].to_numpy()]
+    roots = tuple(trace.source_roots)
+    recorded = []
+    for module, m in by_file.items():
+        extern = pd.DataFrame([{"op": c.get("op"), "lines": c.get("lines") or []}
+                               for c in m["calls"]], columns=["op", "lines"])
+        extern["k"] = extern.groupby("op").cumcount()
+        extern["expected"] = extern.groupby("op")["op"].transform("size")
+        extern["module"] = module
+        recorded.append(extern)
+    matched = calls.merge(pd.concat(recorded), on=["module", "op", "k"], how="inner")
+    matched = matched[matched["count"] == matched["expected"]]
+    lines = {}
+    for key, group in matched.groupby(["module", "op", "k"], sort=False):
+        found = [relocate(line, roots, index) for line in group["lines"].iat[0]]
+        found = [line for line in found if line is not None]
+        unique = [line for i, line in enumerate(found) if line not in found[:i]]
+        if unique:
+            lines[key] = unique
+    if not lines:
+        return 0
+    keys = list(zip(matched["module"], matched["op"], matched["k"], strict=True))
+    has = np.array([k in lines for k in keys], dtype=bool)
+    matched = matched[has]
+    chosen = [lines[k] for k, h in zip(keys, has, strict=True) if h]
+    n = len(ops)
+    source = np.full(n, -1, dtype=np.int64)
+    source[matched["row"].to_numpy()] = np.arange(len(matched))
+    inherits = (top >= 0) & (frame >= 0)
+    pick = np.full(n, -1, dtype=np.int64)
+    pick[inherits] = source[top[inherits]]
+    # An op inside keeps a statement of its own (a custom op's Python body in user code).
+    own = ops["src_line_exact"].to_numpy(dtype=bool) & (top != np.arange(n))
+    targets = np.flatnonzero((pick >= 0) & ~own)
+    files = np.array([c[0]["file"] for c in chosen], dtype=object)
+    numbers = np.array([int(c[0]["line"]) for c in chosen], dtype=np.int64)
+    functions = np.array([str(c[0].get("function", "")) for c in chosen], dtype=object)
+    exact = np.array([len(c) == 1 for c in chosen], dtype=bool)
+    columns = {c: ops[c].to_numpy().copy() for c in
+               ("src_file", "src_line", "src_function", "src_line_exact", "src_from_fwd")}
+    at = pick[targets]
+    columns["src_file"][targets] = files[at]
+    columns["src_line"][targets] = numbers[at]
+    columns["src_function"][targets] = functions[at]
+    columns["src_line_exact"][targets] = exact[at]
+    columns["src_from_fwd"][targets] = False
+    for column, values in columns.items():
+        ops[column] = values
+    return len(targets)
