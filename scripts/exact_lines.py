@@ -10,6 +10,8 @@ written). Each finding falls in one class:
   was not profiled);
 - no code location: the finding's nature has none (`evidence.no_code_location` says why: a
   warm-up step paid once per process, the profiler's own time).
+A finding that stands for several lines (`evidence.line_costs`: gpu_idle "at N lines") is split
+over them, in proportion to each line's own time.
 The share is exact cost / (exact + inexact + no line) cost; findings without a code location
 by nature are counted apart. `--list` names every finding that is not exact.
 """
@@ -54,12 +56,35 @@ def where(finding: dict[str, Any]) -> str:
     return (finding.get("evidence") or {}).get("no_code_location") or "-"
 
 
+def split_by_line(finding: dict[str, Any]) -> dict[str, float] | None:
+    """A finding that stands for several lines (`evidence.line_costs`, e.g. gpu_idle "at N
+    lines") split over its lines: its cost in proportion to each line's own time, exact or
+    inexact by that line; the time of pieces without a line is "no line"."""
+    lines = (finding.get("evidence") or {}).get("line_costs")
+    if not lines:
+        return None
+    cost = float(finding.get("cost_us") or 0.0)
+    # line_costs hold the group's whole idle time (evidence.idle_us); the budget may have given
+    # the finding less: scale to its cost.
+    whole = float(finding["evidence"].get("idle_us") or sum(float(x["us"]) for x in lines))
+    scale = cost / whole if whole > 0 else 0.0
+    exact = sum(float(x["us"]) for x in lines if x.get("exact")) * scale
+    inexact = sum(float(x["us"]) for x in lines if not x.get("exact")) * scale
+    return {"exact": exact, "inexact": inexact, "no line": max(cost - exact - inexact, 0.0)}
+
+
 def summary(findings: list[dict[str, Any]]) -> dict[str, Any]:
     cost = {c: 0.0 for c in CLASSES}
     count = {c: 0 for c in CLASSES}
     for finding in findings:
         c = class_of(finding)
-        cost[c] += float(finding.get("cost_us") or 0.0)
+        parts = split_by_line(finding) if c == "no line" else None
+        if parts:
+            for part, us in parts.items():
+                cost[part] += us
+            c = max(parts, key=lambda k: parts[k])
+        else:
+            cost[c] += float(finding.get("cost_us") or 0.0)
         count[c] += 1
     located = cost["exact"] + cost["inexact"] + cost["no line"]
     return {"cost_us": cost, "count": count,

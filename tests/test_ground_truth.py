@@ -274,3 +274,16 @@ def test_costs_do_not_exceed_the_paired_step_time_difference() -> None:
         per_step_ms = per_rank_us / 1000 / len(profiled)
         assert per_step_ms > 0
         assert per_step_ms <= max(diff_ms, 0.0) + spread_ms
+
+
+def test_a_gpu_idle_finding_at_several_lines_lists_each_line_with_its_idle_time() -> None:
+    _, findings = analysed(TRACES / "switch-work-order")
+    spread = [f for f in of_kind(findings, "gpu_idle") if "line_costs" in f.evidence]
+    assert spread, "switch-work-order has launch idle spread over several lines"
+    for f in spread:
+        lines = f.evidence["line_costs"]
+        places = [(x["file"], x["line"]) for x in lines]
+        assert len(set(places)) == len(places) <= f.evidence["lines"]
+        assert [x["us"] for x in lines] == sorted((x["us"] for x in lines), reverse=True)
+        assert 0 < sum(x["us"] for x in lines) <= f.evidence["idle_us"] + 0.01
+        assert f.cost_us <= f.evidence["idle_us"] + 0.01

@@ -55,3 +55,17 @@ def test_a_run_directory_is_analysed_afresh() -> None:
 def test_a_missing_path_is_one_error_line(tmp_path: Path) -> None:
     done = run(str(tmp_path / "nothing"))
     assert done.returncode == 2 and done.stderr.strip().startswith("error: ")
+
+
+def test_a_finding_at_several_lines_is_split_over_them_by_each_lines_time(
+        tmp_path: Path) -> None:
+    spread = finding("gpu_idle", 500.0, None, idle_us=1000.0, lines=3, line_costs=[
+        {"file": "m.py", "line": 7, "exact": True, "us": 600.0},
+        {"file": "m.py", "line": 2, "exact": False, "us": 300.0}])
+    path = tmp_path / "findings.json"
+    path.write_text(json.dumps([spread]))
+    done = run(str(path))
+    assert done.returncode == 0, done.stderr
+    # budgeted to half its idle time: 300 us exact, 150 us at a def line, 50 us without a line
+    assert "60.0% of the findings' cost on exact lines" in done.stdout
+    assert "exact 1 (0.3 ms), inexact 0 (0.1 ms), no line 0 (0.1 ms)" in done.stdout

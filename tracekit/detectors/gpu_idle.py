@@ -250,6 +250,8 @@ def finding_for(trace: Trace, group: pd.DataFrame, cause: str, n_windows: int,
     }
     if merged:
         evidence["lines"] = merged
+        evidence["idle_us"] = round(total, 3)
+        evidence["line_costs"] = line_costs(group)
         evidence["top_events"] = {str(k): round(float(v), 3) for k, v in by_name.head(5).items()}
     if cause == "launch":
         evidence.update(launch_evidence(trace, n_windows))
@@ -263,6 +265,21 @@ def finding_for(trace: Trace, group: pd.DataFrame, cause: str, n_windows: int,
                              f"{len(evidence['idle_us_by_step'])} step(s)"),
         evidence=evidence, suggestion=SUGGESTIONS[cause],
         spans=(group["start"].to_numpy(np.float64), group["end"].to_numpy(np.float64)))
+
+
+def line_costs(group: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each user line of a merged group with its idle time, largest first: the lines a finding
+    "at N lines" stands for, each checkable on its own (`exact`: the statement, not a def line).
+    Pieces without a line are left out (the finding's cost minus these is theirs)."""
+    lined = group[group["src_line"].to_numpy() >= 0]
+    if lined.empty:
+        return []
+    per_line = (lined.groupby(["src_file", "src_line"], sort=False, observed=True)
+                .agg(us=("us", "sum"), exact=("src_line_exact", "all"))
+                .sort_values("us", ascending=False))
+    return [{"file": str(file), "line": int(line), "exact": bool(row.exact),
+             "us": round(float(row.us), 3)}
+            for (file, line), row in zip(per_line.index, per_line.itertuples(), strict=True)]
 
 
 def source_line(piece: pd.Series) -> SourceLine | None:
