@@ -89,3 +89,25 @@ def test_a_call_count_that_does_not_match_gives_no_line(tmp_path: Path) -> None:
     forward = mm[mm["src_line"] < 0]
     assert len(forward) == 3 * 4  # the forward module records 3 mm calls, its trace runs 4
     assert set(mm.loc[mm["src_line"] >= 0, "src_line"]) == {MATMUL_LINE}
+
+
+def test_of_the_statements_inductor_lists_for_an_extern_call_the_one_that_runs_it_is_told(
+        tmp_path: Path) -> None:
+    from tracekit.source.narrow import SourceIndex
+
+    (tmp_path / "attn.py").write_text(
+        "def forward(self, x, a, b):\n"
+        "    q, k, v = x.view(4, 8, 16).unbind(0)\n"
+        "    y = F.scaled_dot_product_attention(q, k, v,\n"
+        "                                       is_causal=True)\n"
+        "    out = torch.ops.nanogpt.mm_t(a, b)\n"
+        "    return y @ out\n")
+    index = SourceIndex(roots=(tmp_path,))
+    sdpa = "aten::_scaled_dot_product_cudnn_attention"
+    assert index.statement_runs("attn.py", 3, sdpa)
+    assert index.statement_runs("attn.py", 3, sdpa + "_backward")  # its forward's statement
+    assert not index.statement_runs("attn.py", 2, sdpa)  # a view feeding it
+    assert index.statement_runs("attn.py", 5, "nanogpt::mm_t_backward")
+    assert not index.statement_runs("attn.py", 5, sdpa)
+    assert index.statement_runs("attn.py", 6, "aten::mm")
+    assert not index.statement_runs("nowhere.py", 3, sdpa)

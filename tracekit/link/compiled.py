@@ -175,6 +175,10 @@ def apply_extern_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> int
         found = [relocate(line, roots, index) for line in group["lines"].iat[0]]
         found = [line for line in found if line is not None]
         unique = [line for i, line in enumerate(found) if line not in found[:i]]
+        if len(unique) > 1:  # one of them runs the op: that statement, exact
+            runs = [line for line in unique
+                    if index.statement_runs(str(line["file"]), int(line["line"]), key[1])]
+            unique = runs if len(runs) == 1 else unique
         if unique:
             lines[key] = unique
     if not lines:

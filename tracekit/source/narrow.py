@@ -62,6 +62,9 @@ CALL_ALIASES: dict[str, tuple[str, ...]] = {
     "embedding": ("embedding",),
     "cross_entropy_loss": ("cross_entropy",),
     "scaled_dot_product_attention": ("scaled_dot_product_attention",),
+    "_scaled_dot_product_cudnn_attention": ("scaled_dot_product_attention",),
+    "_scaled_dot_product_flash_attention": ("scaled_dot_product_attention",),
+    "_scaled_dot_product_efficient_attention": ("scaled_dot_product_attention",),
 }
 """aten/c10d op names whose Python spelling differs from the op's name."""
 
@@ -77,6 +80,26 @@ class SourceIndex(SourceFiles):
     """Source files (see SourceFiles) and the statement lines narrowed in them, cached."""
 
     _answers: dict[tuple[str, int, str, str, int, int], Narrowed] = field(default_factory=dict)
+    _starting: dict[str, dict[int, list[ast.AST]]] = field(default_factory=dict)
+
+    def statement_runs(self, file: str, line: int, op_name: str) -> bool:
+        """Whether code starting on `line` of `file` has the syntax that runs `op_name` (a
+        backward op: its forward's). Tells apart the statements Inductor lists for an extern
+        call whose node it could not name (it then gives the stacks of all the node's origins:
+        the attention call and the views and norms feeding it)."""
+        if file not in self._starting:
+            path = self.resolve(file)
+            parsed = self.parsed(path) if path is not None else None
+            by_line: dict[int, list[ast.AST]] = {}
+            for node in ast.walk(parsed.tree) if parsed is not None else ():
+                if hasattr(node, "lineno"):
+                    by_line.setdefault(node.lineno, []).append(node)
+            self._starting[file] = by_line
+        nodes = self._starting[file].get(line, [])
+        names = [op_name]
+        if op_name.endswith("_backward"):
+            names.append(op_name[:-len("_backward")])
+        return any(m(node) for name in names for m in matchers_for(name) for node in nodes)
 
     def narrow(self, file: str, def_line: int, function: str, op_name: str, ordinal: int,
                count: int) -> Narrowed:
