@@ -67,11 +67,13 @@ def test_files_are_named_as_the_profiler_names_frames() -> None:
     assert profiler_name("/elsewhere/y.py", roots) == "/elsewhere/y.py"
 
 
-def test_a_fused_select_backward_points_at_the_indexing_line() -> None:
-    lines = [{"line": 24, "code": "x = torch.relu(x @ w) * self.scale"},
-             {"line": 23, "code": "w = self.bank[i]"}]
-    assert primary_line("triton_poi_fused_add_select_backward_2", lines)["line"] == 23
-    assert primary_line("triton_poi_fused_add_mul_2", lines)["line"] == 24
+def test_a_fused_select_backward_points_at_the_indexing_line_even_without_the_file(
+        tmp_path: Path) -> None:
+    lines = [{"file": "gone.py", "line": 24, "code": "x = torch.relu(x @ w) * self.scale"},
+             {"file": "gone.py", "line": 23, "code": "w = self.bank[i]"}]
+    index = SourceIndex(roots=(tmp_path,))  # the file is not there: its recorded text decides
+    assert primary_line("triton_poi_fused_add_select_backward_2", lines, index)["line"] == 23
+    assert primary_line("triton_poi_fused_add_mul_2", lines, index)["line"] == 24
 
 
 def test_compiled_cpu_kernels_take_their_recorded_lines() -> None:
@@ -202,3 +204,19 @@ def test_generated_graph_code_is_compiled_code_not_a_user_file(tmp_path: Path) -
     assert (trace.ops["src_line"][trace.ops["name"].str.startswith("CompiledFunction")]
             == -1).all()
     assert not (trace.ops["src_file"].astype(str).str.contains("/cache/")).any()
+
+
+def test_a_fused_select_backward_is_reported_at_the_statement_that_indexes_a_tensor(
+        tmp_path: Path) -> None:
+    (tmp_path / "rope.py").write_text(
+        "def forward(self, x, q, k, v):\n"
+        "    x_flip = x.view(*x.shape[:-1], x.shape[-1] // 2, 2).flip(-1)\n"
+        "    scale = self.factor[None, : x.size(-3), None, :]\n"
+        "    y = attend(q[0], k[0], v[0])\n")
+    lines = [{"file": "rope.py", "line": n, "function": "forward", "code": ""} for n in (2, 3, 4)]
+    name = "triton_red_fused_add_flip_mul_select_backward_slice_0"
+    best = primary_line(name, lines, SourceIndex(roots=(tmp_path,)))
+    assert best["line"] == 4
+    # A fill that is not select_backward keeps the first line the provenance gives.
+    other = primary_line("triton_poi_fused_add_0", lines, SourceIndex(roots=(tmp_path,)))
+    assert other["line"] == 2

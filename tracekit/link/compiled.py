@@ -78,10 +78,17 @@ def relocate(line: dict[str, Any], roots: tuple[Path, ...],
     return dict(out, line=hits[0]) if len(hits) == 1 else None
 
 
-def primary_line(name: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+def primary_line(name: str, lines: list[dict[str, Any]], index: SourceIndex) -> dict[str, Any]:
+    """The line a kernel is reported at: for a fused select_backward, the first statement that
+    indexes a tensor (`q[0]`, `bank[i]`; not `x.shape[-1]`, not `w[None, :]`), read in the run's
+    copy of the file (the recorded text when the file cannot be read)."""
     if "select_backward" in name:
         for line in lines:
-            if INDEXED.search(str(line.get("code", ""))):
+            file, number = str(line["file"]), int(line["line"])
+            if index.lines(file) is not None:
+                if index.statement_runs(file, number, "aten::select"):
+                    return line
+            elif INDEXED.search(str(line.get("code", ""))):
                 return line
     return lines[0]
 
@@ -118,7 +125,7 @@ def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> i
         unique = [line for i, line in enumerate(lines) if line not in lines[:i]]
         if not unique:
             continue
-        best = primary_line(name, unique)
+        best = primary_line(name, unique, index)
         columns["src_file"][row] = best["file"]
         columns["src_line"][row] = int(best["line"])
         columns["src_function"][row] = str(best.get("function", ""))

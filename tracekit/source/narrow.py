@@ -226,12 +226,14 @@ def _has_slice(index: ast.AST) -> bool:
 
 
 def _only_slices(index: ast.AST) -> bool:
-    """`x[1:3]`, `x[:, ::2]`, `x[...]`: slicing only (aten::slice), no integer index."""
+    """`x[1:3]`, `x[:, ::2]`, `x[...]`, `x[None, :]`: slicing (aten::slice) and new axes
+    (unsqueeze) only, no integer index."""
     if isinstance(index, ast.Slice):
         return True
     if isinstance(index, ast.Tuple):
         return all(
-            isinstance(e, ast.Slice) or (isinstance(e, ast.Constant) and e.value is Ellipsis)
+            isinstance(e, ast.Slice)
+            or (isinstance(e, ast.Constant) and (e.value is Ellipsis or e.value is None))
             for e in index.elts
         )
     return False
