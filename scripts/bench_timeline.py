@@ -44,6 +44,9 @@ sys.path.insert(0, str(REPO))
 
 from tests.browser.chrome import GL_SYNC_JS, chromium, relayout, severe_logs  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_scale import _sample_tree_rss  # noqa: E402  (one sampler for both benchmarks)
+
 # Runs before the page's own scripts: note the first animation frame in which the plot is
 # laid out and labelled (frames do not run while the page is still parsing or drawing).
 FIRST_PAINT_JS = """
@@ -62,27 +65,6 @@ FIRST_PAINT_JS = """
 """
 
 ZOOM_LEVELS = ("one step", "100 ms", "10 ms", "1 ms")
-
-
-def _sample_tree_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    """Peak summed RSS of a process and its descendants, sampled every 20 ms."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    while not stop.is_set():
-        total = 0
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            break
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                total += proc.memory_info().rss
-        peak[0] = max(peak[0], total)
-        stop.wait(0.02)
 
 
 def run_command(argv: list[str], repo: Path, env_extra: dict[str, str],
@@ -258,7 +240,6 @@ def report(builds: list[dict[str, Any]]) -> str:
 
 def build_runs(args: argparse.Namespace) -> None:
     """Make BASE and NEW from two recorded GPU runs (--sources) with bench_scale.py."""
-    sys.path.insert(0, str(REPO / "scripts"))
     from bench_scale import build_run
 
     gpu = REPO / "tests" / "data" / "gpu"
