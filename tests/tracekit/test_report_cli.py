@@ -223,3 +223,15 @@ def test_budgeted_costs_show_per_step_and_as_a_share_of_the_step(tmp_path: Path,
     assert code == 0, err
     text = " ".join(out.split())  # narrow terminals wrap the finding's line
     assert re.search(r"cost \S+ ms \(\S+ ms/step, [\d.]+% of step\) x1 step 3 took", text)
+
+
+def test_the_idle_summary_names_lines_as_findings_do(capsys, monkeypatch) -> None:
+    # The MI300X trace's idle pieces come from frames with and without lines (concatenated:
+    # their line column was float, printed "train_ddp.py:82.0"); 82 is a def line there.
+    trace = Path(__file__).resolve().parents[1] / "data" / "external" / \
+        "resnet_mi300x_rank0of8.json.gz"
+    code, out, err = cli_here([str(trace), "--kinds", "gpu_idle"], capsys, monkeypatch)
+    assert code == 0, err
+    summary = [line for line in out.splitlines() if line.startswith("    Python/CPU work:")]
+    assert summary and all("train_ddp.py:82~:" in line for line in summary)
+    assert ".0:" not in out

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tracekit.accounting.causes import idle_split
@@ -50,7 +51,10 @@ def idle_sources(trace: Trace, top: int = 3) -> pd.DataFrame:
     p = idle_split(trace).pieces
     if p.empty:
         return pd.DataFrame(columns=["cause", "name", "file", "line", "line_exact", "us"])
-    p = p.assign(us=p["end"] - p["start"], file=p["src_file"].astype(str))
+    # src_line turns float where the pieces' frames were concatenated with lineless ones.
+    p = p.assign(us=p["end"] - p["start"], file=p["src_file"].astype(str),
+                 src_line=p["src_line"].fillna(-1).astype(np.int64),
+                 src_line_exact=p["src_line_exact"].fillna(False).astype(bool))
     g = (p.groupby(["cause", "name", "file", "src_line", "src_line_exact"], sort=False)["us"]
          .sum().reset_index().rename(columns={"src_line": "line",
                                                "src_line_exact": "line_exact"}))

@@ -82,12 +82,12 @@ def top_sources(acc: RunAccounting, n_steps: float, top: int = 3) -> list[str]:
     if s is None or len(s) == 0:
         return []
     s = s[~s["cause"].isin(["queued", "unknown"])]
-    g = (s.groupby(["cause", "name", "file", "line"], sort=False)["us"].sum()
+    g = (s.groupby(["cause", "name", "file", "line", "line_exact"], sort=False)["us"].sum()
          .sort_values(ascending=False).head(top))
     n_ranks = max(int(acc.steps["rank"].nunique()), 1)
     out = []
-    for (cause, name, file, line), us in g.items():
-        where = f" at {file}:{line}" if file and line >= 0 else ""
+    for (cause, name, file, line, exact), us in g.items():
+        where = f" at {file}:{int(line)}{'' if exact else '~'}" if file and line >= 0 else ""
         label = f" {name}" if name else ""
         out.append(f"    {CAUSE_LABELS[cause]}:{label}{where}: "
                    f"{format_us(float(us) / max(n_steps, 1) / n_ranks)} per step")
