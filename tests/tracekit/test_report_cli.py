@@ -235,3 +235,16 @@ def test_the_idle_summary_names_lines_as_findings_do(capsys, monkeypatch) -> Non
     summary = [line for line in out.splitlines() if line.startswith("    Python/CPU work:")]
     assert summary and all("train_ddp.py:82~:" in line for line in summary)
     assert ".0:" not in out
+
+
+def test_exposed_communication_outside_every_step_is_not_called_per_step(capsys,
+                                                                          monkeypatch) -> None:
+    # The MI300X trace's last five all-reduces run after its last profiled step.
+    trace = Path(__file__).resolve().parents[1] / "data" / "external" / \
+        "resnet_mi300x_rank0of8.json.gz"
+    code, out, err = cli_here([str(trace), "--kinds", "exposed_comm"], capsys, monkeypatch)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "step - cost 20.2 ms" in text
+    assert "nothing computing beside it: 20.25 ms outside the profiled steps x5" in text
+    assert "20.25 ms per step" not in text

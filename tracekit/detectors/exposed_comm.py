@@ -134,8 +134,11 @@ def findings_for_rank(run: Run, trace: Trace, params: Params, step_us: float | N
         op, stack, source = kernel_source(trace, row)
         what = f"{collective}({label})" if label else collective
         k = trace.kernels
-        title = (f"{what} runs exposed, nothing computing beside it: {ms_or_us(per_step)} per "
-                 f"step{f' x{len(group)}' if len(group) > 1 else ''}")
+        # Kernels outside every profiled step have no step to be "per".
+        amount = f"{ms_or_us(per_step)} per step" if steps else \
+            f"{ms_or_us(total)} outside the profiled steps"
+        title = (f"{what} runs exposed, nothing computing beside it: {amount}"
+                 f"{f' x{len(group)}' if len(group) > 1 else ''}")
         ordering = (f"{what} ran {ms_or_us(float(worst['end'] - worst['ts']))}, "
                     f"{ms_or_us(float(worst['exposed_us']))} of it with no kernel, memcpy or "
                     f"memset of computation on any stream")
