@@ -93,6 +93,23 @@ def primary_line(name: str, lines: list[dict[str, Any]], index: SourceIndex) -> 
     return lines[0]
 
 
+def kernel_lines(name: str, candidates: list[dict[str, Any]], kernel_file: Any,
+                 roots: tuple[Path, ...], index: SourceIndex
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any], bool] | None:
+    """A kernel's recorded lines (relocated in the run's files), the one it is reported at, and
+    whether that line is surely this kernel's (None when no line is left)."""
+    matching = [k for k in candidates if k.get("kernel_file") and k["kernel_file"] == kernel_file]
+    chosen = matching or candidates
+    lines = [relocate(line, roots, index) for k in chosen for line in k["lines"]]
+    lines = [line for line in lines if line is not None]
+    unique = [line for i, line in enumerate(lines) if line not in lines[:i]]
+    if not unique:
+        return None
+    # Several generated kernels of this name and no kernel_file to tell them apart: the line
+    # is one of theirs, not necessarily this one's.
+    return unique, primary_line(name, unique, index), len(chosen) == 1 or bool(matching)
+
+
 def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> int:
     """Give Inductor kernel ops their recorded user lines (in place); returns the ops set."""
     set_rows = apply_extern_sources(trace, run_dir, index)
@@ -114,24 +131,20 @@ def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> i
     hit = label.isin(list(by_name)).to_numpy()
     columns = {c: ops[c].to_numpy().copy() for c in
                ("src_file", "src_line", "src_function", "src_line_exact", "src_from_fwd")}
+    # Every launch of one kernel (name, file) gets the same answer: work it out once.
+    answers: dict[tuple[str, Any], tuple[list[dict[str, Any]], dict[str, Any], bool] | None] = {}
     for row in np.flatnonzero(hit):
         name = str(label.iat[row])
-        candidates = by_name[name]
-        matching = [k for k in candidates
-                    if k.get("kernel_file") and k["kernel_file"] == files[row]]
-        chosen = matching or candidates
-        lines = [relocate(line, roots, index) for k in chosen for line in k["lines"]]
-        lines = [line for line in lines if line is not None]
-        unique = [line for i, line in enumerate(lines) if line not in lines[:i]]
-        if not unique:
+        key = (name, files[row])
+        if key not in answers:
+            answers[key] = kernel_lines(name, by_name[name], files[row], roots, index)
+        if answers[key] is None:
             continue
-        best = primary_line(name, unique, index)
+        unique, best, matched = answers[key]
         columns["src_file"][row] = best["file"]
         columns["src_line"][row] = int(best["line"])
         columns["src_function"][row] = str(best.get("function", ""))
-        # Several generated kernels of this name and no kernel_file to tell them apart: the
-        # line is one of theirs, not necessarily this one's.
-        columns["src_line_exact"][row] = len(chosen) == 1 or bool(matching)
+        columns["src_line_exact"][row] = matched
         columns["src_from_fwd"][row] = False
         trace.compiled_lines[name] = unique
         set_rows += 1
