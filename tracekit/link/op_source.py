@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.intervals import innermost_containing, propagate_down
+from tracekit.load.columns import strings_column
 from tracekit.load.frames import already_running
 from tracekit.load.userframes import is_generated_file
 from tracekit.names import name_matches
@@ -95,9 +96,10 @@ def launch_sources(trace: Trace, launch_rows: np.ndarray, kernel_names: np.ndarr
                         launches["ts"].to_numpy()[launch_rows])
     m = len(launch_rows)
     out = pd.DataFrame({
-        "src_file": np.full(m, "", dtype=object), "src_line": np.full(m, -1, dtype=np.int64),
-        "src_function": np.full(m, "", dtype=object), "src_line_exact": np.zeros(m, dtype=bool),
-        "src_from_fwd": np.zeros(m, dtype=bool),
+        "src_file": strings_column(np.full(m, "", dtype=object)),
+        "src_line": np.full(m, -1, dtype=np.int64),
+        "src_function": strings_column(np.full(m, "", dtype=object)),
+        "src_line_exact": np.zeros(m, dtype=bool), "src_from_fwd": np.zeros(m, dtype=bool),
     })
     has = frame >= 0
     if not has.any():
@@ -131,10 +133,12 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     ops, python = trace.ops, trace.python
     n = len(ops)
     frame = user_frames(trace)
+    # Object columns: pandas would store these strings in arrow arrays, which every
+    # assignment below rebuilds.
     out = pd.DataFrame({
-        "src_file": np.full(n, "", dtype=object),
+        "src_file": strings_column(np.full(n, "", dtype=object)),
         "src_line": np.full(n, -1, dtype=np.int64),
-        "src_function": np.full(n, "", dtype=object),
+        "src_function": strings_column(np.full(n, "", dtype=object)),
         "src_line_exact": np.zeros(n, dtype=bool),
     })
     has = frame >= 0
@@ -276,7 +280,8 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     exact = np.zeros(n, dtype=bool)
     call = call_ops(ops, frame)
     names = ops["name"].to_numpy(dtype=object)
-    calls = pd.DataFrame({"frame": frame, "name": names, "ts": ops["ts"].to_numpy()})
+    calls = pd.DataFrame({"frame": frame, "name": strings_column(names),
+                          "ts": ops["ts"].to_numpy()})
     is_call = (np.arange(n) == call) & (frame >= 0)
     call_rows = calls[is_call].sort_values("ts", kind="stable")
     grouped = call_rows.groupby(["frame", "name"], sort=False)
@@ -288,10 +293,10 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     rows = np.flatnonzero(has)
     call_of = call[rows]
     keys = pd.DataFrame({
-        "file": python["file"].to_numpy()[frame[rows]],
+        "file": strings_column(python["file"].to_numpy(dtype=object)[frame[rows]]),
         "line": python["line"].to_numpy()[frame[rows]],
-        "function": python["function"].to_numpy()[frame[rows]],
-        "name": names[call_of],
+        "function": strings_column(python["function"].to_numpy(dtype=object)[frame[rows]]),
+        "name": strings_column(names[call_of]),
         "ordinal": ordinal[call_of],
         "count": count[call_of],
         "running": already_running(python)[frame[rows]],

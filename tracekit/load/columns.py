@@ -9,6 +9,7 @@ per-event Python objects once the frame is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import NoneType
 from typing import Any
 
 import numpy as np
@@ -199,9 +200,17 @@ def triples(values: list[Any]) -> np.ndarray:
 def strings(values: list[Any], missing: str | None = "") -> list[Any]:
     """Strings as they are (each distinct one held once, see `shared`); None (absent) becomes
     `missing`; other types are stringified."""
+    kinds = set(map(type, values))
+    if kinds <= TEXT_OR_NONE:  # the usual case, read at C speed
+        if NoneType in kinds and missing is not None:
+            values = list(map({None: missing}.get, values, values))
+        return shared(values)
     return shared(
         v if isinstance(v, str) else (missing if v is None else str(v)) for v in values
     )
+
+
+TEXT_OR_NONE = frozenset({str, NoneType})
 
 
 def json_texts(values: list[Any]) -> list[str]:

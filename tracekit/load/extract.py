@@ -10,6 +10,7 @@ for one slice of a big trace and concatenated in the parent (see `tracekit.load.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -82,69 +83,74 @@ def well_formed(events: list[Event]) -> list[Event]:
             and type(e.dur) in (int, float)]
 
 
-def _ints(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
-    """Field i of every row as int64 (-1 where absent; see `columns.ints` for odd values)."""
+Rows = list[Any]
+"""Items to read a field off: events, args structs, or tuples of their fields."""
+Getter = Callable[[Any], Any]
+"""How to read that field (an `attrgetter` or `itemgetter`, applied at C speed)."""
+
+
+def _ints(rows: Rows, get: Getter | int) -> np.ndarray:
+    """A field of every row as int64 (-1 where absent; see `columns.ints` for odd values);
+    `get`: a getter, or the field's index in tuple rows."""
+    get = itemgetter(get) if isinstance(get, int) else get
     try:
-        return np.fromiter(map(itemgetter(i), rows), dtype=np.int64, count=len(rows))
+        return np.fromiter(map(get, rows), dtype=np.int64, count=len(rows))
     except (TypeError, ValueError, OverflowError):
-        return col.ints(list(map(itemgetter(i), rows)))
+        return col.ints(list(map(get, rows)))
 
 
-def _floats(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
-    """Field i of every row as float64 (NaN where absent or not a number)."""
+def _floats(rows: Rows, get: Getter | int) -> np.ndarray:
+    """A field of every row as float64 (NaN where absent or not a number)."""
+    get = itemgetter(get) if isinstance(get, int) else get
     try:
-        return np.fromiter(map(itemgetter(i), rows), dtype=np.float64, count=len(rows))
+        return np.fromiter(map(get, rows), dtype=np.float64, count=len(rows))
     except (TypeError, ValueError):
-        return col.floats(list(map(itemgetter(i), rows)))
+        return col.floats(list(map(get, rows)))
 
 
-def _list(rows: list[tuple[Any, ...]], i: int) -> list[Any]:
-    return list(map(itemgetter(i), rows))
+def _list(rows: Rows, get: Getter | int) -> list[Any]:
+    return list(map(itemgetter(get) if isinstance(get, int) else get, rows))
 
 
-def _ids(rows: list[tuple[Any, ...]], i: int) -> np.ndarray:
+def _ids(rows: Rows, get: Getter | int) -> np.ndarray:
     """pid/tid field: int64, with non-numeric ids (rare) coded negative."""
+    get = itemgetter(get) if isinstance(get, int) else get
     try:
-        return np.fromiter(map(itemgetter(i), rows), dtype=np.int64, count=len(rows))
+        return np.fromiter(map(get, rows), dtype=np.int64, count=len(rows))
     except (TypeError, ValueError, OverflowError):
-        return col.numeric_ids(_list(rows, i))
+        return col.numeric_ids(_list(rows, get))
 
 
-def shared_names(rows: list[tuple[Any, ...]], i: int = 0) -> list[Any]:
-    """Field i (a name) of every row, each distinct string kept once in memory (the same op,
+def shared_names(rows: Rows, get: Getter | int = 0) -> list[Any]:
+    """A field (a name) of every row, each distinct string kept once in memory (the same op,
     kernel and frame names repeat hundreds of thousands of times; see `columns.shared`)."""
-    return col.shared(map(itemgetter(i), rows))
+    return col.shared(map(itemgetter(get) if isinstance(get, int) else get, rows))
 
 
-BASE = ("name", "ts", "dur", "pid", "tid")
-_base_fields = attrgetter(*BASE)
-
-
-def _rows(events: list[Event]) -> list[tuple[Any, ...]]:
-    """(name, ts, dur, pid, tid) of every event, read at C speed."""
-    return list(map(_base_fields, events))
+_NAME, _TS, _DUR, _PID, _TID = map(attrgetter, ("name", "ts", "dur", "pid", "tid"))
 
 
 def _arg_rows(events: list[Event], kind: type[ArgsT]) -> list[tuple[Any, ...]]:
     """Every field of `kind` (the category's args struct) of every event, in the struct's
-    field order (decoded for these events only)."""
+    field order (decoded for these events only), one tuple per event."""
     return list(map(attrgetter(*kind.__struct_fields__), arg_structs(events, kind)))
 
 
-def _base(rows: list[tuple[Any, ...]]) -> Columns:
-    """name, ts, dur, pid, tid from `_rows`. A name that is not a string (absent, null) or a
-    start that is not a number is a malformed event (ValueError, TypeError: see `_safely`)."""
-    names = shared_names(rows)
+def _base(events: list[Event]) -> Columns:
+    """name, ts, dur, pid, tid, each read off the events in one pass (faster than building a
+    tuple per event for five fields). A name that is not a string (absent, null) or a start
+    that is not a number is a malformed event (ValueError, TypeError: see `_safely`)."""
+    names = shared_names(events, _NAME)
     if any(type(name) is not str for name in set(names)):
         raise ValueError("an event without a name")
-    ts = np.fromiter(map(itemgetter(1), rows), dtype=np.float64, count=len(rows))
-    return {"name": names, "ts": ts, "dur": _floats(rows, 2),
-            "pid": _ids(rows, 3), "tid": _ids(rows, 4)}
+    ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
+    return {"name": names, "ts": ts, "dur": _floats(events, _DUR),
+            "pid": _ids(events, _PID), "tid": _ids(events, _TID)}
 
 
 def kernels(events: list[Event]) -> Columns:
     """Kernel launch geometry, occupancy and NCCL collective metadata."""
-    cols = _base(_rows(events))
+    cols = _base(events)
     args = _arg_rows(events, KernelArgs)
     cols.update({
         "device": _ints(args, 0), "stream": _ints(args, 1), "correlation": _ints(args, 2),
@@ -163,7 +169,7 @@ def kernels(events: list[Event]) -> Columns:
 def gpu_mem(memcpy: list[Event], memset: list[Event]) -> Columns:
     """Memcpy and memset activities."""
     events = memcpy + memset
-    cols = _base(_rows(events))
+    cols = _base(events)
     args = _arg_rows(events, MemArgs)
     sizes = [(size if nbytes is None else nbytes, ) for nbytes, size in
              zip(_list(args, 4), _list(args, 5), strict=True)]  # MTIA DMA: "size"
@@ -177,7 +183,7 @@ def gpu_mem(memcpy: list[Event], memset: list[Event]) -> Columns:
 
 def ops(events: list[Event]) -> Columns:
     """CPU ops: ids, autograd sequence numbers, recorded shapes, Inductor provenance."""
-    cols = _base(_rows(events))
+    cols = _base(events)
     args = _arg_rows(events, OpArgs)
     cols.update({
         "external_id": _ints(args, 0), "seq": _ints(args, 1), "fwd_tid": _ints(args, 2),
@@ -205,7 +211,7 @@ _CAT = attrgetter("cat")
 
 def launches(events: list[Event]) -> Columns:
     """CUDA runtime/driver and HIP API calls (`cat`: index in LAUNCH_CATS, for `concat`)."""
-    cols = _base(_rows(events))
+    cols = _base(events)
     args = _arg_rows(events, LaunchArgs)
     cols.update({"correlation": _ints(args, 0), "external_id": _ints(args, 1),
                  "cat": list(map(LAUNCH_CAT_ORDER.get, map(_CAT, events), repeat(0)))})
@@ -214,13 +220,13 @@ def launches(events: list[Event]) -> Columns:
 
 def python(events: list[Event]) -> Columns:
     """Python frames (with_stack=True): only name and times are needed (args never decoded)."""
-    return _base(_rows(events))
+    return _base(events)
 
 
 def annotations(cpu: list[Event], gpu: list[Event]) -> Columns:
     """record_function ranges: CPU side, then the GPU-side copies."""
     events = cpu + gpu
-    cols = _base(_rows(events))
+    cols = _base(events)
     args = _arg_rows(events, AnnotationArgs)
     cols.update({
         "external_id": _ints(args, 0), "stream": _ints(args, 1),

@@ -176,9 +176,10 @@ def build_python(cols: Columns) -> pd.DataFrame:
     names = _names(cols)
     codes, uniques = pd.factorize(names)
     parsed = [_parse_frame_name(str(u)) for u in uniques]
-    files = np.array([p[0] for p in parsed] or [""], dtype=object)
+    # Many frame names share a file (and some a function): one str object per distinct value.
+    files = np.array(col.shared([p[0] for p in parsed] or [""]), dtype=object)
     lines = np.array([p[1] for p in parsed] or [-1], dtype=np.int64)
-    functions = np.array([p[2] for p in parsed] or [""], dtype=object)
+    functions = np.array(col.shared([p[2] for p in parsed] or [""]), dtype=object)
     users = np.array([is_user_file(p[0]) for p in parsed] or [False], dtype=bool)
     columns: dict[str, Any] = {
         "name": names, "pid": cols["pid"], "tid": cols["tid"],
@@ -222,6 +223,10 @@ def build_flows(cols: Columns) -> pd.DataFrame:
     return flows[FLOW_COLUMNS].reset_index(drop=True)
 
 
+SIDES = np.array(["cpu", "gpu"], dtype=object)
+"""An annotation's `side` by its is_gpu flag (one str object each, not one per row)."""
+
+
 def build_annotations(cols: Columns) -> pd.DataFrame:
     """User annotations: record_function ranges on CPU threads, their GPU-side spans on streams."""
     ts, dur, end = _times(cols)
@@ -230,7 +235,7 @@ def build_annotations(cols: Columns) -> pd.DataFrame:
     stream = cols["stream"]
     columns: dict[str, Any] = {
         "name": _names(cols),
-        "side": np.where(is_gpu, "gpu", "cpu").astype(object),
+        "side": SIDES[is_gpu.astype(np.intp)],
         "pid": cols["pid"],
         "tid": np.where(is_gpu, -1, tids),
         "stream": np.where(is_gpu, np.where(stream >= 0, stream, tids), -1),

@@ -104,7 +104,9 @@ def categories(names: pd.Series, is_comm: np.ndarray) -> np.ndarray:
         return np.array([], dtype=object)
     codes, uniques = pd.factorize(names)
     by_name = np.array([kernel_category(str(u)) for u in uniques], dtype=object)
-    return np.where(is_comm, "nccl", by_name[codes]).astype(object)
+    out = by_name[codes]  # one str object per category, not one per row
+    out[is_comm] = "nccl"
+    return out
 
 
 def comm_names(names: pd.Series) -> np.ndarray:

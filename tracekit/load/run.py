@@ -20,7 +20,7 @@ from typing import Any
 
 from tracekit.errors import UserError
 from tracekit.load.cache import load_cached, save_cache
-from tracekit.load.columns import forget_shared, share_strings
+from tracekit.load.columns import forget_shared
 from tracekit.load.events import NotTyped, decode_document
 from tracekit.load.frames import (
     build_frames,
@@ -34,7 +34,7 @@ from tracekit.load.progress import LoadProgress, show_progress
 from tracekit.load.read import read_bytes, read_document
 from tracekit.load.rundir import LoadPlan, finish_ranks, skip_or_raise
 from tracekit.load.stream import NotSliceable, extract_file, worker_count
-from tracekit.trace import FRAME_NAMES, Trace
+from tracekit.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,11 @@ def read_trace_file(job: TraceJob) -> Trace:
         try:
             meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
         except (NotSliceable, ValueError, OSError):
-            return share_trace_strings(read_whole(job))
+            return read_whole(job)
         frames = build_frames(columns)
         census = columns.pop("census")
         del columns
-        return share_trace_strings(trace_from_frames(frames, meta, job.path, job.rank,
-                                                     census=census))
+        return trace_from_frames(frames, meta, job.path, job.rank, census=census)
     finally:
         forget_shared()
 
@@ -96,15 +95,6 @@ def read_whole(job: TraceJob) -> Trace:
         doc = read_document(job.path)
         return build_trace(doc, job.path, rank=job.rank)
     return trace_from_events(events, meta, job.path, job.rank)
-
-
-def share_trace_strings(trace: Trace) -> Trace:
-    """One str object per distinct value in every string column of every frame (see
-    `columns.share_strings`), before caching and linking; int dtypes are narrowed only after
-    linking (`compact_trace`), so the linker and the cache always see the loader's int64."""
-    for name in FRAME_NAMES:
-        share_strings(getattr(trace, name))
-    return trace
 
 
 @contextmanager
