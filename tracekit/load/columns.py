@@ -59,25 +59,26 @@ def share_strings(frame: pd.DataFrame) -> pd.DataFrame:
     """Make equal strings in every object column of `frame` one object (in place; returns it).
 
     Columns built by pandas operations (assignments that pass through pandas' own string
-    dtype, merges) hold one str per row again; factorizing maps each row to its distinct
-    value in one vectorised pass. Missing values (None, NaN) stay what they were.
+    dtype, merges) hold one str per row again. A set of the column's values keeps the first
+    object of each distinct value (hashes of str are cached, and equal objects compare by
+    identity first: several times faster than `pd.factorize`, which hashes the characters
+    again); each row is then looked up in it. Missing values (None, NaN) stay what they were.
     """
     for name in frame.columns:
         column = frame[name]
         if column.dtype != object or len(column) == 0:
             continue
         values = column.to_numpy()
-        # Only all-string columns: factorizing mixed objects would merge 1, 1.0 and True.
+        # Only all-string columns: a set of mixed objects would merge 1, 1.0 and True.
         if pd.api.types.infer_dtype(values, skipna=True) != "string":
             continue
-        codes, uniques = pd.factorize(values)
-        if len(uniques) == len(values):
+        rows = values.tolist()
+        first = set(rows)
+        if len(first) == len(rows):
             continue  # all distinct: nothing to share
-        out = np.asarray(uniques, dtype=object).take(np.maximum(codes, 0))
-        missing = codes < 0
-        if missing.any():
-            out[missing] = values[missing]
-        frame[name] = pd.Series(out, index=frame.index, dtype=object)
+        canonical = dict(zip(first, first, strict=True))
+        frame[name] = pd.Series(list(map(canonical.__getitem__, rows)), index=frame.index,
+                                dtype=object)
     return frame
 
 
