@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracekit.link.compiled import primary_line, profiler_name, relocate
+from tracekit.link.compiled import kernel_lines, primary_line, profiler_name, relocate
 from tracekit.load.compiled import innermost_frame, kernel_files, kernels_from_log
 from tracekit.pipeline import analyze_run, load
 from tracekit.source import SourceIndex
@@ -220,3 +220,40 @@ def test_a_fused_select_backward_is_reported_at_the_statement_that_indexes_a_ten
     # A fill that is not select_backward keeps the first line the provenance gives.
     other = primary_line("triton_poi_fused_add_0", lines, SourceIndex(roots=(tmp_path,)))
     assert other["line"] == 2
+
+
+def _two_generated(tmp_path: Path, second_line: int) -> tuple[list[dict[str, object]], SourceIndex]:
+    """One kernel name generated twice (two graphs or two ranks' caches), as a trace recorded
+    without shapes shows it: no kernel_file to tell which one ran."""
+    (tmp_path / "opt.py").write_text("def update(v, s):\n    s.lerp_(v, 0.1)\n"
+                                     "    r = s.rsqrt()\n    return v.mul_(r)\n")
+    statements = {2: "s.lerp_(v, 0.1)", 3: "r = s.rsqrt()", 4: "return v.mul_(r)"}
+
+    def kernel(path: str, first: int) -> dict[str, object]:
+        lines = [first] + [n for n in (2, 3, 4) if n != first]
+        return {"name": "triton_poi_fused_lerp_mul_rsqrt_0", "kernel_file": path, "lines": [
+            {"file": str(tmp_path / "opt.py"), "line": n, "function": "update",
+             "code": statements[n]} for n in lines]}
+
+    return [kernel("/tmp/c/a.py", 2), kernel("/tmp/c/b.py", second_line)], \
+        SourceIndex(roots=(tmp_path,))
+
+
+def test_same_named_kernels_that_fused_the_same_statements_give_an_exact_line(
+        tmp_path: Path) -> None:
+    candidates, index = _two_generated(tmp_path, second_line=2)
+    lines, best, exact = kernel_lines("triton_poi_fused_lerp_mul_rsqrt_0", candidates, None,
+                                      (tmp_path,), index)
+    assert (best["file"], best["line"], exact) == ("opt.py", 2, True)
+    assert [line["line"] for line in lines] == [2, 3, 4]
+
+
+def test_same_named_kernels_reported_at_different_statements_give_an_inexact_line(
+        tmp_path: Path) -> None:
+    candidates, index = _two_generated(tmp_path, second_line=3)
+    _, best, exact = kernel_lines("triton_poi_fused_lerp_mul_rsqrt_0", candidates, None,
+                                  (tmp_path,), index)
+    assert (best["line"], exact) == (2, False)
+    _, best, exact = kernel_lines("triton_poi_fused_lerp_mul_rsqrt_0", candidates,
+                                  "/tmp/c/b.py", (tmp_path,), index)
+    assert (best["line"], exact) == (3, True)

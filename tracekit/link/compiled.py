@@ -105,9 +105,15 @@ def kernel_lines(name: str, candidates: list[dict[str, Any]], kernel_file: Any,
     unique = [line for i, line in enumerate(lines) if line not in lines[:i]]
     if not unique:
         return None
-    # Several generated kernels of this name and no kernel_file to tell them apart: the line
-    # is one of theirs, not necessarily this one's.
-    return unique, primary_line(name, unique, index), len(chosen) == 1 or bool(matching)
+    best = primary_line(name, unique, index)
+    if len(chosen) == 1 or matching:
+        return unique, best, True
+    # Several generated kernels of this name and no kernel_file to tell them apart (a trace
+    # recorded without shapes has none): the line is surely this one's only when each of them
+    # would be reported there.
+    each = [[line for line in (relocate(x, roots, index) for x in k["lines"]) if line is not None]
+            for k in chosen]
+    return unique, best, all(own and primary_line(name, own, index) == best for own in each)
 
 
 def apply_compiled_sources(trace: Trace, run_dir: Path, index: SourceIndex) -> int:
