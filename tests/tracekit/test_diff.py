@@ -253,6 +253,26 @@ def test_findings_match_by_line_text_across_code_versions() -> None:
     assert (introduced.base_line, introduced.new_line, introduced.line_edited) == (None, 32, True)
 
 
+def test_a_statement_the_change_edited_is_still_the_same_finding() -> None:
+    """`self.qkvo_w[...]` became `qkvo_w[...]` on a line that also moved: the select_backward
+    there is in both runs, on an edited line, not resolved and introduced again."""
+    base_code = {"train.py": _code({12: "q = F.linear(x, lambdas[0] * self.qkvo_w[:d])",
+                                    30: "y.copy_(z.T)"})}
+    new_lines = _code({12: "q = F.linear(x, lambdas[0] * qkvo_w[:d])", 30: "other = work()"})
+    new_lines[0:0] = ["qkvo_w = bank[i]"]  # everything below moves down one line
+    new_code = {"train.py": new_lines}
+    base = [_finding("select_backward", 0, 5.0, line=12), _finding("comm_gap", 0, 1.0, line=30)]
+    new = [_finding("select_backward", 0, 5.0, line=13), _finding("comm_gap", 0, 1.0, line=31)]
+    result = compare_findings(base, new, base_code.get, new_code.get)
+    [common] = result.common
+    assert (common.kind, common.base_line, common.new_line, common.line_edited) == (
+        "select_backward", 12, 13, True)
+    assert common.delta_cost_us == 0.0
+    # A line rewritten into another statement is not the same finding.
+    assert [r.kind for r in result.resolved] == [r.kind for r in result.introduced] == [
+        "comm_gap"]
+
+
 def test_findings_on_unedited_lines_say_where_the_line_is_in_the_other_run() -> None:
     """A finding gone from a statement the change did not touch is resolved by something else;
     the row says where that statement is now."""

@@ -154,8 +154,9 @@ def print_diff(result: RunDiff, top: int = 15, console: Console | None = None) -
         if rows:
             console.print(findings_table(title, rows, top))
     edited = [(label, sum(r.line_edited is True for r in rows), len(rows))
-              for label, rows in (("resolved", f.resolved), ("introduced", f.introduced)) if rows]
-    if any(r.line_edited is not None for r in f.resolved + f.introduced):
+              for label, rows in (("resolved", f.resolved), ("introduced", f.introduced),
+                                  ("in both", f.common)) if rows]
+    if any(r.line_edited is not None for r in f.resolved + f.introduced + f.common):
         console.print("(edited): the finding's line changed between BASE and NEW (a line-level "
                       "diff of each run's copy of the file): "
                       + ", ".join(f"{n} of {total} {label}" for label, n, total in edited))

@@ -14,7 +14,8 @@ Kernel names are matched across runs by `tracekit.names.normalize_kernel_name`.
 Findings are matched on what they are: kind, statement, normalised culprit kernel (the cause op
 when a finding has neither), with the statement placed in both runs by a line-level diff of
 each run's own copy of the file (`findings`, `edits`); findings of one key on several ranks are
-summed. Each resolved or introduced finding says whether its line was edited between the runs.
+summed. Each finding says whether its line was edited between the runs; a statement the change
+edited but left alike is the same finding in both.
 Ranks are paired only with the same rank: a rank in one run only is left out (with a note),
 and two runs with no rank in common are not compared. How the runs differ beyond their timings
 (device, world size, ranks, versions, profiled steps) comes first in the report (`context`).

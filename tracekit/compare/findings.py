@@ -12,8 +12,11 @@ edit above moved it. Findings are paired by the first of these that both sides s
 3. kind, statement text, culprit (code moved as a block, which a diff shows as edited; or
    another statement of the same text);
 4. kind and statement text, whatever the culprit;
-5. without either run's code: kind, `file:line`, culprit;
-6. findings without a source line: kind and culprit (or the cause op).
+5. kind, edited statement (a BASE line the change edited, and the NEW line it became:
+   `tracekit.compare.edits.LineEdits.edited_counterpart`), culprit;
+6. kind and edited statement, whatever the culprit;
+7. without either run's code: kind, `file:line`, culprit;
+8. findings without a source line: kind and culprit (or the cause op).
 
 Each row says where its line is in both runs, and for resolved and introduced findings whether
 the line itself was edited between BASE and NEW (None when the code of either run cannot be
@@ -94,24 +97,31 @@ class _Group:
     culprit: str | None
     text: str | None
     position: int | None  # the line in NEW's numbering, when the diff keeps it
+    edited_as: int | None  # an edited line: the NEW line that is the same statement, changed
 
     def keys(self, readable: bool) -> list[Hashable | None]:
         """Keys of the matching levels (None where a level does not apply)."""
         if self.file is None:
-            return [None, None, None, None, None, (self.kind, self.culprit)]
+            return [None] * (LEVELS - 1) + [(self.kind, self.culprit)]
         at = (self.kind, self.file)
+        edited = self.edited_as is not None
         return [
             (*at, "at", self.position, self.culprit) if self.position is not None else None,
             (*at, "at", self.position) if self.position is not None else None,
             (*at, "text", self.text, self.culprit) if self.text else None,
             (*at, "text", self.text) if self.text else None,
+            (*at, "edited", self.edited_as, self.culprit) if edited else None,
+            (*at, "edited", self.edited_as) if edited else None,
             None if readable or self.text else (*at, "line", self.line, self.culprit),
             None,
         ]
 
 
-def _groups(findings: list[Finding], text: LineText, position: Callable[[str, int], int | None]
-            ) -> list[_Group]:
+LEVELS = 8
+
+
+def _groups(findings: list[Finding], text: LineText, position: Callable[[str, int], int | None],
+            edited_as: Callable[[str, int], int | None]) -> list[_Group]:
     out: dict[tuple[object, ...], _Group] = {}
     for finding in findings:
         source = finding.cause.source if finding.cause else None
@@ -122,7 +132,8 @@ def _groups(findings: list[Finding], text: LineText, position: Callable[[str, in
         if group is None:
             group = out[(finding.kind, file, line, culprit)] = _Group(
                 [], finding.kind, file, line, culprit, text(source) if source else None,
-                position(file, line) if file is not None and line is not None else None)
+                position(file, line) if file is not None and line is not None else None,
+                edited_as(file, line) if file is not None and line is not None else None)
         group.findings.append(finding)
     return list(out.values())
 
@@ -169,13 +180,16 @@ def compare_findings(base: list[Finding], new: list[Finding],
     def new_position(file: str, line: int) -> int | None:
         return line if edits.kept(file) is not None else None
 
-    b_groups = _groups(base, line_text(base_files), base_position)
-    n_groups = _groups(new, line_text(new_files), new_position)
+    def new_edited_as(file: str, line: int) -> int | None:
+        return line if edits.new_edited(file, line) else None
+
+    b_groups = _groups(base, line_text(base_files), base_position, edits.edited_counterpart)
+    n_groups = _groups(new, line_text(new_files), new_position, new_edited_as)
     readable = {g.file: edits.kept(g.file) is not None for g in b_groups + n_groups if g.file}
     matched_b: set[int] = set()
     matched_n: set[int] = set()
     out = FindingsDiff()
-    for level in range(6):
+    for level in range(LEVELS):
         by_key: dict[Hashable, tuple[list[int], list[int]]] = {}
         for side, groups, taken in ((0, b_groups, matched_b), (1, n_groups, matched_n)):
             for i, group in enumerate(groups):
