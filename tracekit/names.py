@@ -209,9 +209,16 @@ def normalize_each(names: pd.Series, fn: Callable[[str], str]) -> pd.Series:
 
 def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
     """pattern.search per row, evaluated once per distinct name (names repeat a lot)."""
+    return names_matching(names, (pattern,))[0]
+
+
+def names_matching(names: pd.Series | list[str] | np.ndarray,
+                   patterns: tuple[re.Pattern[str], ...]) -> list[np.ndarray]:
+    """`name_matches` for each of several patterns, the names factorized once."""
     if len(names) == 0:
-        return np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(pd.Series(names, dtype=object) if isinstance(names, list)
-                                  else names)
-    hits = np.array([pattern.search(str(u)) is not None for u in uniques], dtype=bool)
-    return hits[codes]
+        return [np.zeros(0, dtype=bool) for _ in patterns]
+    codes, uniques = pd.factorize(pd.Series(names, dtype=object)
+                                  if isinstance(names, list | np.ndarray) else names)
+    texts = [str(u) for u in uniques]
+    return [np.array([pattern.search(t) is not None for t in texts], dtype=bool)[codes]
+            for pattern in patterns]

@@ -1,12 +1,15 @@
-"""Kernel labels: templated PyTorch kernels that share an outer name stay distinguishable."""
+"""Kernel labels: templated PyTorch kernels that share an outer name stay distinguishable; names
+are matched against patterns once per distinct name, with the same answer as row by row."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tracekit.names import cut_to, kernel_label
+from tracekit.names import cut_to, kernel_label, names_matching
 from tracekit.pipeline import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,3 +71,11 @@ def test_reference_run_kernels_sharing_an_outer_name_get_distinct_labels() -> No
     # Distinct kernels with the same outer name may share a label only when they differ in
     # scalar types or block sizes alone, never in what they compute.
     assert len(labels) >= 2
+
+
+def test_several_patterns_match_each_row_as_a_search_of_that_row_would() -> None:
+    names = ["aten::item", "cudaMemcpy", "x.py(3): f", "aten::item", "", "cudaMemcpyAsync"]
+    patterns = (re.compile(r"item$"), re.compile(r"\(\d+\): "), re.compile(r"^cuda(?!.*Async)"))
+    expected = [[p.search(n) is not None for n in names] for p in patterns]
+    for given in (names, pd.Series(names, dtype=object), pd.Series(names, dtype="str")):
+        assert [list(m) for m in names_matching(given, patterns)] == expected

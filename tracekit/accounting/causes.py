@@ -44,11 +44,12 @@ import pandas as pd
 from tracekit.accounting.events import (
     CPU_CAUSES,
     DRAINING,
-    EVENT_COLUMNS,
-    FRAME_NAME,
     IDLE_CAUSES,
     LAUNCH_GAP_US,
+    NO_SOURCE,
+    CpuEvents,
     cpu_events,
+    describe,
     launch_gaps,
 )
 from tracekit.accounting.sets import GpuSets, gpu_sets
@@ -104,19 +105,20 @@ def idle_split(trace: Trace) -> IdleSplit:
 
     events = cpu_events(trace)
     short = late & (idle_e - idle_s <= LAUNCH_GAP_US) & (next_call >= 0)
-    events = pd.concat([events, drained(events, cpu_part),
-                        launch_gaps(trace, (idle_s[short], cpu_end[short]), next_call[short])],
-                       ignore_index=True)
+    events = CpuEvents.concat([events, drained(events, cpu_part),
+                               launch_gaps(trace, (idle_s[short], cpu_end[short]),
+                                           next_call[short])])
     remaining = union_intervals(*cpu_part)
     frames = []
     for cause in CPU_CAUSES:
-        mine = events[events["cause"] == cause]
-        if mine.empty:
+        mine = events.of_cause(cause)
+        if len(mine) == 0:
             continue
         covered, _, rep = grouped_union(mine)
         piece = intersect_intervals(remaining, covered)
         remaining = subtract_intervals(remaining, piece)
-        frames.append(explained(cause, piece, covered, rep, mine))
+        frames.append(explained(trace, cause, piece, covered, rep, mine))
+    del events, mine
     frames.append(launch_tails(trace, tail, next_call[late][keep]))
     frames.append(bare("queued", queued))
     frames.append(bare("unknown", remaining))
@@ -155,10 +157,10 @@ def next_launch(trace: Trace, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return launch_end[pos], launch[pos]
 
 
-def grouped_union(events: pd.DataFrame) -> tuple[Intervals, np.ndarray, np.ndarray]:
+def grouped_union(events: CpuEvents) -> tuple[Intervals, np.ndarray, np.ndarray]:
     """Union of the events' intervals, each event's group (merged interval) and, per group,
-    the row (in `events`) of its longest event: the one that names the group."""
-    ts, end = events["ts"].to_numpy(np.float64), events["end"].to_numpy(np.float64)
+    the position (in `events`) of its longest event: the one that names the group."""
+    ts, end = events.ts, events.end
     covered = union_intervals(ts, end)
     if len(covered[0]) == 0:
         return covered, np.full(len(ts), -1), np.zeros(0, dtype=np.int64)
@@ -166,8 +168,7 @@ def grouped_union(events: pd.DataFrame) -> tuple[Intervals, np.ndarray, np.ndarr
     valid = (end > ts) & (group >= 0)
     dur = np.where(valid, end - ts, -1.0)
     # Ops and labels name a group better than Python frames (`<module>`, `main`).
-    frame = events["name"].astype(str).str.contains(FRAME_NAME).to_numpy(dtype=bool)
-    order = np.lexsort((-dur, frame, group))
+    order = np.lexsort((-dur, events.frame, group))
     first = np.r_[True, group[order][1:] != group[order][:-1]]
     rep = np.zeros(len(covered[0]), dtype=np.int64)
     chosen = order[first]
@@ -177,75 +178,63 @@ def grouped_union(events: pd.DataFrame) -> tuple[Intervals, np.ndarray, np.ndarr
     return covered, group, rep
 
 
-def drained(events: pd.DataFrame, cpu_part: Intervals) -> pd.DataFrame:
+def drained(events: CpuEvents, cpu_part: Intervals) -> CpuEvents:
     """Events for idle intervals that began while the CPU was blocked in a host sync or a
     blocking copy: it drained the GPU's queue, so the whole interval is its (see module doc)."""
     out = []
     for cause in DRAINING:
-        blocking = events[events["cause"] == cause]
-        if blocking.empty or len(cpu_part[0]) == 0:
+        blocking = events.of_cause(cause)
+        if len(blocking) == 0 or len(cpu_part[0]) == 0:
             continue
         covered, _, rep = grouped_union(blocking)
         group = np.searchsorted(covered[0], cpu_part[0], side="right") - 1
         inside = (group >= 0) & (covered[1][np.clip(group, 0, None)] >= cpu_part[0])
-        rows = blocking.iloc[rep[group[inside]]].copy()
-        rows["ts"] = cpu_part[0][inside]
-        rows["end"] = cpu_part[1][inside]
-        out.append(rows)
-    return pd.concat(out, ignore_index=True) if out else events.iloc[:0]
+        out.append(blocking.take(rep[group[inside]]).at_times(cpu_part[0][inside],
+                                                              cpu_part[1][inside]))
+    return CpuEvents.concat(out) if out else CpuEvents.empty()
 
 
-def explained(cause: str, piece: Intervals, covered: Intervals, rep: np.ndarray,
-              events: pd.DataFrame) -> pd.DataFrame:
+def explained(trace: Trace, cause: str, piece: Intervals, covered: Intervals, rep: np.ndarray,
+              events: CpuEvents) -> pd.DataFrame:
     """Pieces of one cause, each with the event that names its group."""
     group = np.searchsorted(covered[0], piece[0], side="right") - 1
     pick = rep[group]
     # The event running at the piece's start names it best: the latest-starting op, label or
     # launch gap that contains it (frames are named by the user frame, below).
-    named = np.flatnonzero(~events["name"].astype(str).str.contains(FRAME_NAME)
-                           .to_numpy(dtype=bool))
+    named = np.flatnonzero(~events.frame)
     if named.size and len(piece[0]):
-        ts = events["ts"].to_numpy(np.float64)[named]
-        end = events["end"].to_numpy(np.float64)[named]
+        ts = events.ts[named]
+        end = events.end[named]
         order = np.argsort(ts, kind="stable")
         at = np.searchsorted(ts[order], piece[0], side="right") - 1
         hit = (at >= 0) & (end[order][np.clip(at, 0, None)] > piece[0])
         pick = np.where(hit, named[order][np.clip(at, 0, None)], pick)
-    chosen = events.iloc[pick]
-    out = pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1]})
-    for column in ["name", "tid", *EVENT_COLUMNS[5:]]:
-        out[column] = chosen[column].to_numpy()
-    out["event_ts"] = np.minimum(chosen["ts"].to_numpy(np.float64), piece[0])
+    chosen = events.take(pick)
+    about = describe(trace, chosen)
+    event_ts = np.minimum(chosen.ts, piece[0])
     # A group of back-to-back events is named by its longest one, which need not be the one
     # running at the piece (a later record_function range), and a Python frame's name says
     # little (`_run_module_as_main`): those pieces are named by the user frame around them
     # instead (fill_sources).
-    inside = (chosen["ts"].to_numpy() <= piece[0]) & (chosen["end"].to_numpy() > piece[0])
-    frame = chosen["name"].astype(str).str.contains(FRAME_NAME).to_numpy(dtype=bool)
-    vague = ~inside | frame
-    out.loc[vague, "name"] = ""
-    out.loc[vague, "src_file"] = ""
-    out.loc[vague, "src_line"] = -1
-    out.loc[vague, "src_function"] = ""
-    out.loc[vague, "src_line_exact"] = False
-    out.loc[vague, "event_ts"] = piece[0][vague]
-    return out
+    inside = (chosen.ts <= piece[0]) & (chosen.end > piece[0])
+    vague = ~inside | chosen.frame
+    about["name"][vague] = ""
+    for column in ("src_file", "src_line", "src_function", "src_line_exact"):
+        about[column][vague] = NO_SOURCE[column]
+    event_ts[vague] = piece[0][vague]
+    return pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1], **about,
+                         "event_ts": event_ts})
 
 
 def launch_tails(trace: Trace, tail: Intervals, calls: np.ndarray) -> pd.DataFrame:
     """Launch latency: from a late launch call's return to its GPU work's start, named by
     the op that launched it."""
-    events = launch_gaps(trace, tail, np.where(calls >= 0, calls, 0))
-    out = events.rename(columns={"ts": "start"}).drop(columns="cause")
-    out.insert(0, "cause", "launch")
-    out["event_ts"] = out["start"]
+    about = describe(trace, launch_gaps(trace, tail, np.where(calls >= 0, calls, 0)))
     unknown = calls < 0
-    if unknown.any():
-        out.loc[unknown, ["name", "src_file", "src_function", "src_path"]] = ""
-        out.loc[unknown, "src_line"] = -1
-        out.loc[unknown, "src_line_exact"] = False
-        out.loc[unknown, "tid"] = -1
-    return out
+    for column, empty in (*NO_SOURCE.items(), ("name", ""), ("tid", -1)):
+        about[column][unknown] = empty
+    return pd.DataFrame({"cause": "launch", "start": tail[0], "end": tail[1], **about,
+                         "event_ts": tail[0]})
 
 
 def bare(cause: str, piece: Intervals) -> pd.DataFrame:

@@ -9,15 +9,15 @@ whether an op launched GPU work and returned quickly (launch overhead).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
 
 from tracekit.intervals import Intervals
 from tracekit.link.ancestry import ancestor_levels
-from tracekit.load.columns import strings_column
 from tracekit.load.steps import STEP_NAME
-from tracekit.names import name_matches
+from tracekit.names import names_matching
 from tracekit.trace import Trace
 
 CPU_CAUSES = ("input", "gc", "peer", "memcpy", "host_sync", "launch", "python")
@@ -65,19 +65,78 @@ DRAINING = ("memcpy", "host_sync")
 FRAME_NAME = re.compile(r"\(\d+\): |^<built-in |^<frozen |^<method ")
 """Python frame names ("file(N): function", builtins) as opposed to ops and labels."""
 
-EVENT_COLUMNS = ["cause", "tid", "ts", "end", "name", "src_file", "src_line", "src_function",
-                 "src_line_exact", "src_path"]
+CAUSE_CODES = {cause: np.int8(code) for code, cause in enumerate(CPU_CAUSES)}
+"""Each CPU cause's code in `CpuEvents.cause`."""
+
+OP, LAUNCH, ANNOTATION, PYTHON, GAP = (np.int8(i) for i in range(5))
+"""Where an event comes from (`CpuEvents.origin`): its row in the trace's ops, launches,
+annotations or python frames, or (GAP) a short idle gap closed by the launch call in that row
+of launches."""
+
+EVENT_FIELDS = ("name", "tid", "src_file", "src_line", "src_function", "src_line_exact",
+                "src_path")
+"""What `describe` tells of an event: its name, thread and the user's source line."""
+NO_SOURCE = {"src_file": "", "src_line": -1, "src_function": "", "src_line_exact": False,
+             "src_path": ""}
 
 
-def cpu_events(trace: Trace) -> pd.DataFrame:
-    """CPU events of the threads that launch GPU work, each with its cause."""
+@dataclass(frozen=True)
+class CpuEvents:
+    """CPU events as arrays, one entry per event: its cause (a CAUSE_CODES value), start,
+    end, whether it is named like a Python frame (FRAME_NAME), and where it comes from
+    (`origin`, `row`). Names and source lines stay in the trace's frames, read by `describe`
+    only for the events that explain idle time: a 690 MB rank's launching threads hold 1.9 M
+    events, whose names and paths as a frame's per-row strings took hundreds of MB."""
+
+    cause: np.ndarray
+    ts: np.ndarray
+    end: np.ndarray
+    frame: np.ndarray
+    origin: np.ndarray
+    row: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, rows: np.ndarray) -> CpuEvents:
+        """The events at positions `rows`, in that order."""
+        return CpuEvents(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def of_cause(self, cause: str) -> CpuEvents:
+        return self.take(np.flatnonzero(self.cause == CAUSE_CODES[cause]))
+
+    def at_times(self, ts: np.ndarray, end: np.ndarray) -> CpuEvents:
+        """The same events over other intervals."""
+        return replace(self, ts=np.asarray(ts, dtype=np.float64),
+                       end=np.asarray(end, dtype=np.float64))
+
+    @staticmethod
+    def concat(parts: list[CpuEvents]) -> CpuEvents:
+        return CpuEvents(*(np.concatenate([getattr(p, f.name) for p in parts])
+                           for f in fields(CpuEvents)))
+
+    @staticmethod
+    def empty() -> CpuEvents:
+        return _events(np.zeros(0, dtype=np.int8), pd.DataFrame({"ts": [], "end": []}),
+                       np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), OP)
+
+
+def _events(cause: np.ndarray, table: pd.DataFrame, rows: np.ndarray, frame: np.ndarray,
+            origin: np.int8) -> CpuEvents:
+    """Events of `table` at `rows` (cause and frame already per row of `rows`)."""
+    return CpuEvents(cause=cause.astype(np.int8, copy=False),
+                     ts=table["ts"].to_numpy(np.float64)[rows],
+                     end=table["end"].to_numpy(np.float64)[rows], frame=frame,
+                     origin=np.full(len(rows), origin, dtype=np.int8),
+                     row=rows.astype(np.int32, copy=False))
+
+
+def cpu_events(trace: Trace) -> CpuEvents:
+    """CPU events of the threads that launch GPU work, each with its cause: ops, runtime
+    calls, record_function ranges, Python frames (in that order)."""
     tids = launching_threads(trace)
-    parts = [_op_events(trace, tids), _launch_events(trace, tids),
-             _annotation_events(trace, tids), _python_events(trace, tids)]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return pd.DataFrame({c: [] for c in EVENT_COLUMNS})
-    return pd.concat(parts, ignore_index=True)
+    return CpuEvents.concat([_op_events(trace, tids), _launch_events(trace, tids),
+                             _annotation_events(trace, tids), _python_events(trace, tids)])
 
 
 def launching_threads(trace: Trace) -> np.ndarray:
@@ -90,56 +149,30 @@ def launching_threads(trace: Trace) -> np.ndarray:
     return np.unique(trace.launches["tid"].to_numpy()[rows]) if rows.size else np.zeros(0)
 
 
-def _frame(cause: np.ndarray, rows: pd.DataFrame, src: pd.DataFrame | None) -> pd.DataFrame:
-    """The events frame of `rows` (by position). Names and source columns hold objects, one
-    per distinct value (`strings_column`: events of every launching thread are many rows);
-    `cause` (a few short values, compared often) is left to pandas' own string type."""
-    n = len(rows)
-    out = pd.DataFrame({"cause": cause, "tid": rows["tid"].to_numpy(),
-                        "ts": rows["ts"].to_numpy(np.float64),
-                        "end": rows["end"].to_numpy(np.float64),
-                        "name": strings_column(rows["name"])})
-    if src is None:
-        out["src_file"] = strings_column(np.full(n, "", dtype=object))
-        out["src_line"] = np.full(n, -1, dtype=np.int64)
-        out["src_function"] = strings_column(np.full(n, "", dtype=object))
-        out["src_line_exact"] = np.zeros(n, dtype=bool)
-        out["src_path"] = strings_column(np.full(n, "", dtype=object))
-    else:
-        for column in EVENT_COLUMNS[5:]:
-            values = src[column]
-            out[column] = strings_column(values) if _is_text(values) else values.to_numpy()
-    return out
-
-
-def _is_text(values: pd.Series) -> bool:
-    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
-
-
-def _op_events(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
+def _op_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     ops = trace.ops
     if len(ops) == 0:
-        return pd.DataFrame()
-    names = ops["name"]
-    cause = np.full(len(ops), "python", dtype=object)
+        return CpuEvents.empty()
+    sync, peer, gc, data, frame = names_matching(
+        ops["name"], (SYNC_OP, PEER_NAME, GC_NAME, INPUT_NAME, FRAME_NAME))
+    cause = np.full(len(ops), CAUSE_CODES["python"], dtype=np.int8)
     launching = np.zeros(len(ops), dtype=bool)
     launch_op = trace.launches["op_idx"].to_numpy()
     launching[launch_op[launch_op >= 0]] = True
     launching = _with_ancestors(ops, launching)
-    cause[launching & (ops["dur"].to_numpy(np.float64) <= MAX_LAUNCH_OP_US)] = "launch"
+    cause[launching & (ops["dur"].to_numpy(np.float64) <= MAX_LAUNCH_OP_US)] = \
+        CAUSE_CODES["launch"]
     copies = trace.gpu_mem
     mem_op = copies["op_idx"].to_numpy()
-    to_host = name_matches(copies["name"], TO_HOST) & (mem_op >= 0)
-    pageable = name_matches(copies["name"], PAGEABLE_TO_DEVICE) & (mem_op >= 0)
-    cause[mem_op[pageable]] = "memcpy"
-    cause[mem_op[to_host]] = "host_sync"
-    cause[name_matches(names, SYNC_OP)] = "host_sync"
-    cause[name_matches(names, PEER_NAME)] = "peer"
-    cause[name_matches(names, GC_NAME)] = "gc"
-    cause[name_matches(names, INPUT_NAME)] = "input"
-    on_thread = np.isin(ops["tid"].to_numpy(), tids)
-    rows = ops[on_thread]
-    return _frame(cause[on_thread], rows, rows)
+    to_host, pageable = names_matching(copies["name"], (TO_HOST, PAGEABLE_TO_DEVICE))
+    cause[mem_op[pageable & (mem_op >= 0)]] = CAUSE_CODES["memcpy"]
+    cause[mem_op[to_host & (mem_op >= 0)]] = CAUSE_CODES["host_sync"]
+    cause[sync] = CAUSE_CODES["host_sync"]
+    cause[peer] = CAUSE_CODES["peer"]
+    cause[gc] = CAUSE_CODES["gc"]
+    cause[data] = CAUSE_CODES["input"]
+    rows = np.flatnonzero(np.isin(ops["tid"].to_numpy(), tids))
+    return _events(cause[rows], ops, rows, frame[rows], OP)
 
 
 def _with_ancestors(ops: pd.DataFrame, marked: np.ndarray) -> np.ndarray:
@@ -151,84 +184,116 @@ def _with_ancestors(ops: pd.DataFrame, marked: np.ndarray) -> np.ndarray:
     return out
 
 
-def _launch_events(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
+def _launch_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     launches = trace.launches
     if len(launches) == 0:
-        return pd.DataFrame()
-    names = launches["name"]
-    cause = np.full(len(launches), "launch", dtype=object)
-    cause[launches["dur"].to_numpy(np.float64) > MAX_LAUNCH_OP_US] = "python"
-    cause[name_matches(names, BLOCKING_MEMCPY_CALL)] = "memcpy"
-    cause[name_matches(names, SYNC_CALL)] = "host_sync"
-    op = launches["op_idx"].to_numpy()
-    src = pd.DataFrame({c: np.full(len(launches), e, dtype=object if isinstance(e, str) else
-                                   type(e)) for c, e in
-                        zip(EVENT_COLUMNS[5:], ("", -1, "", False, ""), strict=True)})
-    has = op >= 0
-    if has.any():
-        for column in EVENT_COLUMNS[5:]:
-            values = src[column].to_numpy().copy()
-            values[has] = trace.ops[column].to_numpy()[op[has]]
-            src[column] = values
-    keep = np.isin(launches["tid"].to_numpy(), tids)
-    return _frame(cause[keep], launches[keep], src[keep])
+        return CpuEvents.empty()
+    blocking, sync, frame = names_matching(launches["name"],
+                                           (BLOCKING_MEMCPY_CALL, SYNC_CALL, FRAME_NAME))
+    cause = np.full(len(launches), CAUSE_CODES["launch"], dtype=np.int8)
+    cause[launches["dur"].to_numpy(np.float64) > MAX_LAUNCH_OP_US] = CAUSE_CODES["python"]
+    cause[blocking] = CAUSE_CODES["memcpy"]
+    cause[sync] = CAUSE_CODES["host_sync"]
+    rows = np.flatnonzero(np.isin(launches["tid"].to_numpy(), tids))
+    return _events(cause[rows], launches, rows, frame[rows], LAUNCH)
 
 
-def _annotation_events(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
+def _annotation_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     ann = trace.annotations
     if len(ann) == 0:
-        return pd.DataFrame()
-    names = ann["name"]
-    keep = ((ann["side"] == "cpu").to_numpy() & np.isin(ann["tid"].to_numpy(), tids)
-            & ~name_matches(names, STEP_NAME))
-    names = names[keep]
-    cause = np.full(int(keep.sum()), "python", dtype=object)
-    cause[name_matches(names, PEER_NAME)] = "peer"
-    cause[name_matches(names, GC_NAME)] = "gc"
-    cause[name_matches(names, INPUT_NAME)] = "input"
-    return _frame(cause, ann[keep], None)
+        return CpuEvents.empty()
+    step, peer, gc, data, frame = names_matching(
+        ann["name"], (STEP_NAME, PEER_NAME, GC_NAME, INPUT_NAME, FRAME_NAME))
+    rows = np.flatnonzero((ann["side"] == "cpu").to_numpy() & np.isin(ann["tid"].to_numpy(), tids)
+                          & ~step)
+    cause = np.full(len(ann), CAUSE_CODES["python"], dtype=np.int8)
+    cause[peer] = CAUSE_CODES["peer"]
+    cause[gc] = CAUSE_CODES["gc"]
+    cause[data] = CAUSE_CODES["input"]
+    return _events(cause[rows], ann, rows, frame[rows], ANNOTATION)
 
 
-def _python_events(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
+def _python_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     py = trace.python
     if len(py) == 0:
-        return pd.DataFrame()
-    keep = np.isin(py["tid"].to_numpy(), tids)
-    py = py[keep]
-    cause = np.full(len(py), "python", dtype=object)
-    cause[name_matches(py["name"], SYNC_FRAME)] = "host_sync"
-    cause[name_matches(py["name"], GC_NAME)] = "gc"
-    cause[name_matches(py["file"], INPUT_FILE)] = "input"
-    user = py["is_user"].to_numpy(dtype=bool)
-    src = pd.DataFrame({
-        "src_file": np.where(user, py["file"].to_numpy(dtype=object), ""),
-        "src_line": np.where(user, py["line"].to_numpy(np.int64), -1),
-        "src_function": np.where(user, py["function"].to_numpy(dtype=object), ""),
-        "src_line_exact": np.zeros(len(py), dtype=bool),
-        "src_path": np.full(len(py), "", dtype=object)})
-    return _frame(cause, py, src)
+        return CpuEvents.empty()
+    rows = np.flatnonzero(np.isin(py["tid"].to_numpy(), tids))
+    sync, gc, frame = names_matching(py["name"], (SYNC_FRAME, GC_NAME, FRAME_NAME))
+    (data,) = names_matching(py["file"], (INPUT_FILE,))
+    cause = np.full(len(py), CAUSE_CODES["python"], dtype=np.int8)
+    cause[sync] = CAUSE_CODES["host_sync"]
+    cause[gc] = CAUSE_CODES["gc"]
+    cause[data] = CAUSE_CODES["input"]
+    return _events(cause[rows], py, rows, frame[rows], PYTHON)
 
 
-def launch_gaps(trace: Trace, gaps: Intervals, calls: np.ndarray) -> pd.DataFrame:
+def launch_gaps(trace: Trace, gaps: Intervals, calls: np.ndarray) -> CpuEvents:
     """Launch events for short idle gaps closed by a late launch: the GPU ran each kernel
     faster than the CPU could issue the next, so the gap belongs to the op that launched the
-    next one (its name and line), whatever Python ran in between."""
-    launches, ops = trace.launches, trace.ops
+    next one (its name and line, `describe`), whatever Python ran in between."""
     n = len(calls)
     if n == 0:
-        return pd.DataFrame({c: [] for c in EVENT_COLUMNS})
+        return CpuEvents.empty()
+    launches, ops = trace.launches, trace.ops
     op = launches["op_idx"].to_numpy()[calls]
     has = op >= 0
-    out = pd.DataFrame({"cause": np.full(n, "launch", dtype=object),
-                        "tid": launches["tid"].to_numpy()[calls],
-                        "ts": gaps[0], "end": gaps[1],
-                        "name": launches["name"].to_numpy(dtype=object)[calls]})
-    out.loc[has, "name"] = ops["name"].to_numpy(dtype=object)[op[has]]
-    for column, empty in zip(EVENT_COLUMNS[5:], ("", -1, "", False, ""), strict=True):
-        values = np.full(n, empty, dtype=object)
-        if has.any():
-            values[has] = ops[column].to_numpy(dtype=object)[op[has]]
-        out[column] = values
-    out["src_line"] = out["src_line"].astype(np.int64)
-    out["src_line_exact"] = out["src_line_exact"].astype(bool)
+    names = _strings(launches["name"], calls)
+    names[has] = _strings(ops["name"], op[has])
+    (frame,) = names_matching(names, (FRAME_NAME,))
+    return CpuEvents(cause=np.full(n, CAUSE_CODES["launch"], dtype=np.int8),
+                     ts=np.asarray(gaps[0], dtype=np.float64),
+                     end=np.asarray(gaps[1], dtype=np.float64), frame=frame,
+                     origin=np.full(n, GAP, dtype=np.int8), row=calls.astype(np.int32))
+
+
+def describe(trace: Trace, events: CpuEvents) -> dict[str, np.ndarray]:
+    """Each event's EVENT_FIELDS, read from the frame it comes from: an op's own source
+    columns; a runtime call's (and a launch gap's) from the op that made it, a gap named by
+    that op when there is one; a Python frame's file, line and function when it is the user's
+    code; nothing for a record_function range."""
+    n = len(events)
+    out: dict[str, np.ndarray] = {
+        "name": np.full(n, "", dtype=object), "tid": np.full(n, -1, dtype=np.int64),
+        "src_file": np.full(n, "", dtype=object), "src_line": np.full(n, -1, dtype=np.int64),
+        "src_function": np.full(n, "", dtype=object),
+        "src_line_exact": np.zeros(n, dtype=bool), "src_path": np.full(n, "", dtype=object)}
+    ops, launches = trace.ops, trace.launches
+    tables = {OP: ops, LAUNCH: launches, ANNOTATION: trace.annotations, PYTHON: trace.python,
+              GAP: launches}
+    for origin, table in tables.items():
+        at = np.flatnonzero(events.origin == origin)
+        if at.size == 0:
+            continue
+        rows = events.row[at]
+        out["name"][at] = _strings(table["name"], rows)
+        out["tid"][at] = table["tid"].to_numpy()[rows]
+        if origin == OP:
+            _source_of_ops(out, at, ops, rows)
+        elif origin in (LAUNCH, GAP):
+            op = launches["op_idx"].to_numpy()[rows]
+            has = op >= 0
+            _source_of_ops(out, at[has], ops, op[has])
+            if origin == GAP:
+                out["name"][at[has]] = _strings(ops["name"], op[has])
+        elif origin == PYTHON:
+            user = table["is_user"].to_numpy(dtype=bool)[rows]
+            mine, frames = at[user], rows[user]
+            out["src_file"][mine] = _strings(table["file"], frames)
+            out["src_line"][mine] = table["line"].to_numpy(np.int64)[frames]
+            out["src_function"][mine] = _strings(table["function"], frames)
     return out
+
+
+def _source_of_ops(out: dict[str, np.ndarray], at: np.ndarray, ops: pd.DataFrame,
+                   rows: np.ndarray) -> None:
+    for column in EVENT_FIELDS[2:]:
+        values = ops[column]
+        out[column][at] = (_strings(values, rows) if out[column].dtype == object
+                           else values.to_numpy()[rows])
+
+
+def _strings(values: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """The column's values at `rows` as Python objects (only those rows converted)."""
+    if values.dtype == object:
+        return values.to_numpy()[rows]
+    return values.take(rows).to_numpy(dtype=object)
