@@ -37,6 +37,7 @@ columns or the enclosing user frame).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,16 +52,17 @@ from tracekit.accounting.events import (
     cpu_events,
     describe,
     launch_gaps,
+    undescribed,
 )
 from tracekit.accounting.sets import GpuSets, gpu_sets
 from tracekit.intervals import (
-    EMPTY,
     Intervals,
     intersect_intervals,
     subtract_intervals,
     union_intervals,
 )
 from tracekit.link.op_source import in_generated_code, user_frames
+from tracekit.load.columns import strings_column
 from tracekit.load.frames import already_running
 from tracekit.source import SourceIndex
 from tracekit.trace import Trace
@@ -81,9 +83,11 @@ class IdleSplit:
         measured inside each window rather than counted where they start."""
         p = self.pieces
         out = pd.DataFrame(0.0, index=np.arange(len(sets.steps)), columns=list(IDLE_CAUSES))
-        for cause, group in p.groupby("cause", sort=False):
-            out[cause] = sets.per_window((group["start"].to_numpy(np.float64),
-                                          group["end"].to_numpy(np.float64)))
+        codes, causes = pd.factorize(p["cause"])
+        start, end = p["start"].to_numpy(np.float64), p["end"].to_numpy(np.float64)
+        for code, cause in enumerate(causes):
+            mine = codes == code
+            out[cause] = sets.per_window((start[mine], end[mine]))
         return out
 
 
@@ -104,27 +108,26 @@ def idle_split(trace: Trace) -> IdleSplit:
     queued = (idle_s[~late], idle_e[~late])
 
     events = cpu_events(trace)
+    blocking = {cause: events.of_cause(cause) for cause in DRAINING}
+    extra = drained(blocking, cpu_part)
     short = late & (idle_e - idle_s <= LAUNCH_GAP_US) & (next_call >= 0)
-    events = CpuEvents.concat([events, drained(events, cpu_part),
-                               launch_gaps(trace, (idle_s[short], cpu_end[short]),
-                                           next_call[short])])
+    extra["launch"] = [launch_gaps(trace, (idle_s[short], cpu_end[short]), next_call[short])]
     remaining = union_intervals(*cpu_part)
-    frames = []
-    for cause in CPU_CAUSES:
-        mine = events.of_cause(cause)
+    parts = []
+    for cause in CPU_CAUSES:  # one cause's events at a time (a big rank has millions)
+        mine = blocking.pop(cause) if cause in blocking else events.of_cause(cause)
+        mine = CpuEvents.concat([mine, *extra.get(cause, [])])
         if len(mine) == 0:
             continue
-        covered, _, rep = grouped_union(mine)
+        covered, rep = grouped_union(mine)
         piece = intersect_intervals(remaining, covered)
         remaining = subtract_intervals(remaining, piece)
-        frames.append(explained(trace, cause, piece, covered, rep, mine))
-    del events, mine
-    frames.append(launch_tails(trace, tail, next_call[late][keep]))
-    frames.append(bare("queued", queued))
-    frames.append(bare("unknown", remaining))
-    pieces = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(
-        len(f) for f in frames) else bare("unknown", EMPTY)
-    pieces = pieces.sort_values("start", kind="stable").reset_index(drop=True)
+        parts.append(explained(trace, cause, piece, covered, rep, mine))
+        del mine, covered, rep
+    parts.append(launch_tails(trace, tail, next_call[late][keep]))
+    parts.append(bare("queued", queued))
+    parts.append(bare("unknown", remaining))
+    pieces = pieces_by_start(parts)
     pieces["window"] = np.searchsorted(sets.windows[0], pieces["start"].to_numpy(),
                                        side="right") - 1
     pieces["running_frame"] = False
@@ -157,45 +160,56 @@ def next_launch(trace: Trace, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return launch_end[pos], launch[pos]
 
 
-def grouped_union(events: CpuEvents) -> tuple[Intervals, np.ndarray, np.ndarray]:
-    """Union of the events' intervals, each event's group (merged interval) and, per group,
-    the position (in `events`) of its longest event: the one that names the group."""
+def grouped_union(events: CpuEvents) -> tuple[Intervals, np.ndarray]:
+    """Union of the events' intervals and, per group (merged interval), the position (in
+    `events`) of the event that names it: its longest op or label, else its longest Python
+    frame (`<module>`, `main` say little), the first such event on a tie."""
     ts, end = events.ts, events.end
     covered = union_intervals(ts, end)
-    if len(covered[0]) == 0:
-        return covered, np.full(len(ts), -1), np.zeros(0, dtype=np.int64)
+    n_groups = len(covered[0])
+    if n_groups == 0:
+        return covered, np.zeros(0, dtype=np.int64)
     group = np.searchsorted(covered[0], ts, side="right") - 1
-    valid = (end > ts) & (group >= 0)
-    dur = np.where(valid, end - ts, -1.0)
-    # Ops and labels name a group better than Python frames (`<module>`, `main`).
-    order = np.lexsort((-dur, events.frame, group))
-    first = np.r_[True, group[order][1:] != group[order][:-1]]
-    rep = np.zeros(len(covered[0]), dtype=np.int64)
-    chosen = order[first]
-    rep_group = group[chosen]
-    ok = rep_group >= 0
-    rep[rep_group[ok]] = chosen[ok]
-    return covered, group, rep
+    dur = end - ts
+    dur[~(end > ts) | (group < 0)] = -1.0
+    group[group < 0] = n_groups  # in no group: counted in a bin of their own, dropped
+    has_named = np.zeros(n_groups + 1, dtype=bool)
+    has_named[group[~events.frame]] = True
+    eligible = events.frame != has_named[group]
+    longest = np.full(n_groups + 1, -np.inf)
+    np.maximum.at(longest, group[eligible], dur[eligible])
+    best = np.flatnonzero(eligible & (dur == longest[group]))
+    del eligible, dur, longest
+    rep = np.full(n_groups + 1, len(ts), dtype=np.int64)
+    np.minimum.at(rep, group[best], best)
+    rep = rep[:n_groups]
+    rep[rep == len(ts)] = 0
+    return covered, rep
 
 
-def drained(events: CpuEvents, cpu_part: Intervals) -> CpuEvents:
-    """Events for idle intervals that began while the CPU was blocked in a host sync or a
-    blocking copy: it drained the GPU's queue, so the whole interval is its (see module doc)."""
-    out = []
+def drained(blocking: dict[str, CpuEvents], cpu_part: Intervals) -> dict[str, list[CpuEvents]]:
+    """Events (per cause) for idle intervals that began while the CPU was blocked in a host
+    sync or a blocking copy: it drained the GPU's queue, so the whole interval is its (see
+    module doc)."""
+    out: dict[str, list[CpuEvents]] = {}
     for cause in DRAINING:
-        blocking = events.of_cause(cause)
-        if len(blocking) == 0 or len(cpu_part[0]) == 0:
+        events = blocking[cause]
+        if len(events) == 0 or len(cpu_part[0]) == 0:
             continue
-        covered, _, rep = grouped_union(blocking)
+        covered, rep = grouped_union(events)
         group = np.searchsorted(covered[0], cpu_part[0], side="right") - 1
         inside = (group >= 0) & (covered[1][np.clip(group, 0, None)] >= cpu_part[0])
-        out.append(blocking.take(rep[group[inside]]).at_times(cpu_part[0][inside],
-                                                              cpu_part[1][inside]))
-    return CpuEvents.concat(out) if out else CpuEvents.empty()
+        out[cause] = [events.take(rep[group[inside]]).at_times(cpu_part[0][inside],
+                                                               cpu_part[1][inside])]
+    return out
+
+
+Pieces = dict[str, np.ndarray]
+"""Pieces of idle time as columns: cause, start, end, EVENT_FIELDS, event_ts."""
 
 
 def explained(trace: Trace, cause: str, piece: Intervals, covered: Intervals, rep: np.ndarray,
-              events: CpuEvents) -> pd.DataFrame:
+              events: CpuEvents) -> Pieces:
     """Pieces of one cause, each with the event that names its group."""
     group = np.searchsorted(covered[0], piece[0], side="right") - 1
     pick = rep[group]
@@ -203,12 +217,12 @@ def explained(trace: Trace, cause: str, piece: Intervals, covered: Intervals, re
     # launch gap that contains it (frames are named by the user frame, below).
     named = np.flatnonzero(~events.frame)
     if named.size and len(piece[0]):
-        ts = events.ts[named]
-        end = events.end[named]
-        order = np.argsort(ts, kind="stable")
-        at = np.searchsorted(ts[order], piece[0], side="right") - 1
-        hit = (at >= 0) & (end[order][np.clip(at, 0, None)] > piece[0])
-        pick = np.where(hit, named[order][np.clip(at, 0, None)], pick)
+        named = named[np.argsort(events.ts[named], kind="stable")]
+        at = np.searchsorted(events.ts[named], piece[0], side="right") - 1
+        latest = named[np.clip(at, 0, None)]
+        del named
+        hit = (at >= 0) & (events.end[latest] > piece[0])
+        pick = np.where(hit, latest, pick)
     chosen = events.take(pick)
     about = describe(trace, chosen)
     event_ts = np.minimum(chosen.ts, piece[0])
@@ -222,32 +236,45 @@ def explained(trace: Trace, cause: str, piece: Intervals, covered: Intervals, re
     for column in ("src_file", "src_line", "src_function", "src_line_exact"):
         about[column][vague] = NO_SOURCE[column]
     event_ts[vague] = piece[0][vague]
-    return pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1], **about,
-                         "event_ts": event_ts})
+    return pieces_of(cause, piece, about, event_ts)
 
 
-def launch_tails(trace: Trace, tail: Intervals, calls: np.ndarray) -> pd.DataFrame:
+def launch_tails(trace: Trace, tail: Intervals, calls: np.ndarray) -> Pieces:
     """Launch latency: from a late launch call's return to its GPU work's start, named by
     the op that launched it."""
     about = describe(trace, launch_gaps(trace, tail, np.where(calls >= 0, calls, 0)))
     unknown = calls < 0
     for column, empty in (*NO_SOURCE.items(), ("name", ""), ("tid", -1)):
         about[column][unknown] = empty
-    return pd.DataFrame({"cause": "launch", "start": tail[0], "end": tail[1], **about,
-                         "event_ts": tail[0]})
+    return pieces_of("launch", tail, about, tail[0])
 
 
-def bare(cause: str, piece: Intervals) -> pd.DataFrame:
+def bare(cause: str, piece: Intervals) -> Pieces:
     """Pieces with no CPU event behind them."""
-    n = len(piece[0])
-    return pd.DataFrame({"cause": cause, "start": piece[0], "end": piece[1],
-                         "event_ts": piece[0],
-                         "name": np.full(n, "", dtype=object), "tid": np.full(n, -1),
-                         "src_file": np.full(n, "", dtype=object),
-                         "src_line": np.full(n, -1, dtype=np.int64),
-                         "src_function": np.full(n, "", dtype=object),
-                         "src_line_exact": np.zeros(n, dtype=bool),
-                         "src_path": np.full(n, "", dtype=object)})
+    return pieces_of(cause, piece, undescribed(len(piece[0])), piece[0])
+
+
+def pieces_of(cause: str, piece: Intervals, about: dict[str, np.ndarray],
+              event_ts: np.ndarray) -> Pieces:
+    """Pieces of one cause with their events' EVENT_FIELDS (`about`)."""
+    return {"cause": np.full(len(piece[0]), cause, dtype=object),
+            "start": np.asarray(piece[0], dtype=np.float64),
+            "end": np.asarray(piece[1], dtype=np.float64), **about,
+            "event_ts": np.asarray(event_ts, dtype=np.float64)}
+
+
+def pieces_by_start(parts: list[Pieces]) -> pd.DataFrame:
+    """Every cause's pieces as one frame, by start (ties in the order of `parts`). Text
+    columns hold objects, one per distinct value (`strings_column`): a big rank has hundreds
+    of thousands of pieces, named by far fewer events."""
+    starts = np.concatenate([p["start"] for p in parts])
+    order = np.argsort(starts, kind="stable")
+    columns: dict[str, Any] = {}
+    for name in list(parts[0]):
+        values = starts if name == "start" else np.concatenate([p.pop(name) for p in parts])
+        values = values[order]
+        columns[name] = strings_column(values) if values.dtype == object else values
+    return pd.DataFrame(columns)
 
 
 def fill_sources(trace: Trace, pieces: pd.DataFrame) -> None:

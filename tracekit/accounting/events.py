@@ -82,13 +82,12 @@ NO_SOURCE = {"src_file": "", "src_line": -1, "src_function": "", "src_line_exact
 
 @dataclass(frozen=True)
 class CpuEvents:
-    """CPU events as arrays, one entry per event: its cause (a CAUSE_CODES value), start,
-    end, whether it is named like a Python frame (FRAME_NAME), and where it comes from
-    (`origin`, `row`). Names and source lines stay in the trace's frames, read by `describe`
-    only for the events that explain idle time: a 690 MB rank's launching threads hold 1.9 M
-    events, whose names and paths as a frame's per-row strings took hundreds of MB."""
+    """CPU events of one cause as arrays, one entry per event: start, end, whether it is named
+    like a Python frame (FRAME_NAME), and where it comes from (`origin`, `row`). Names and
+    source lines stay in the trace's frames, read by `describe` only for the events that
+    explain idle time: a 690 MB rank's launching threads hold 1.9 M events, whose names and
+    paths as a frame's per-row strings took hundreds of MB."""
 
-    cause: np.ndarray
     ts: np.ndarray
     end: np.ndarray
     frame: np.ndarray
@@ -102,9 +101,6 @@ class CpuEvents:
         """The events at positions `rows`, in that order."""
         return CpuEvents(*(getattr(self, f.name)[rows] for f in fields(self)))
 
-    def of_cause(self, cause: str) -> CpuEvents:
-        return self.take(np.flatnonzero(self.cause == CAUSE_CODES[cause]))
-
     def at_times(self, ts: np.ndarray, end: np.ndarray) -> CpuEvents:
         """The same events over other intervals."""
         return replace(self, ts=np.asarray(ts, dtype=np.float64),
@@ -112,31 +108,63 @@ class CpuEvents:
 
     @staticmethod
     def concat(parts: list[CpuEvents]) -> CpuEvents:
+        if len(parts) == 1:
+            return parts[0]
         return CpuEvents(*(np.concatenate([getattr(p, f.name) for p in parts])
                            for f in fields(CpuEvents)))
 
     @staticmethod
     def empty() -> CpuEvents:
-        return _events(np.zeros(0, dtype=np.int8), pd.DataFrame({"ts": [], "end": []}),
-                       np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), OP)
+        return CpuEvents(np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool),
+                         np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int32))
 
 
-def _events(cause: np.ndarray, table: pd.DataFrame, rows: np.ndarray, frame: np.ndarray,
-            origin: np.int8) -> CpuEvents:
-    """Events of `table` at `rows` (cause and frame already per row of `rows`)."""
-    return CpuEvents(cause=cause.astype(np.int8, copy=False),
-                     ts=table["ts"].to_numpy(np.float64)[rows],
-                     end=table["end"].to_numpy(np.float64)[rows], frame=frame,
-                     origin=np.full(len(rows), origin, dtype=np.int8),
-                     row=rows.astype(np.int32, copy=False))
+@dataclass(frozen=True)
+class Classified:
+    """Events of one frame (`origin`) on the launching threads: their rows there, each one's
+    cause (a CAUSE_CODES value) and whether it is named like a Python frame."""
+
+    origin: np.int8
+    table: pd.DataFrame
+    rows: np.ndarray
+    cause: np.ndarray
+    frame: np.ndarray
 
 
-def cpu_events(trace: Trace) -> CpuEvents:
+@dataclass(frozen=True)
+class ThreadEvents:
+    """The launching threads' CPU events, classified but not gathered (`of_cause` gathers one
+    cause's, in the order ops, runtime calls, record_function ranges, Python frames), so that
+    the idle split holds one cause's arrays at a time."""
+
+    parts: tuple[Classified, ...]
+
+    def of_cause(self, cause: str) -> CpuEvents:
+        code = CAUSE_CODES[cause]
+        picked = []
+        for part in self.parts:
+            at = np.flatnonzero(part.cause == code)
+            rows = part.rows[at]
+            picked.append(CpuEvents(ts=part.table["ts"].to_numpy(np.float64)[rows],
+                                    end=part.table["end"].to_numpy(np.float64)[rows],
+                                    frame=part.frame[at],
+                                    origin=np.full(len(at), part.origin, dtype=np.int8),
+                                    row=rows))
+        return CpuEvents.concat(picked) if picked else CpuEvents.empty()
+
+
+def _classified(cause: np.ndarray, table: pd.DataFrame, rows: np.ndarray, frame: np.ndarray,
+                origin: np.int8) -> tuple[Classified, ...]:
+    """The events of `table` at `rows` (cause and frame per row of `table`)."""
+    return (Classified(origin, table, rows.astype(np.int32), cause[rows], frame[rows]),)
+
+
+def cpu_events(trace: Trace) -> ThreadEvents:
     """CPU events of the threads that launch GPU work, each with its cause: ops, runtime
     calls, record_function ranges, Python frames (in that order)."""
     tids = launching_threads(trace)
-    return CpuEvents.concat([_op_events(trace, tids), _launch_events(trace, tids),
-                             _annotation_events(trace, tids), _python_events(trace, tids)])
+    return ThreadEvents(_op_events(trace, tids) + _launch_events(trace, tids)
+                        + _annotation_events(trace, tids) + _python_events(trace, tids))
 
 
 def launching_threads(trace: Trace) -> np.ndarray:
@@ -145,14 +173,18 @@ def launching_threads(trace: Trace) -> np.ndarray:
     allocating pinned buffers) run beside them and hold nothing back."""
     rows = np.concatenate([trace.kernels["launch_idx"].to_numpy(np.int64),
                            trace.gpu_mem["launch_idx"].to_numpy(np.int64)])
-    rows = np.unique(rows[rows >= 0])
-    return np.unique(trace.launches["tid"].to_numpy()[rows]) if rows.size else np.zeros(0)
+    rows = rows[rows >= 0]
+    if rows.size == 0:
+        return np.zeros(0)
+    launched = np.zeros(len(trace.launches), dtype=bool)
+    launched[rows] = True
+    return np.sort(pd.unique(trace.launches["tid"].to_numpy()[launched]))
 
 
-def _op_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
+def _op_events(trace: Trace, tids: np.ndarray) -> tuple[Classified, ...]:
     ops = trace.ops
     if len(ops) == 0:
-        return CpuEvents.empty()
+        return ()
     sync, peer, gc, data, frame = names_matching(
         ops["name"], (SYNC_OP, PEER_NAME, GC_NAME, INPUT_NAME, FRAME_NAME))
     cause = np.full(len(ops), CAUSE_CODES["python"], dtype=np.int8)
@@ -172,7 +204,7 @@ def _op_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     cause[gc] = CAUSE_CODES["gc"]
     cause[data] = CAUSE_CODES["input"]
     rows = np.flatnonzero(np.isin(ops["tid"].to_numpy(), tids))
-    return _events(cause[rows], ops, rows, frame[rows], OP)
+    return _classified(cause, ops, rows, frame, OP)
 
 
 def _with_ancestors(ops: pd.DataFrame, marked: np.ndarray) -> np.ndarray:
@@ -184,10 +216,10 @@ def _with_ancestors(ops: pd.DataFrame, marked: np.ndarray) -> np.ndarray:
     return out
 
 
-def _launch_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
+def _launch_events(trace: Trace, tids: np.ndarray) -> tuple[Classified, ...]:
     launches = trace.launches
     if len(launches) == 0:
-        return CpuEvents.empty()
+        return ()
     blocking, sync, frame = names_matching(launches["name"],
                                            (BLOCKING_MEMCPY_CALL, SYNC_CALL, FRAME_NAME))
     cause = np.full(len(launches), CAUSE_CODES["launch"], dtype=np.int8)
@@ -195,13 +227,13 @@ def _launch_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     cause[blocking] = CAUSE_CODES["memcpy"]
     cause[sync] = CAUSE_CODES["host_sync"]
     rows = np.flatnonzero(np.isin(launches["tid"].to_numpy(), tids))
-    return _events(cause[rows], launches, rows, frame[rows], LAUNCH)
+    return _classified(cause, launches, rows, frame, LAUNCH)
 
 
-def _annotation_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
+def _annotation_events(trace: Trace, tids: np.ndarray) -> tuple[Classified, ...]:
     ann = trace.annotations
     if len(ann) == 0:
-        return CpuEvents.empty()
+        return ()
     step, peer, gc, data, frame = names_matching(
         ann["name"], (STEP_NAME, PEER_NAME, GC_NAME, INPUT_NAME, FRAME_NAME))
     rows = np.flatnonzero((ann["side"] == "cpu").to_numpy() & np.isin(ann["tid"].to_numpy(), tids)
@@ -210,13 +242,13 @@ def _annotation_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     cause[peer] = CAUSE_CODES["peer"]
     cause[gc] = CAUSE_CODES["gc"]
     cause[data] = CAUSE_CODES["input"]
-    return _events(cause[rows], ann, rows, frame[rows], ANNOTATION)
+    return _classified(cause, ann, rows, frame, ANNOTATION)
 
 
-def _python_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
+def _python_events(trace: Trace, tids: np.ndarray) -> tuple[Classified, ...]:
     py = trace.python
     if len(py) == 0:
-        return CpuEvents.empty()
+        return ()
     rows = np.flatnonzero(np.isin(py["tid"].to_numpy(), tids))
     sync, gc, frame = names_matching(py["name"], (SYNC_FRAME, GC_NAME, FRAME_NAME))
     (data,) = names_matching(py["file"], (INPUT_FILE,))
@@ -224,7 +256,7 @@ def _python_events(trace: Trace, tids: np.ndarray) -> CpuEvents:
     cause[sync] = CAUSE_CODES["host_sync"]
     cause[gc] = CAUSE_CODES["gc"]
     cause[data] = CAUSE_CODES["input"]
-    return _events(cause[rows], py, rows, frame[rows], PYTHON)
+    return _classified(cause, py, rows, frame, PYTHON)
 
 
 def launch_gaps(trace: Trace, gaps: Intervals, calls: np.ndarray) -> CpuEvents:
@@ -240,8 +272,7 @@ def launch_gaps(trace: Trace, gaps: Intervals, calls: np.ndarray) -> CpuEvents:
     names = _strings(launches["name"], calls)
     names[has] = _strings(ops["name"], op[has])
     (frame,) = names_matching(names, (FRAME_NAME,))
-    return CpuEvents(cause=np.full(n, CAUSE_CODES["launch"], dtype=np.int8),
-                     ts=np.asarray(gaps[0], dtype=np.float64),
+    return CpuEvents(ts=np.asarray(gaps[0], dtype=np.float64),
                      end=np.asarray(gaps[1], dtype=np.float64), frame=frame,
                      origin=np.full(n, GAP, dtype=np.int8), row=calls.astype(np.int32))
 
@@ -251,12 +282,7 @@ def describe(trace: Trace, events: CpuEvents) -> dict[str, np.ndarray]:
     columns; a runtime call's (and a launch gap's) from the op that made it, a gap named by
     that op when there is one; a Python frame's file, line and function when it is the user's
     code; nothing for a record_function range."""
-    n = len(events)
-    out: dict[str, np.ndarray] = {
-        "name": np.full(n, "", dtype=object), "tid": np.full(n, -1, dtype=np.int64),
-        "src_file": np.full(n, "", dtype=object), "src_line": np.full(n, -1, dtype=np.int64),
-        "src_function": np.full(n, "", dtype=object),
-        "src_line_exact": np.zeros(n, dtype=bool), "src_path": np.full(n, "", dtype=object)}
+    out = undescribed(len(events))
     ops, launches = trace.ops, trace.launches
     tables = {OP: ops, LAUNCH: launches, ANNOTATION: trace.annotations, PYTHON: trace.python,
               GAP: launches}
@@ -282,6 +308,14 @@ def describe(trace: Trace, events: CpuEvents) -> dict[str, np.ndarray]:
             out["src_line"][mine] = table["line"].to_numpy(np.int64)[frames]
             out["src_function"][mine] = _strings(table["function"], frames)
     return out
+
+
+def undescribed(n: int) -> dict[str, np.ndarray]:
+    """EVENT_FIELDS of `n` pieces of time that no event explains: empty names, no line."""
+    return {"name": np.full(n, "", dtype=object), "tid": np.full(n, -1, dtype=np.int64),
+            "src_file": np.full(n, "", dtype=object), "src_line": np.full(n, -1, dtype=np.int64),
+            "src_function": np.full(n, "", dtype=object),
+            "src_line_exact": np.zeros(n, dtype=bool), "src_path": np.full(n, "", dtype=object)}
 
 
 def _source_of_ops(out: dict[str, np.ndarray], at: np.ndarray, ops: pd.DataFrame,

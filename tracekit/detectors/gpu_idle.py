@@ -105,16 +105,19 @@ SUGGESTIONS = {
 
 
 def pieces_with_keys(trace: Trace) -> pd.DataFrame:
-    """The rank's idle pieces with a grouping key: cause + source line (or cause alone)."""
+    """The rank's idle pieces with a grouping key (an integer, in order of first appearance):
+    cause + source line, or cause alone."""
     p = idle_split(trace).pieces
-    p = p[p["window"] >= 0].copy()
-    p["us"] = p["end"] - p["start"]
-    has_line = (p["src_line"].to_numpy() >= 0) & (p["src_file"].astype(str) != "")
+    p = p[p["window"].to_numpy() >= 0]
+    p = p.assign(us=p["end"] - p["start"])
+    files, names = pd.factorize(p["src_file"])
+    named = np.array([str(f) != "" for f in names] + [False], dtype=bool)  # code -1: none
+    has_line = (p["src_line"].to_numpy() >= 0) & named[files]
     # Without a source line, one group per cause (op names alone would split one cause,
     # e.g. launch overhead, into a finding per op).
-    where = np.where(has_line, p["src_file"].astype(str) + ":" + p["src_line"].astype(str), "")
-    p["key"] = p["cause"].astype(str) + "|" + where
-    return p
+    where = (np.where(has_line, files, -1), np.where(has_line, p["src_line"].to_numpy(), -1))
+    return p.assign(key=p.groupby([pd.factorize(p["cause"])[0], *where], sort=False).ngroup()
+                    .to_numpy())
 
 
 @register("gpu_idle", Params)

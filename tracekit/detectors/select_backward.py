@@ -126,15 +126,17 @@ def parse_json_field(text: Any) -> list[Any] | None:
     return value if isinstance(value, list) else None
 
 
-def source_keys(ops: pd.DataFrame) -> np.ndarray:
-    """`file:line` of every op's user-code line (as source_of finds it), else "unknown"."""
-    if ops.empty:
-        return np.full(len(ops), "unknown", dtype=object)
-    files = ops["src_file"]
-    lines = pd.to_numeric(ops["src_line"], errors="coerce")
+def source_keys(ops: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """`file:line` of the user-code line (as source_of finds it) of the ops at `rows`, else
+    "unknown" (the few rows asked about: a big rank holds millions of ops)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    keys = np.full(len(rows), "unknown", dtype=object)
+    if len(rows) == 0 or ops.empty:
+        return keys
+    files = ops["src_file"].iloc[rows]
+    lines = pd.to_numeric(ops["src_line"].iloc[rows], errors="coerce")
     known = (files.fillna("").astype(str).ne("").to_numpy()
              & (lines.fillna(-1).to_numpy() >= 0))
-    keys = np.full(len(ops), "unknown", dtype=object)
     if known.any():
         keys[known] = (files[known].astype(str) + ":"
                        + lines[known].astype(np.int64).astype(str)).to_numpy(dtype=object)
@@ -174,9 +176,8 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
     fwd_idx = ops["fwd_op_idx"].to_numpy(dtype=np.int64)
     with_fwd = ancestor_matching(ops, fwd_idx >= 0)
     forward_rows = np.where(with_fwd[sb_rows] >= 0, fwd_idx[np.maximum(with_fwd[sb_rows], 0)], -1)
-    line_keys = source_keys(ops)
-    keys = np.where(forward_rows >= 0, line_keys[np.maximum(forward_rows, 0)], "unknown")
-    keys = np.where(keys == "unknown", line_keys[sb_rows], keys)
+    keys = np.where(forward_rows >= 0, source_keys(ops, np.maximum(forward_rows, 0)), "unknown")
+    keys = np.where(keys == "unknown", source_keys(ops, sb_rows), keys)
     sb_anc = ancestor_matching(ops, is_sb)
     work_sb = work.assign(occurrence=np.where(work["op_idx"] >= 0,
                                               sb_anc[np.maximum(work["op_idx"], 0)], -1))
@@ -199,13 +200,12 @@ def compiled_occurrences(trace: Trace, work: pd.DataFrame,
     none), so one line that Inductor fused into several kernels is one finding."""
     out = []
     ops = trace.ops
-    keys = source_keys(ops)
     gpu = work[(work["kind"] == "kernel").to_numpy() & name_matches(work["name"], COMPILED_PATTERN)]
     gpu = gpu.drop(index=gpu.index.intersection(eager_work_index))
     if len(gpu):
         op_rows = gpu["op_idx"].to_numpy()
-        line = pd.Series(np.where(op_rows >= 0, keys[np.maximum(op_rows, 0)], "unknown"),
-                         index=gpu.index)
+        line = pd.Series(np.where(op_rows >= 0, source_keys(ops, np.maximum(op_rows, 0)),
+                                  "unknown"), index=gpu.index)
         # A kernel without a line (launched before the profiled steps' ops were recorded)
         # takes the line of the same kernel elsewhere, else is known by its name.
         known = line != "unknown"
@@ -221,7 +221,8 @@ def compiled_occurrences(trace: Trace, work: pd.DataFrame,
         label = ops["kernel_name"].where(ops["kernel_name"].astype(bool), ops["name"]) \
             if "kernel_name" in ops else ops["name"]
         hit = name_matches(label, COMPILED_PATTERN) & (ops["name"] != SELECT_BACKWARD_OP).to_numpy()
-        cause = np.where(keys[hit] == "unknown", label[hit].to_numpy(dtype=object), keys[hit])
+        keys = source_keys(ops, np.flatnonzero(hit))
+        cause = np.where(keys == "unknown", label[hit].to_numpy(dtype=object), keys)
         for key, group in ops[hit].groupby(cause, sort=False):
             out.append(Occurrences(key=str(key), op_rows=group.index.to_numpy(),
                                    work=work.iloc[0:0], forward_row=-1, compiled=True))
