@@ -127,14 +127,16 @@ def idle_split(trace: Trace) -> IdleSplit:
     parts.append(launch_tails(trace, tail, next_call[late][keep]))
     parts.append(bare("queued", queued))
     parts.append(bare("unknown", remaining))
+    del events, extra
     pieces = pieces_by_start(parts)
+    del parts
     pieces["window"] = np.searchsorted(sets.windows[0], pieces["start"].to_numpy(),
                                        side="right") - 1
     pieces["running_frame"] = False
     fill_sources(trace, pieces)
     narrow_lines(trace, pieces)
     drop_compiled_def_lines(trace, pieces)
-    pieces = pieces.drop(columns="running_frame")
+    pieces = pieces.drop(columns=["running_frame", "event_ts"])
     split = IdleSplit(pieces)
     trace.__dict__["_idle_split"] = split
     return split
@@ -274,7 +276,7 @@ def pieces_by_start(parts: list[Pieces]) -> pd.DataFrame:
         values = starts if name == "start" else np.concatenate([p.pop(name) for p in parts])
         values = values[order]
         columns[name] = strings_column(values) if values.dtype == object else values
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)
 
 
 def fill_sources(trace: Trace, pieces: pd.DataFrame) -> None:

@@ -77,10 +77,13 @@ def launch_columns(trace: Trace) -> pd.DataFrame:
 
 def previous_end_on_stream(kernels: pd.DataFrame) -> np.ndarray:
     """For each kernel, when everything before it on its stream had ended (NaN for the first)."""
-    order = kernels.sort_values(["stream", "ts"], kind="stable")
-    reach = order.groupby("stream", sort=False)["end"].cummax()
-    prev = reach.groupby(order["stream"], sort=False).shift(1)
-    return prev.reindex(kernels.index).to_numpy(dtype=np.float64)
+    order = np.lexsort((kernels["ts"].to_numpy(), kernels["stream"].to_numpy()))
+    stream = kernels["stream"].to_numpy()[order]
+    reach = pd.Series(kernels["end"].to_numpy(dtype=np.float64)[order]).groupby(
+        stream, sort=False).cummax()
+    prev = np.empty(len(order), dtype=np.float64)
+    prev[order] = reach.groupby(stream, sort=False).shift(1).to_numpy(dtype=np.float64)
+    return prev
 
 
 def coverage_excluding_stream(kernels: pd.DataFrame, mask: np.ndarray, streams: np.ndarray,

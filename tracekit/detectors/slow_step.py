@@ -175,9 +175,11 @@ def trace_findings(trace: Trace, factor: float, min_excess_us: float, min_steps:
         return []
     table = step_table(trace)
     by_step = table.set_index("step")
-    self_time = op_self_time(trace)
     findings = []
     slow_list = slow_steps(table, factor, min_excess_us)
+    if not slow_list:
+        return []
+    self_time = op_self_time(trace)
     # Every slow step and its reference (often one step for all) profiled in one pass.
     needed = list(dict.fromkeys(s for slow in slow_list for s in (slow.step,
                                                                    slow.reference_step)))

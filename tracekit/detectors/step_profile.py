@@ -57,13 +57,20 @@ def op_self_time(trace: Trace) -> pd.Series:
     (named cudaDeviceSynchronize...) rather than to the op around it.
     """
     ops = trace.ops
-    child = ops.loc[ops["parent"] >= 0].groupby("parent")["dur"].sum()
+    child = _sum_by(ops["parent"], ops["dur"])
     launches = trace.launches
     # -1 is "no External id", not a shared one.
-    runtime = launches.loc[launches["external_id"] >= 0].groupby("external_id")["dur"].sum()
+    runtime = _sum_by(launches["external_id"], launches["dur"])
     self_time = ops["dur"] - child.reindex(ops.index).fillna(0.0).to_numpy()
     self_time -= ops["external_id"].map(runtime).fillna(0.0).to_numpy()
     return self_time.clip(lower=0.0)
+
+
+def _sum_by(keys: pd.Series, values: pd.Series) -> pd.Series:
+    """Sum of `values` per key, keys < 0 left out (only the two columns are read: a rank's
+    frames hold millions of rows)."""
+    has = keys.to_numpy() >= 0
+    return pd.Series(values.to_numpy()[has]).groupby(keys.to_numpy()[has]).sum()
 
 
 EMPTY_COLUMNS = ["total", "row"]
