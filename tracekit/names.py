@@ -207,7 +207,8 @@ def normalize_each(names: pd.Series, fn: Callable[[str], str]) -> pd.Series:
     return pd.Series(mapped[codes], index=names.index)
 
 
-def name_matches(names: pd.Series | list[str], pattern: re.Pattern[str]) -> np.ndarray:
+def name_matches(names: pd.Series | list[str] | np.ndarray,
+                 pattern: re.Pattern[str]) -> np.ndarray:
     """pattern.search per row, evaluated once per distinct name (names repeat a lot)."""
     return names_matching(names, (pattern,))[0]
 

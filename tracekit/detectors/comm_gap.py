@@ -93,7 +93,7 @@ from tracekit.intervals import (
     window_pairs,
 )
 from tracekit.link import kernel_source, source_of_op
-from tracekit.link.ancestry import ancestor_matching
+from tracekit.link.ancestry import ancestor_levels
 from tracekit.link.steptime import run_step_us
 from tracekit.load.frames import name_matches
 from tracekit.names import kernel_label
@@ -169,12 +169,15 @@ def other_work_on_stream(trace: Trace, gaps: pd.DataFrame) -> np.ndarray:
     """Time covered by non-NCCL kernels and memcpy/memset on the gap's own stream."""
     out = np.zeros(len(gaps))
     k, mem = trace.kernels, trace.gpu_mem
+    k_stream, m_stream = k["stream"].to_numpy(), mem["stream"].to_numpy()
+    other = ~k["is_nccl"].to_numpy(dtype=bool)
     for stream in gaps["stream"].unique():
         rows = (gaps["stream"] == stream).to_numpy()
-        kk = k[(k["stream"] == stream) & ~k["is_nccl"].astype(bool)]
-        mm = mem[mem["stream"] == stream] if len(mem) else mem
-        cov = Coverage.of(np.concatenate([kk["ts"].to_numpy(float), mm["ts"].to_numpy(float)]),
-                          np.concatenate([kk["end"].to_numpy(float), mm["end"].to_numpy(float)]))
+        kk = np.flatnonzero((k_stream == stream) & other)
+        mm = np.flatnonzero(m_stream == stream)
+        cov = Coverage.of(
+            np.concatenate([k["ts"].to_numpy(float)[kk], mem["ts"].to_numpy(float)[mm]]),
+            np.concatenate([k["end"].to_numpy(float)[kk], mem["end"].to_numpy(float)[mm]]))
         out[rows] = cov.overlap(gaps["prev_end"].to_numpy()[rows], gaps["ts"].to_numpy()[rows])
     return out
 
@@ -460,8 +463,14 @@ def issued_by_gradient_hook(trace: Trace, gaps: pd.DataFrame) -> np.ndarray:
     op[has] = trace.launches["op_idx"].to_numpy(dtype=np.int64)[launch_row[has]]
     if not len(trace.ops):
         return np.zeros(len(gaps), dtype=bool)
-    within = ancestor_matching(trace.ops, name_matches(trace.ops["name"], GRADIENT_HOOK)) >= 0
-    return (op >= 0) & within[np.clip(op, 0, None)]
+    # Climbing from the gaps' ops only, naming the ops met (not each of a rank's ops).
+    levels = list(ancestor_levels(trace.ops["parent"].to_numpy(np.int64), op))
+    within = np.zeros(len(gaps), dtype=bool)
+    if levels:
+        met = np.concatenate([current for _, current in levels])
+        hook = name_matches(trace.ops["name"].to_numpy()[met], GRADIENT_HOOK)
+        within[np.concatenate([positions for positions, _ in levels])[hook]] = True
+    return within
 
 
 def add_costs(trace: Trace, gaps: pd.DataFrame) -> pd.DataFrame:
