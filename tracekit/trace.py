@@ -161,8 +161,9 @@ class Run:
     def from_trainer(self) -> bool:
         """Recorded by this project's trainer (its manifest.json, or its own record_function
         labels): only then do findings use the trainer's words (bank, the transpose-copy
-        kernel, its labels)."""
-        if self.manifest is not None:
+        kernel, its labels). `profile --script` writes a manifest too (kind "script"): that
+        program is someone else's."""
+        if self.manifest is not None and self.manifest.get("kind") != "script":
             return True
         return any(t.annotations["name"].astype(str).str.match(TRAINER_LABEL).any()
                    for t in self.traces if len(t.annotations))

@@ -98,6 +98,17 @@ def test_compiled_select_backward_is_found_at_the_bank_line_as_an_upper_bound() 
     assert "fused into 1 Inductor kernel with add" in f.title
 
 
+def test_a_script_the_profiler_ran_is_not_spoken_of_in_the_trainers_words() -> None:
+    """`profile --script` writes a manifest as the trainer does; the program is still someone
+    else's: no "bank", and the generic advice, not the trainer's."""
+    run, findings = analyze_run(DATA / "compiled_cpu", kinds=["select_backward"],
+                                progress=False)
+    assert run.manifest["kind"] == "script" and not run.from_trainer
+    (f,) = findings
+    assert f.title.startswith("select_backward: indexing at compiled_bank.py:")
+    assert "bank.unbind(0)" not in f.suggestion and ".unbind(0)" in f.suggestion
+
+
 def test_a_line_recorded_by_another_checkout_is_found_by_its_statement(tmp_path: Path) -> None:
     """A graph taken from Inductor's cache keeps the stack of the run that compiled it: the
     other checkout's file and line numbers. The statement text finds the line in this run's
