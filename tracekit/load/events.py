@@ -90,7 +90,7 @@ class OpArgs(msgspec.Struct, gc=False):
     seq: Any = msgspec.field(default=-1, name="Sequence number")
     fwd_tid: Any = msgspec.field(default=-1, name="Fwd thread id")
     # Shapes stay JSON text (empty when absent): the frames keep them as text
-    # (`extract.json_texts`).
+    # (`extract.json_text_columns`).
     input_dims: Raw = msgspec.field(default=NO_RAW, name="Input Dims")
     input_strides: Raw = msgspec.field(default=NO_RAW, name="Input Strides")
     input_types: Raw = msgspec.field(default=NO_RAW, name="Input type")

@@ -185,24 +185,34 @@ def ops(events: list[Event]) -> Columns:
     """CPU ops: ids, autograd sequence numbers, recorded shapes, Inductor provenance."""
     cols = _base(events)
     args = _arg_rows(events, OpArgs)
+    dims, strides, types = json_text_columns(list(map(_SHAPES, args)), 3)
     cols.update({
         "external_id": _ints(args, 0), "seq": _ints(args, 1), "fwd_tid": _ints(args, 2),
-        "input_dims": json_texts(_list(args, 3)),
-        "input_strides": json_texts(_list(args, 4)),
-        "input_types": json_texts(_list(args, 5)),
+        "input_dims": dims, "input_strides": strides, "input_types": types,
         "kernel_file": col.strings(_list(args, 6)), "kernel_name": col.strings(_list(args, 7)),
     })
     return cols
 
 
-def json_texts(values: list[Raw]) -> list[str]:
-    """Compact JSON text of each raw value ("" where absent or null), each distinct text held
-    once: the raw texts are mostly repeats (the same shapes every step), so each distinct one
-    is re-encoded compactly once (`columns.json_texts` of its value), not every row."""
-    texts = list(map(bytes, values))
-    compact = {raw: col.json_texts([parse_json(raw)])[0] if raw else ""
-               for raw in set(texts)}
-    return list(map(compact.__getitem__, texts))
+_SHAPES = itemgetter(3, 4, 5)
+"""An op's Input Dims, Input Strides and Input type (raw) in its `OpArgs` row."""
+NUL = b"\0"
+"""Never part of JSON text (a control character must be escaped inside a string)."""
+
+
+def json_text_columns(rows: list[tuple[Raw, ...]], width: int) -> list[list[str]]:
+    """Compact JSON text of each raw value of each row ("" where absent or null), one column
+    per position, each distinct text held once. The raw texts are mostly repeats (the same
+    shapes every step): a row's texts are joined into one key, and each distinct key is
+    split and re-encoded compactly once (`columns.json_texts` of each value), not every row."""
+    if not rows:
+        return [[] for _ in range(width)]
+    keys = list(map(NUL.join, rows))
+    compact = {key: tuple(col.json_texts([parse_json(raw)])[0] if raw else ""
+                          for raw in key.split(NUL))
+               for key in set(keys)}
+    texts = list(map(compact.__getitem__, keys))
+    return [list(map(itemgetter(i), texts)) for i in range(width)]
 
 
 LAUNCH_CAT_ORDER = {cat: i for i, cat in enumerate(LAUNCH_CATS)}
