@@ -253,10 +253,10 @@ def flows(events: list[Event]) -> Columns:
 
 
 def _safely(extract: Any, *event_lists: list[Event]) -> Columns:
-    """Extract; on a malformed event (no ts/name, a non-numeric time), drop such events and
-    extract again. The fast path never inspects events one by one. Rows whose start is not a
-    finite number (NaN, Infinity: a broken writer) or whose name is not a string are dropped as
-    well."""
+    """Extract; on a malformed event (no ts/name, a name that is not a string, a non-numeric
+    time), drop such events and extract again. The fast path never inspects events one by
+    one. Rows whose start is not a finite number (NaN, Infinity: a broken writer) are dropped
+    as well."""
     try:
         cols = extract(*event_lists)
     except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
@@ -265,12 +265,9 @@ def _safely(extract: Any, *event_lists: list[Event]) -> Columns:
 
 
 def finite_starts(cols: Columns) -> Columns:
-    """The rows of `cols` whose ts is finite and whose name is a string (every column
-    filtered alike)."""
+    """The rows of `cols` whose ts is finite (every column filtered alike). Names are
+    strings already: `_base` raises on any other name, and `well_formed` drops its event."""
     ok = np.isfinite(cols["ts"])
-    names = cols.get("name")
-    if names is not None and set(map(type, names)) - {str}:
-        ok &= np.fromiter((type(n) is str for n in names), dtype=bool, count=len(names))
     if ok.all():
         return cols
     keep = np.flatnonzero(ok)
