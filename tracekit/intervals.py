@@ -99,12 +99,14 @@ def innermost_containing(
     query_group: np.ndarray,
     query_t: np.ndarray,
     eligible: np.ndarray | None = None,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each query time, the innermost eligible interval of the same group containing it.
 
     Returns interval rows (or -1). The latest-starting interval at or before t either contains
     t, or every interval that does is one of its ancestors; so climb parents until one contains
-    t (and is eligible). One vectorised step per nesting level.
+    t (and is eligible). One vectorised step per nesting level. `order`: the intervals'
+    `sort_order`, when the caller looks up the same intervals several times.
     """
     m = len(query_t)
     found = np.full(m, -1, dtype=np.int64)
@@ -113,7 +115,7 @@ def innermost_containing(
     group = np.asarray(group)
     query_group = np.asarray(query_group)
     candidate = np.full(m, -1, dtype=np.int64)
-    order = sort_order(group, ts, end)
+    order = sort_order(group, ts, end) if order is None else order
     sorted_group = group[order]
     sorted_ts = ts[order]
     # One searchsorted per thread: the number of threads is small.

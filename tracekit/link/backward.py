@@ -22,14 +22,24 @@ BACKWARD_NODE = re.compile(r"Backward\d*$")
 
 def _op_at(ops: pd.DataFrame, tid: np.ndarray, ts: np.ndarray, prefer_deep: bool) -> np.ndarray:
     """Op starting exactly at (tid, ts), else the innermost op containing it (-1 if none)."""
+    out = np.full(len(ts), -1, dtype=np.int64)
     if len(ops) == 0 or len(ts) == 0:
-        return np.full(len(ts), -1, dtype=np.int64)
-    ranked = ops[["tid", "ts", "depth"]].assign(_row=np.arange(len(ops)))
-    ranked = ranked.sort_values(["tid", "ts", "depth"], ascending=[True, True, not prefer_deep],
-                                kind="stable").drop_duplicates(["tid", "ts"])
-    queries = pd.DataFrame({"tid": tid, "ts": ts})
-    exact = queries.merge(ranked, on=["tid", "ts"], how="left")["_row"]
-    out = exact.fillna(-1).to_numpy(dtype=np.int64)
+        return out
+    op_tid, op_ts = ops["tid"].to_numpy(), ops["ts"].to_numpy()
+    depth = ops["depth"].to_numpy()
+    # By thread, start, then depth (deepest or outermost first; ties in row order): the first
+    # op of each (thread, start) is the one wanted.
+    order = np.lexsort((-depth if prefer_deep else depth, op_ts, op_tid))
+    sorted_tid, sorted_ts = op_tid[order], op_ts[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_tid[1:] != sorted_tid[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # one step per thread
+        queries = np.flatnonzero(tid == sorted_tid[lo])
+        if queries.size == 0:
+            continue
+        pos = lo + np.searchsorted(sorted_ts[lo:hi], ts[queries], side="left")
+        hit = pos < hi
+        hit[hit] = sorted_ts[pos[hit]] == ts[queries[hit]]
+        out[queries[hit]] = order[pos[hit]]
     missing = out < 0
     if missing.any():
         out[missing] = innermost_containing(

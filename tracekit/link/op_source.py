@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from tracekit.intervals import innermost_containing, propagate_down
+from tracekit.intervals import innermost_containing, propagate_down, sort_order
 from tracekit.load.columns import strings_column
 from tracekit.load.frames import already_running
 from tracekit.load.userframes import is_generated_file
@@ -43,9 +43,9 @@ selects too, so it does not point at a subscript."""
 
 
 def user_frames(trace: Trace, tid: np.ndarray | None = None,
-                t: np.ndarray | None = None) -> np.ndarray:
+                t: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
     """Row in `python` of the innermost user frame enclosing each (tid, t), by default each
-    op's start (-1 if none)."""
+    op's start (-1 if none); `order`: `frame_order(trace.python)`, if already known."""
     python = trace.python
     if tid is None or t is None:
         tid, t = trace.ops["tid"].to_numpy(), trace.ops["ts"].to_numpy()
@@ -54,15 +54,23 @@ def user_frames(trace: Trace, tid: np.ndarray | None = None,
     return innermost_containing(
         python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
         python["parent"].to_numpy(), tid, t,
-        eligible=python["is_user"].to_numpy(dtype=bool),
+        eligible=python["is_user"].to_numpy(dtype=bool), order=order,
     )
 
 
+def frame_order(python: pd.DataFrame) -> np.ndarray:
+    """The Python frames' `sort_order` (by thread, start, longest first), which every look-up
+    of the frames around some times starts from: worked out once for several look-ups."""
+    return sort_order(python["tid"].to_numpy(), python["ts"].to_numpy(),
+                      python["end"].to_numpy())
+
+
 def in_generated_code(trace: Trace, tid: np.ndarray | None = None,
-                      t: np.ndarray | None = None) -> np.ndarray:
+                      t: np.ndarray | None = None, order: np.ndarray | None = None
+                      ) -> np.ndarray:
     """Whether the innermost frame of user or generated code around each (tid, t), by default
     each op's start, is Inductor's generated code (a compiled graph's `call` running an extern
-    op or a kernel)."""
+    op or a kernel); `order`: as for `user_frames`."""
     python = trace.python
     if tid is None or t is None:
         tid, t = trace.ops["tid"].to_numpy(), trace.ops["ts"].to_numpy()
@@ -72,7 +80,7 @@ def in_generated_code(trace: Trace, tid: np.ndarray | None = None,
     found = innermost_containing(
         python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
         python["parent"].to_numpy(), tid, t,
-        eligible=python["is_user"].to_numpy(dtype=bool) | generated,
+        eligible=python["is_user"].to_numpy(dtype=bool) | generated, order=order,
     )
     inside = found >= 0
     inside[inside] = generated[found[inside]]
@@ -132,7 +140,8 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     """src_file, src_line, src_function, src_line_exact, src_from_fwd per op."""
     ops, python = trace.ops, trace.python
     n = len(ops)
-    frame = user_frames(trace)
+    order = frame_order(python) if len(python) else None
+    frame = user_frames(trace, order=order)
     # Object columns: pandas would store these strings in arrow arrays, which every
     # assignment below rebuilds.
     out = pd.DataFrame({
@@ -162,8 +171,8 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
     out["src_line"] = out["src_line"].astype(np.int64)
     out["src_line_exact"] = out["src_line_exact"].astype(bool)
     _narrow_compiled(ops, out, index)
-    _compiled_code_lines(trace, out)
-    _engine_sources(trace, out, index)
+    _compiled_code_lines(trace, out, order)
+    _engine_sources(trace, out, index, order)
     return out
 
 
@@ -172,13 +181,14 @@ COMPILED_REGION = re.compile(r"CompiledFunction|Torch-Compiled Region|CompiledFx
 region, Inductor's graph call): what they ran is the graph, not one statement."""
 
 
-def _compiled_code_lines(trace: Trace, out: pd.DataFrame) -> None:
+def _compiled_code_lines(trace: Trace, out: pd.DataFrame, order: np.ndarray | None) -> None:
     """Work run from Inductor's generated code, and the ops that run a compiled graph, keep a
     line only when it is the statement (narrowed in the compiled function, or given by
     provenance later): the compiled function's def line, or a generated module's own line, is
     not the user's line, so they get none (nor do the ops inside them inherit it)."""
     region = np.asarray(name_matches(trace.ops["name"], COMPILED_REGION), dtype=bool)
-    vague = (in_generated_code(trace) | region) & ~out["src_line_exact"].to_numpy(dtype=bool)
+    vague = (in_generated_code(trace, order=order) | region) \
+        & ~out["src_line_exact"].to_numpy(dtype=bool)
     if vague.any():
         rows = out.index[vague]
         out.loc[rows, "src_file"] = ""
@@ -195,7 +205,8 @@ RUN_BACKWARD = re.compile(r"run_backward")
 engine's threads run the backward pass."""
 
 
-def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex) -> None:
+def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex,
+                    order: np.ndarray | None) -> None:
     """The autograd engine's gradient accumulation into `.grad` (AccumulateGrad's add_/copy_:
     no forward op, no Python frame of its own) takes the `.backward(` statement the calling
     thread was running meanwhile (tracekit.source.backward_call), in place."""
@@ -215,7 +226,7 @@ def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex) -> None
     framed = innermost_containing(
         python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
         python["parent"].to_numpy(), ops["tid"].to_numpy()[todo], ops["ts"].to_numpy()[todo],
-        eligible=python["line"].to_numpy() >= 0)
+        eligible=python["line"].to_numpy() >= 0, order=order)
     todo = todo[framed < 0]
     if todo.size == 0:
         return
@@ -228,7 +239,7 @@ def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex) -> None
     todo, at = todo[inside], at[inside]
     if todo.size == 0:
         return
-    frame = user_frames(trace, waits["tid"].to_numpy()[at], starts[at])
+    frame = user_frames(trace, waits["tid"].to_numpy()[at], starts[at], order)
     has = frame >= 0
     todo, frame = todo[has], frame[has]
     keys = pd.DataFrame({"file": python["file"].to_numpy()[frame],
