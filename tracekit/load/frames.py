@@ -97,7 +97,7 @@ def build_kernels(cols: Columns) -> pd.DataFrame:
     names = _names(cols)
     grid, block = cols["grid"], cols["block"]
     has_collective = np.array([c is not None for c in cols["collective"]], dtype=bool)
-    is_nccl = kernel_kinds.comm_names(names) | has_collective
+    is_nccl, category = kernel_kinds.kinds(names, has_collective)
     columns: dict[str, Any] = {
         "name": names, "ts": ts, "dur": dur, "end": end,
         # CUPTI puts device and stream in args; the pid/tid of the event say the same.
@@ -114,7 +114,7 @@ def build_kernels(cols: Columns) -> pd.DataFrame:
         "group_size": cols["group_size"],
         "dtype": pd.Series(cols["dtype"], dtype=object),
         "pg_name": pd.Series(cols["pg_name"], dtype=object),
-        "category": kernel_kinds.categories(names, is_nccl),
+        "category": category,
     }
     return col.frame(columns, KERNEL_COLUMNS)
 

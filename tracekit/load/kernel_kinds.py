@@ -98,23 +98,21 @@ def kernel_category(name: str, is_comm: bool = False) -> str:
     return "other"
 
 
-def categories(names: pd.Series, is_comm: np.ndarray) -> np.ndarray:
-    """Category per kernel, computed once per distinct name."""
+def kinds(names: pd.Series, has_collective: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is communication, category) per kernel, each name's worked out once per distinct
+    name: a kernel communicates when its name says so or it carries a collective's metadata
+    (`has_collective`), and its category is then "nccl", else the name rules'."""
     if len(names) == 0:
-        return np.array([], dtype=object)
+        return np.zeros(0, dtype=bool), np.array([], dtype=object)
     codes, uniques = pd.factorize(names)
-    by_name = np.array([kernel_category(str(u)) for u in uniques], dtype=object)
-    out = by_name[codes]  # one str object per category, not one per row
-    out[is_comm] = "nccl"
-    return out
-
-
-def comm_names(names: pd.Series) -> np.ndarray:
-    """is_comm_name per row, evaluated once per distinct name."""
-    if len(names) == 0:
-        return np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(names)
-    return np.array([is_comm_name(str(u)) for u in uniques], dtype=bool)[codes]
+    by_name = [is_comm_name(str(u)) for u in uniques]
+    categories = np.array([kernel_category(str(u), comm) for u, comm in zip(uniques, by_name,
+                                                                             strict=True)],
+                          dtype=object)
+    is_comm = np.array(by_name, dtype=bool)[codes] | has_collective
+    category = categories[codes]  # one str object per category, not one per row
+    category[is_comm] = "nccl"
+    return is_comm, category
 
 
 def comm_by_context(kernels: pd.DataFrame, under_comm_op: np.ndarray) -> np.ndarray:
