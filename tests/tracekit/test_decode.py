@@ -17,6 +17,7 @@ from tracekit.load.events import (
     decode_document,
     decode_events,
 )
+from tracekit.load.extract import ops
 from tracekit.load.frames import build_trace
 from tracekit.load.read import read_document
 from tracekit.load.run import TraceJob, read_trace_file, read_whole
@@ -61,6 +62,23 @@ def test_only_read_args_are_kept_and_absent_ones_take_their_defaults() -> None:
     assert (first.stream, first.grid, first.external_id, first.device) == (7, [1, 2, 3], 4, -1)
     assert not hasattr(first, "python_id")
     assert bare == null == listed and (bare.stream, bare.external_id, bare.grid) == (-1, -1, None)
+
+
+def test_each_recorded_shape_keeps_its_own_text_however_the_three_are_split() -> None:
+    """An op's Input Dims, Input Strides and Input type are looked up together (one key per
+    op): the same text in another of the three, or an absent one, stays where it was."""
+    shapes = [{"Input Dims": [[1, 2]], "Input type": ["float"]},
+              {"Input Strides": [[1, 2]], "Input type": ["float"]},
+              {"Input Dims": [[1, 2]], "Input type": ["float"]},
+              {"Input Dims": [], "Input Strides": None}]
+    events = decode_events(json.dumps([
+        {"ph": "X", "cat": "cpu_op", "name": "a", "ts": i, "dur": 1, "args": args}
+        for i, args in enumerate(shapes)]).encode())
+    cols = ops(events)
+    assert cols["input_dims"] == ["[[1,2]]", "", "[[1,2]]", "[]"]
+    assert cols["input_strides"] == ["", "[[1,2]]", "", ""]
+    assert cols["input_types"] == ['["float"]', '["float"]', '["float"]', ""]
+    assert cols["input_dims"][0] is cols["input_dims"][2]  # one object per distinct text
 
 
 @pytest.mark.parametrize("text", [b'[{"ph": "X"}, 3]', b'[[1]]', b"{}"])
