@@ -415,6 +415,35 @@ def test_equal_strings_are_one_object_in_every_frame() -> None:
     assert checked >= 25  # every text column of the schema, linked ones included
 
 
+def test_slices_parsed_in_other_processes_share_their_strings_before_linking(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slice parsed in a forked process comes back with its own copy of every string: the
+    loaded (not yet linked) frames still hold one object per distinct value."""
+    import pandas as pd
+
+    import tracekit.load.stream as stream
+    from tracekit.load.run import TraceJob, read_trace_file
+    from tracekit.trace import FRAME_NAMES
+
+    monkeypatch.setenv("TRACEKIT_CACHE", "0")
+    monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "MIN_SLICE_BYTES", 1 << 16)  # several slices per process
+    monkeypatch.setattr(stream, "READ_BYTES", 1 << 16)
+    trace = read_trace_file(TraceJob(DATA / "select_backward_index" / "rank0.pt.trace.json.gz",
+                                     processes=2))
+    checked = 0
+    for name in FRAME_NAMES:
+        frame = getattr(trace, name)
+        for column in frame.columns:
+            values = frame[column].to_numpy()
+            if frame[column].dtype != object or \
+                    pd.api.types.infer_dtype(values, skipna=True) != "string":
+                continue
+            assert _distinct_objects(values) == len(pd.unique(values)), (name, column)
+            checked += 1
+    assert checked >= 10
+
+
 def _frame_bytes(trace: Any) -> int:
     """Memory held by a trace's frames, each shared object counted once."""
     import sys

@@ -20,7 +20,7 @@ from typing import Any
 
 from tracekit.errors import UserError
 from tracekit.load.cache import load_cached, save_cache
-from tracekit.load.columns import forget_shared
+from tracekit.load.columns import forget_shared, share_strings
 from tracekit.load.events import NotTyped, decode_document
 from tracekit.load.frames import (
     build_frames,
@@ -34,7 +34,7 @@ from tracekit.load.progress import LoadProgress, show_progress
 from tracekit.load.read import read_bytes, read_document
 from tracekit.load.rundir import LoadPlan, finish_ranks, skip_or_raise
 from tracekit.load.stream import NotSliceable, extract_file, worker_count
-from tracekit.trace import Trace
+from tracekit.trace import FRAME_NAMES, Trace
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,23 @@ def load_trace_file(job: TraceJob) -> Trace:
 
 
 def read_trace_file(job: TraceJob) -> Trace:
+    """The frames of one file. Their strings are shared as the loader builds them (one str
+    per distinct value); slices parsed in other processes come back with their own copies,
+    which are shared again here, before linking."""
+    workers = worker_count(job.path, job.processes)
     try:
         try:
-            meta, columns = extract_file(job.path, worker_count(job.path, job.processes))
+            meta, columns = extract_file(job.path, workers)
         except (NotSliceable, ValueError, OSError):
             return read_whole(job)
         frames = build_frames(columns)
         census = columns.pop("census")
         del columns
-        return trace_from_frames(frames, meta, job.path, job.rank, census=census)
+        trace = trace_from_frames(frames, meta, job.path, job.rank, census=census)
+        if workers:
+            for name in FRAME_NAMES:
+                share_strings(getattr(trace, name))
+        return trace
     finally:
         forget_shared()
 
