@@ -307,3 +307,25 @@ def test_a_frame_entered_while_profiling_with_a_stale_line_keeps_it(tmp_path: Pa
     link_trace(trace, source_roots=[tmp_path])
     matmul = by_name(trace, "ops", "aten::matmul")
     assert (matmul.src_line, matmul.src_line_exact) == (4, False)
+
+
+def test_the_nearest_marked_ancestor_is_found_from_any_rows_with_a_mask_or_a_question() -> None:
+    """ops: 0 <- 1 <- 2 and 3 (a root); marked: 0. From every op, from chosen rows (-1: none),
+    and asking only about the ops met on the way up."""
+    import numpy as np
+    import pandas as pd
+
+    from tracekit.link.ancestry import ancestor_matching
+
+    ops = pd.DataFrame({"parent": [-1, 0, 1, -1], "name": ["outer", "mid", "leaf", "alone"]})
+    marked = np.array([True, False, False, False])
+    assert ancestor_matching(ops, marked).tolist() == [0, 0, 0, -1]
+    assert ancestor_matching(ops, marked, np.array([2, -1, 3])).tolist() == [0, -1, -1]
+    asked: list[int] = []
+
+    def is_mid(rows: np.ndarray) -> np.ndarray:
+        asked.extend(rows.tolist())
+        return ops["name"].to_numpy()[rows] == "mid"
+
+    assert ancestor_matching(ops, is_mid, np.array([2])).tolist() == [1]
+    assert 3 not in asked

@@ -93,7 +93,7 @@ from tracekit.intervals import (
     window_pairs,
 )
 from tracekit.link import kernel_source, source_of_op
-from tracekit.link.ancestry import ancestor_levels
+from tracekit.link.ancestry import ancestor_matching
 from tracekit.link.steptime import run_step_us
 from tracekit.load.frames import name_matches
 from tracekit.names import kernel_label
@@ -464,13 +464,9 @@ def issued_by_gradient_hook(trace: Trace, gaps: pd.DataFrame) -> np.ndarray:
     if not len(trace.ops):
         return np.zeros(len(gaps), dtype=bool)
     # Climbing from the gaps' ops only, naming the ops met (not each of a rank's ops).
-    levels = list(ancestor_levels(trace.ops["parent"].to_numpy(np.int64), op))
-    within = np.zeros(len(gaps), dtype=bool)
-    if levels:
-        met = np.concatenate([current for _, current in levels])
-        hook = name_matches(trace.ops["name"].to_numpy()[met], GRADIENT_HOOK)
-        within[np.concatenate([positions for positions, _ in levels])[hook]] = True
-    return within
+    names = trace.ops["name"].to_numpy()
+    hook = ancestor_matching(trace.ops, lambda met: name_matches(names[met], GRADIENT_HOOK), op)
+    return hook >= 0
 
 
 def add_costs(trace: Trace, gaps: pd.DataFrame) -> pd.DataFrame:

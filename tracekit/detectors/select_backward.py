@@ -54,7 +54,7 @@ import pandas as pd
 from tracekit.detectors import register
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack, source_of_op
-from tracekit.link.ancestry import ancestor_levels
+from tracekit.link.ancestry import ancestor_matching
 from tracekit.link.steps import gpu_step_at
 from tracekit.link.steptime import run_step_us
 from tracekit.names import name_matches
@@ -174,12 +174,11 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
     # The fwdbwd flow lands on the autograd wrapper op (evaluate_function: SelectBackward0);
     # take the nearest op at or above the select_backward that knows its forward op.
     fwd_idx = ops["fwd_op_idx"].to_numpy(dtype=np.int64)
-    parent = ops["parent"].to_numpy(dtype=np.int64)
-    with_fwd = nearest_marked(parent, fwd_idx >= 0, sb_rows)
+    with_fwd = ancestor_matching(ops, fwd_idx >= 0, sb_rows)
     forward_rows = np.where(with_fwd >= 0, fwd_idx[np.maximum(with_fwd, 0)], -1)
     keys = np.where(forward_rows >= 0, source_keys(ops, np.maximum(forward_rows, 0)), "unknown")
     keys = np.where(keys == "unknown", source_keys(ops, sb_rows), keys)
-    work_sb = work.assign(occurrence=nearest_marked(parent, is_sb, work["op_idx"].to_numpy()))
+    work_sb = work.assign(occurrence=ancestor_matching(ops, is_sb, work["op_idx"].to_numpy()))
     groups = pd.DataFrame({"sb_row": sb_rows, "fwd_row": forward_rows, "key": keys})
     out = []
     for key, group in groups.groupby("key", sort=False):
@@ -190,16 +189,6 @@ def eager_occurrences(trace: Trace, work: pd.DataFrame) -> list[Occurrences]:
                                forward_row=int(fwd[fwd >= 0][0]) if (fwd >= 0).any() else -1,
                                compiled=False))
     return out
-
-
-def nearest_marked(parent: np.ndarray, marked: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each op row in `rows` (-1: none), its nearest ancestor-or-self where `marked`, else
-    -1: `ancestor_matching` climbing from these rows only, not from each of a rank's ops."""
-    found = np.full(len(rows), -1, dtype=np.int64)
-    for positions, current in ancestor_levels(parent, rows):
-        hit = marked[current] & (found[positions] < 0)
-        found[positions[hit]] = current[hit]
-    return found
 
 
 def compiled_occurrences(trace: Trace, work: pd.DataFrame,

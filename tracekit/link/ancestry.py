@@ -8,7 +8,7 @@ so the cap only guards against a malformed parent column.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -45,12 +45,18 @@ def ancestor_levels(parent: np.ndarray, rows: np.ndarray) -> Iterator[tuple[np.n
         current = parent[current].astype(np.int64)
 
 
-def ancestor_matching(ops: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
-    """Row of each op's nearest ancestor-or-self where `mask` holds, else -1."""
+def ancestor_matching(ops: pd.DataFrame, mask: np.ndarray | Callable[[np.ndarray], np.ndarray],
+                      rows: np.ndarray | None = None) -> np.ndarray:
+    """For each op row in `rows` (default: every op; -1: none), the row of its nearest
+    ancestor-or-self where `mask` holds, else -1. `mask` is a bool per op, or a function of
+    op rows that answers only for the ops the climb meets (cheaper than asking of every op
+    when few rows climb)."""
     parent = ops["parent"].to_numpy(dtype=np.int64)
-    found = np.full(len(ops), -1, dtype=np.int64)
-    for positions, current in ancestor_levels(parent, np.arange(len(ops))):
-        hit = mask[current] & (found[positions] < 0)
+    start = np.arange(len(ops)) if rows is None else np.asarray(rows, dtype=np.int64)
+    found = np.full(len(start), -1, dtype=np.int64)
+    for positions, current in ancestor_levels(parent, start):
+        holds = mask(current) if callable(mask) else mask[current]
+        hit = holds & (found[positions] < 0)
         found[positions[hit]] = current[hit]
     return found
 
