@@ -28,7 +28,7 @@ EXPLAINED = 0.80  # ... have at least this much of their idle explained by findi
 MISSING: dict[str, str] = {}
 # Invariants that fail today on these traces only.
 FAILING: dict[str, set[str]] = {}
-WASTED_COMPUTE = {"select_backward"}  # kinds whose cost is busy GPU time, not lost time
+WASTED_COMPUTE = {"select_backward", "strided_elementwise"}  # cost: busy GPU time, not idle
 
 
 @functools.cache

@@ -44,7 +44,7 @@ hands to the others (Run.context)."""
 
 # Modules imported by `load_detectors`, so registration happens on first use.
 DETECTOR_MODULES = ("select_backward", "sm_contention", "comm_gap", "slow_step", "gpu_idle",
-                    "straggler", "exposed_comm", "profiler_distortion")
+                    "straggler", "exposed_comm", "profiler_distortion", "strided_elementwise")
 FindingsPass = Callable[[list[Finding]], list[Finding]]
 PASSES: dict[str, FindingsPass] = {}
 """Passes over every detector's findings of a run (all ranks), run after the detectors: a

@@ -43,7 +43,6 @@ matters.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.detectors import register
+from tracekit.detectors.tensors import DTYPE_BYTES, parse_json_field
 from tracekit.finding import Cause, Culprit, Finding, SourceLine, severity_from_cost
 from tracekit.link import op_stack, source_of_op
 from tracekit.link.ancestry import ancestor_matching
@@ -70,10 +70,6 @@ TRAINER_SUGGESTION = (
     "accumulates per-slice without zero-filling the whole bank"
 )
 """The same advice in the trainer's words (its parameter banks), for traces it recorded."""
-DTYPE_BYTES: dict[str, int] = {
-    "double": 8, "float": 4, "c10::half": 2, "c10::bfloat16": 2, "half": 2, "bfloat16": 2,
-    "long int": 8, "int": 4, "c10::float8_e4m3fn": 1, "c10::float8_e5m2": 1,
-}
 # An Inductor-generated kernel (or its cpu_op) that fuses a select_backward.
 COMPILED_PATTERN = re.compile(r"select_backward", re.IGNORECASE)
 
@@ -111,19 +107,6 @@ def bank_bytes(ops: pd.DataFrame, fwd_row: int, bwd_row: int) -> int | None:
         return None
     dtype = str(types[0]).lower() if types else "float"
     return int(np.prod(dims[0])) * DTYPE_BYTES.get(dtype, 4)
-
-
-def parse_json_field(text: Any) -> list[Any] | None:
-    """input_dims/input_types are stored as the JSON text recorded by the profiler."""
-    if isinstance(text, list):
-        return text
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, list) else None
 
 
 def source_keys(ops: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
