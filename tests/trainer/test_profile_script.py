@@ -291,3 +291,10 @@ def test_a_split_recording_takes_lines_from_its_stack_window(tmp_path: Path) -> 
     # The report says where the lines came from, and no longer that there are none.
     assert "source lines of" in done.stdout and "taken from the same ops" in done.stdout
     assert "no python_function events" not in done.stdout + done.stderr
+    # Shapes too: the timing window recorded none; its ops take the stack window's.
+    assert not [e for e in timing if "Input Dims" in (e.get("args") or {})]
+    from tracekit.pipeline import load
+
+    ops = load(run_dir, progress=False).traces[0].ops
+    selects = ops[ops["name"] == "aten::select"]
+    assert len(selects) and selects["input_dims"].astype(bool).all()

@@ -6,7 +6,9 @@ tracer's, their source lines are right). A training step runs the same ops in th
 every step, so an op of the timing window is "the same op" as the op of the stack window with
 the same name, on the same thread, at the same ordinal among that name's ops in its step. The
 timing trace's ops take those ops' source columns (the most common answer over the stack
-window's steps), and its kernels are re-derived from them as the linker does.
+window's steps), and its kernels are re-derived from them as the linker does. The stack window
+also records shapes (`--record split` records it with stacks and shapes): ops recorded without
+them take the same op's shapes, strides and dtypes the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tracekit.trace import Trace
 
 KEY = ["tid", "name", "ordinal"]
 COLUMNS = [*SRC_COLUMNS, "src_from_fwd"]
+SHAPE_COLUMNS = ["input_dims", "input_strides", "input_types"]
 
 
 def op_ordinals(ops: pd.DataFrame) -> pd.DataFrame:
@@ -30,23 +33,22 @@ def op_ordinals(ops: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_index()
 
 
-def borrow_op_sources(timing: Trace, stacked: Trace) -> int:
-    """Fill the timing trace's op (and GPU work) source columns from the stack trace, in
-    place, for ops that have none; returns how many ops took a line."""
-    from tracekit.link import refresh_gpu_sources
-
+def borrow_columns(timing: Trace, stacked: Trace, columns: list[str], known: np.ndarray,
+                   need: np.ndarray) -> int:
+    """Fill `columns` of the timing trace's ops where `need` holds (in place) from the same op
+    of the stack trace where `known` holds (the most common answer over its steps); returns
+    how many ops took one."""
     donor_ops = stacked.ops
-    known = (donor_ops["src_line"].to_numpy() >= 0) & (donor_ops["step"].to_numpy() >= 0)
-    if not known.any() or timing.ops.empty:
+    known = known & (donor_ops["step"].to_numpy() >= 0)
+    need = need & (timing.ops["step"].to_numpy() >= 0)
+    if not known.any() or not need.any():
         return 0
     donor = op_ordinals(donor_ops)[known]
-    for column in COLUMNS:
+    for column in columns:
         donor[column] = donor_ops[column].to_numpy()[known]
-    # The most common answer per key over the stack window's steps.
-    donor["answer"] = list(zip(*(donor[c] for c in COLUMNS), strict=True))
+    donor["answer"] = list(zip(*(donor[c] for c in columns), strict=True))
     best = donor.groupby(KEY, sort=False)["answer"].agg(lambda s: s.value_counts().index[0])
     mine = op_ordinals(timing.ops)
-    need = (timing.ops["src_line"].to_numpy() < 0) & (timing.ops["step"].to_numpy() >= 0)
     keys = pd.MultiIndex.from_frame(mine.loc[need, KEY])
     found = best.reindex(keys)
     hit = found.notna().to_numpy()
@@ -54,9 +56,32 @@ def borrow_op_sources(timing: Trace, stacked: Trace) -> int:
     if rows.size == 0:
         return 0
     answers = list(found[hit])
-    for i, column in enumerate(COLUMNS):
+    for i, column in enumerate(columns):
         values = timing.ops[column].to_numpy().copy()
         values[rows] = [a[i] for a in answers]
         timing.ops[column] = values
-    refresh_gpu_sources(timing)
     return int(rows.size)
+
+
+def borrow_op_sources(timing: Trace, stacked: Trace) -> int:
+    """Fill the timing trace's op (and GPU work) source columns from the stack trace, in
+    place, for ops that have none; returns how many ops took a line."""
+    from tracekit.link import refresh_gpu_sources
+
+    if timing.ops.empty:
+        return 0
+    n = borrow_columns(timing, stacked, COLUMNS, stacked.ops["src_line"].to_numpy() >= 0,
+                       timing.ops["src_line"].to_numpy() < 0)
+    if n:
+        refresh_gpu_sources(timing)
+    return n
+
+
+def borrow_op_shapes(timing: Trace, stacked: Trace) -> int:
+    """Fill the shapes, strides and dtypes of the timing trace's ops recorded without them from
+    the stack trace (in place); returns how many ops took them."""
+    if timing.ops.empty or any(c not in timing.ops or c not in stacked.ops
+                               for c in SHAPE_COLUMNS):
+        return 0
+    has = [ops["input_dims"].astype(bool).to_numpy() for ops in (stacked.ops, timing.ops)]
+    return borrow_columns(timing, stacked, SHAPE_COLUMNS, has[0], ~has[1])

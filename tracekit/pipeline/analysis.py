@@ -15,7 +15,7 @@ from tracekit.accounting.table import run_accounting
 from tracekit.detectors import run_detectors
 from tracekit.finding import Finding
 from tracekit.link import link_trace
-from tracekit.link.borrow import borrow_op_sources
+from tracekit.link.borrow import borrow_op_shapes, borrow_op_sources
 from tracekit.load import load_plan
 from tracekit.load import load_trace as load_trace_frames
 from tracekit.load.frames import NO_STACKS
@@ -62,13 +62,15 @@ def has_stack_window(path: Path) -> bool:
 
 
 def borrow_stack_window(run: Run, window: Run) -> None:
-    """Each timing trace takes source lines from the stack window's trace of its rank."""
+    """Each timing trace takes source lines (and recorded shapes) from the stack window's trace
+    of its rank."""
     donors = {t.rank: t for t in window.traces}
     steps = sorted({int(s) for t in window.traces for s in t.steps["step"]})
     span = f"{steps[0]}-{steps[-1]}" if steps else "?"
     for trace in run.traces:
         if trace.rank in donors:
             n = borrow_op_sources(trace, donors[trace.rank])
+            borrow_op_shapes(trace, donors[trace.rank])
             if n:  # the timing window's own "no Python stacks" note no longer holds
                 trace.warnings[:] = [w for w in trace.warnings if not w.startswith(NO_STACKS)]
             trace.warnings.append(
