@@ -80,6 +80,8 @@ COPY_SUGGESTION = (
 
 @dataclass(frozen=True)
 class Params:
+    """Thresholds of the detector; see the module docstring for why each default."""
+
     min_slowdown: float = 2.0
     min_cost_us: float = 50.0
     min_reference_elements: int = 1_000_000
