@@ -3,6 +3,7 @@ help answers in a fraction of a second (README: Performance)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,13 @@ def test_help_and_command_help_import_no_numerical_library() -> None:
 
 def test_a_command_does_load_them() -> None:  # the probe sees imports when there are some
     assert "pandas" in loaded_after("analyze", "/nonexistent")
+
+
+def test_analyze_help_names_every_detector() -> None:
+    from tracekit.detectors import DETECTOR_MODULES
+
+    out = subprocess.run([sys.executable, "cli.py", "analyze", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "COLUMNS": "400"}).stdout
+    said = " ".join(out.split())
+    assert [kind for kind in DETECTOR_MODULES if kind not in said] == []

@@ -153,7 +153,8 @@ def register(app: typer.Typer) -> None:
                  "profiler_distortion.baseline_step_ms=MS)."),
     ) -> None:
         """Find why steps are slow: step accounting, then select_backward, sm_contention,
-        comm_gap, slow_step, gpu_idle, profiler_distortion."""
+        comm_gap, slow_step, gpu_idle, straggler, exposed_comm, profiler_distortion,
+        strided_elementwise."""
         # Imported when the command runs: `cli.py --help` stays fast (pandas, numpy).
         from tracekit.detectors import parse_params
         from tracekit.pipeline import analyze_rankwise, analyze_run
