@@ -55,6 +55,8 @@ def test_the_trainers_eager_tie_add_and_copy_are_found_at_their_lines() -> None:
         # The trace's own contiguous rate on an H200: most of its ~4.8 TB/s.
         assert 2500 < f.evidence["contiguous_gb_per_s"] < 4800
         assert f.cost_us < f.count * f.evidence["kernel_us_mean"]
+        per_step = f.evidence["cost_per_step_us"]
+        assert abs(per_step * f.evidence["steps"] - f.cost_us) < 0.01 * f.cost_us
         assert f.culprit.kernel.startswith("void at::native::elementwise_kernel<128, ")
 
 

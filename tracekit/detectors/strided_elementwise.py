@@ -193,6 +193,8 @@ def finding_for(trace: Trace, group: pd.DataFrame, rate: float, samples: int,
         "kernel_us_mean": round(per_launch, 3), "expected_us": round(expected, 3),
         "slowdown": round(slowdown, 2), "contiguous_gb_per_s": round(rate / 1e3, 1),
         "contiguous_reference_kernels": samples, "steps": n_steps,
+        "cost_per_step_us": round(cost / n_steps, 3),
+        "cost_pct_of_step": round(100.0 * cost / n_steps / step_us, 2) if step_us else None,
     }
     stream = first.get("stream")
     return Finding(
