@@ -44,23 +44,31 @@ def borrow_columns(timing: Trace, stacked: Trace, columns: list[str], known: np.
     if not known.any() or not need.any():
         return 0
     donor = op_ordinals(donor_ops)[known]
-    for column in columns:
-        donor[column] = donor_ops[column].to_numpy()[known]
-    donor["answer"] = list(zip(*(donor[c] for c in columns), strict=True))
-    best = donor.groupby(KEY, sort=False)["answer"].agg(lambda s: s.value_counts().index[0])
+    rows = np.flatnonzero(known)
+    # Each distinct answer (the columns' values together) as one code, then the most common
+    # code per key: counted per (key, code), first seen first among equal counts.
+    codes = [pd.factorize(donor_ops[c].to_numpy()[known], use_na_sentinel=False)[0]
+             for c in columns]
+    donor["answer"] = pd.DataFrame(dict(enumerate(codes))).groupby(
+        list(range(len(codes))), sort=False).ngroup().to_numpy()
+    donor["row"] = rows
+    counted = donor.groupby([*KEY, "answer"], sort=False).agg(n=("row", "size"),
+                                                             row=("row", "first"))
+    best = counted.reset_index().sort_values("n", ascending=False, kind="stable") \
+        .drop_duplicates(KEY).set_index(KEY)["row"]
     mine = op_ordinals(timing.ops)
     keys = pd.MultiIndex.from_frame(mine.loc[need, KEY])
     found = best.reindex(keys)
     hit = found.notna().to_numpy()
-    rows = np.flatnonzero(need)[hit]
-    if rows.size == 0:
+    targets = np.flatnonzero(need)[hit]
+    if targets.size == 0:
         return 0
-    answers = list(found[hit])
-    for i, column in enumerate(columns):
+    sources = found.to_numpy()[hit].astype(np.int64)
+    for column in columns:
         values = timing.ops[column].to_numpy().copy()
-        values[rows] = [a[i] for a in answers]
+        values[targets] = donor_ops[column].to_numpy()[sources]
         timing.ops[column] = values
-    return int(rows.size)
+    return int(targets.size)
 
 
 def borrow_op_sources(timing: Trace, stacked: Trace) -> int:
