@@ -144,12 +144,14 @@ def elementwise_kernels(trace: Trace, pattern: re.Pattern[str]) -> pd.DataFrame:
         return pd.DataFrame()
     ops = trace.ops
     rows = k["op_idx"].to_numpy(dtype=np.int64)
-    unique = np.unique(rows)
-    names = ops["name"].to_numpy(dtype=object)
-    said = {int(r): operands_of(str(names[r]), ops.at[r, "input_dims"],
-                                ops.at[r, "input_strides"] if "input_strides" in ops else None,
-                                ops.at[r, "input_types"]) for r in unique}
-    operands = [said[int(r)] for r in rows]
+    strides = ops["input_strides"] if "input_strides" in ops else pd.Series("", index=ops.index)
+    # Ops of one name and recorded arguments say the same: each distinct text parsed once.
+    texts = list(zip(ops["name"].to_numpy(dtype=object)[rows],
+                     ops["input_dims"].to_numpy(dtype=object)[rows],
+                     strides.to_numpy(dtype=object)[rows],
+                     ops["input_types"].to_numpy(dtype=object)[rows], strict=True))
+    said = {text: operands_of(str(text[0]), *text[1:]) for text in set(texts)}
+    operands = [said[text] for text in texts]
     keep = np.array([o is not None for o in operands], dtype=bool)
     return k[keep].assign(operands=[o for o in operands if o is not None])
 
