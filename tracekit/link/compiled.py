@@ -62,15 +62,12 @@ def relocate(line: dict[str, Any], roots: tuple[Path, ...],
     name = profiler_name(file, roots)
     if Path(name).is_absolute() and index.resolve(Path(file).name) is not None:
         name = Path(file).name  # another checkout's copy of a file beside the script
-    path = index.resolve(name)
     out = dict(line, file=name)
     code = str(line.get("code", "")).strip()
-    if path is None or not code:
+    source = index.lines(name) if code else None
+    if source is None:
         return out
-    try:
-        text = [t.strip() for t in path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return out
+    text = [t.strip() for t in source]
     number = int(line["line"])
     if 0 < number <= len(text) and text[number - 1] == code:
         return out
@@ -100,8 +97,9 @@ def kernel_lines(name: str, candidates: list[dict[str, Any]], kernel_file: Any,
     whether that line is surely this kernel's (None when no line is left)."""
     matching = [k for k in candidates if k.get("kernel_file") and k["kernel_file"] == kernel_file]
     chosen = matching or candidates
-    lines = [relocate(line, roots, index) for k in chosen for line in k["lines"]]
-    lines = [line for line in lines if line is not None]
+    each = [[x for x in (relocate(line, roots, index) for line in k["lines"]) if x is not None]
+            for k in chosen]
+    lines = [line for own in each for line in own]
     unique = [line for i, line in enumerate(lines) if line not in lines[:i]]
     if not unique:
         return None
@@ -111,8 +109,6 @@ def kernel_lines(name: str, candidates: list[dict[str, Any]], kernel_file: Any,
     # Several generated kernels of this name and no kernel_file to tell them apart (a trace
     # recorded without shapes has none): the line is surely this one's only when each of them
     # would be reported there.
-    each = [[line for line in (relocate(x, roots, index) for x in k["lines"]) if line is not None]
-            for k in chosen]
     return unique, best, all(own and primary_line(name, own, index) == best for own in each)
 
 
