@@ -23,7 +23,35 @@ EPS_US = 0.002
 
 def sort_order(group: np.ndarray, ts: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Row order by thread, then start, then longest first: parents come before children."""
-    return np.lexsort((ts - end, ts, group))
+    return group_time_order(group, ts, np.asarray(ts) - np.asarray(end))
+
+
+def group_time_order(group: np.ndarray, ts: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """Row order by group (thread), then time, then `then` (ties in row order): what
+    `np.lexsort((then, ts, group))` gives.
+
+    Two stable sorts, by time and then by group, give that order up to the rows that share
+    a group and a time; only those few are then sorted by `then`. Events come nearly in time
+    order, so the stable sorts cost little, where a three-key lexsort took 45 ms on a big
+    rank's 777k ops (13 ms this way)."""
+    group = np.asarray(group)
+    ts = np.asarray(ts)
+    by_time = np.argsort(ts, kind="stable")
+    order = by_time[np.argsort(group[by_time], kind="stable")]
+    sorted_group, sorted_ts = group[order], ts[order]
+    same_time = sorted_ts[1:] == sorted_ts[:-1]
+    if sorted_ts.dtype.kind == "f":  # sorting puts NaNs last, as equals
+        same_time |= np.isnan(sorted_ts[1:]) & np.isnan(sorted_ts[:-1])
+    tied = (sorted_group[1:] == sorted_group[:-1]) & same_time
+    if tied.any():
+        in_run = np.zeros(len(order), dtype=bool)
+        in_run[1:] = tied
+        in_run[:-1] |= tied
+        at = np.flatnonzero(in_run)
+        run = np.cumsum(~np.r_[False, tied])[at]  # one id per run of equal (group, time)
+        rows = order[at]
+        order[at] = rows[np.lexsort((rows, np.asarray(then)[rows], run))]
+    return order
 
 
 def nest(group: np.ndarray, ts: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,11 +15,12 @@ purpose: `vectorized_elementwise_kernel<4, FillFunctor<float>, ..>` and
 the kernels a fix removes (the select_backward zero-fill).
 
 Names repeat thousands of times, so everything per name is computed once per distinct name
-(`normalize_each`, `kernel_labels`, `name_matches`).
+(`normalize_each`, `kernel_labels`, `name_matches`), found with `factorize_text`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -198,6 +199,39 @@ def normalize_label(name: str) -> str:
     return _SPACES.sub(" ", _HASH.sub("<hash>", _LAMBDA_ID.sub("#N", name.strip())))
 
 
+def factorize_text(values: pd.Series | np.ndarray | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`pd.factorize(values)` of a text column: (codes, the distinct values in order of first
+    appearance as an object array); -1 for None/NaN.
+
+    The loader holds one str per distinct value (tracekit.load.columns), so an object column
+    repeats the same few objects: they are told apart by address first (integers hash and
+    compare at C speed, where pd.factorize hashes and compares every row's str), and only the
+    distinct objects are then factorized by value, so equal strings held twice still get one
+    code. Other columns (pandas' arrow strings) are factorized by pandas directly.
+    """
+    if isinstance(values, pd.Series) and values.dtype != object:
+        codes, uniques = pd.factorize(values)
+        return codes, np.asarray(uniques, dtype=object)
+    array = np.ascontiguousarray(values.to_numpy() if isinstance(values, pd.Series)
+                                 else np.asarray(values, dtype=object))
+    if array.dtype != object:
+        array = array.astype(object)
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=object)
+    object_codes, _ = pd.factorize(_addresses(array))
+    seen = np.maximum.accumulate(object_codes)
+    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])  # each object's first row
+    value_codes, uniques = pd.factorize(array[first])
+    return value_codes[object_codes], np.asarray(uniques, dtype=object)
+
+
+def _addresses(array: np.ndarray) -> np.ndarray:
+    """The addresses of the objects a C-contiguous object array holds, as integers: a view
+    of its pointers (valid while `array` is alive), not a copy."""
+    pointers = (ctypes.c_ssize_t * len(array)).from_address(array.ctypes.data)
+    return np.frombuffer(pointers, dtype=np.intp)
+
+
 def normalize_each(names: pd.Series, fn: Callable[[str], str]) -> pd.Series:
     """Apply a name normaliser once per distinct name (names repeat thousands of times)."""
     if names.empty:
@@ -215,11 +249,12 @@ def name_matches(names: pd.Series | list[str] | np.ndarray,
 
 def names_matching(names: pd.Series | list[str] | np.ndarray,
                    patterns: tuple[re.Pattern[str], ...]) -> list[np.ndarray]:
-    """`name_matches` for each of several patterns, the names factorized once."""
+    """`name_matches` for each of several patterns, the names factorized once; a missing name
+    (None/NaN) matches no pattern."""
     if len(names) == 0:
         return [np.zeros(0, dtype=bool) for _ in patterns]
-    codes, uniques = pd.factorize(pd.Series(names, dtype=object)
-                                  if isinstance(names, list | np.ndarray) else names)
+    codes, uniques = factorize_text(names)
     texts = [str(u) for u in uniques]
-    return [np.array([pattern.search(t) is not None for t in texts], dtype=bool)[codes]
-            for pattern in patterns]
+    # One slot past the distinct names, False, for the missing ones (code -1).
+    return [np.array([pattern.search(t) is not None for t in texts] + [False],
+                     dtype=bool)[codes] for pattern in patterns]

@@ -29,7 +29,7 @@ from tracekit.link.steps import assign_steps, comm_streams
 from tracekit.load.columns import as_column
 from tracekit.load.compiled import COMPILED_KERNELS_FILE
 from tracekit.load.kernel_kinds import COMM_OP, comm_by_context
-from tracekit.names import name_matches
+from tracekit.names import factorize_text, name_matches
 from tracekit.source import SourceIndex, on_disk
 from tracekit.source import source_roots as default_roots
 from tracekit.trace import Trace
@@ -82,7 +82,12 @@ def _widen_comm(trace: Trace) -> None:
     kernels = trace.kernels
     if not len(kernels):
         return
-    under = ancestor_matching(trace.ops, name_matches(trace.ops["name"], COMM_OP)) >= 0
+    # Asked only of the kernels' ops (it or an enclosing op is a communication op).
+    op = kernels["op_idx"].to_numpy(np.int64)
+    launching = np.unique(op[(op >= 0) & (op < len(trace.ops))])
+    under = np.zeros(len(trace.ops), dtype=bool)
+    under[launching] = ancestor_matching(
+        trace.ops, name_matches(trace.ops["name"], COMM_OP), launching) >= 0
     widened = comm_by_context(kernels, under)
     added = widened & ~kernels["is_nccl"].to_numpy(dtype=bool)
     if added.any():
@@ -125,7 +130,7 @@ def display_paths(files: pd.Series, index: SourceIndex) -> np.ndarray:
     when it lies below it ("" when the file was not found). Resolved once per distinct file."""
     if len(files) == 0:
         return np.array([], dtype=object)
-    codes, uniques = pd.factorize(files.astype(object))
+    codes, uniques = factorize_text(files)
     cwd = Path.cwd()
     shown = []
     for file in uniques:

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from tracekit.intervals import innermost_containing, propagate_down
+from tracekit.intervals import group_time_order, innermost_containing, propagate_down
 from tracekit.names import name_matches
 
 BACKWARD_ROOT = re.compile(r"^autograd::engine::evaluate_function:")
@@ -29,7 +29,7 @@ def _op_at(ops: pd.DataFrame, tid: np.ndarray, ts: np.ndarray, prefer_deep: bool
     depth = ops["depth"].to_numpy()
     # By thread, start, then depth (deepest or outermost first; ties in row order): the first
     # op of each (thread, start) is the one wanted.
-    order = np.lexsort((-depth if prefer_deep else depth, op_ts, op_tid))
+    order = group_time_order(op_tid, op_ts, -depth if prefer_deep else depth)
     sorted_tid, sorted_ts = op_tid[order], op_ts[order]
     bounds = np.flatnonzero(np.r_[True, sorted_tid[1:] != sorted_tid[:-1], True])
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # one step per thread

@@ -7,6 +7,8 @@ The op is the innermost cpu_op on the launching thread whose span contains the l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -14,26 +16,48 @@ from tracekit.intervals import innermost_containing
 from tracekit.trace import Trace
 
 
+@dataclass(frozen=True)
+class RowsByKey:
+    """One row per integer key (ids >= 0): `rows[i]` holds key `keys[i]`, keys sorted."""
+
+    keys: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def first(cls, key: np.ndarray, then: np.ndarray) -> RowsByKey:
+        """For each key >= 0, the row first by `then` (ties: the first row)."""
+        rows = np.flatnonzero(key >= 0)
+        rows = rows[np.lexsort((then[rows], key[rows]))]
+        sorted_key = key[rows]
+        first = np.ones(len(rows), dtype=bool)
+        np.not_equal(sorted_key[1:], sorted_key[:-1], out=first[1:])
+        return cls(sorted_key[first], rows[first].astype(np.int64))
+
+    def lookup(self, key: np.ndarray) -> np.ndarray:
+        """The row holding each key (-1 if none)."""
+        key = np.asarray(key)
+        out = np.full(len(key), -1, dtype=np.int64)
+        if len(self.keys) == 0 or len(key) == 0:
+            return out
+        pos = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        hit = self.keys[pos] == key
+        out[hit] = self.rows[pos[hit]]
+        return out
+
+
+def launches_by_correlation(launches: pd.DataFrame) -> RowsByKey:
+    """The launch with each correlation id: when runtime and driver calls share one, the
+    kernel-launching call wins (then the first row)."""
+    return RowsByKey.first(launches["correlation"].to_numpy(),
+                           ~launches["is_kernel_launch"].to_numpy(dtype=bool))
+
+
 def launch_index(launches: pd.DataFrame, correlation: pd.Series) -> np.ndarray:
     """Row in `launches` with each correlation id (-1 if none).
 
     When runtime and driver calls share a correlation id, the kernel-launching call wins.
     """
-    if len(launches) == 0 or len(correlation) == 0:
-        return np.full(len(correlation), -1, dtype=np.int64)
-    valid = launches[launches["correlation"] >= 0]
-    ranked = valid.assign(_row=valid.index.to_numpy()).sort_values(
-        ["correlation", "is_kernel_launch"], ascending=[True, False], kind="stable"
-    )
-    first = ranked.drop_duplicates("correlation")
-    if first.empty:  # no launch carries a correlation id
-        return np.full(len(correlation), -1, dtype=np.int64)
-    by_corr = pd.Index(first["correlation"].to_numpy())
-    pos = by_corr.get_indexer(correlation.to_numpy())
-    rows = first["_row"].to_numpy()
-    out = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
-    out[correlation.to_numpy() < 0] = -1
-    return out.astype(np.int64)
+    return launches_by_correlation(launches).lookup(correlation.to_numpy())
 
 
 def enclosing_ops(ops: pd.DataFrame, tid: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -45,23 +69,13 @@ def enclosing_ops(ops: pd.DataFrame, tid: np.ndarray, t: np.ndarray) -> np.ndarr
 
 
 def op_by_external_id(ops: pd.DataFrame, external_id: np.ndarray) -> np.ndarray:
-    """The op with each External id (-1 if none): the fallback when a launch is missing."""
+    """The op with each External id (-1 if none): the fallback when a launch is missing.
+    The innermost op carries the id that Kineto copies to the kernel: the deepest one wins
+    (then the first row)."""
     if len(ops) == 0 or len(external_id) == 0:
         return np.full(len(external_id), -1, dtype=np.int64)
-    known = ops.loc[ops["external_id"] >= 0, "external_id"]
-    # The innermost op carries the id that Kineto copies to the kernel; keep the deepest.
-    deepest = (
-        ops.loc[known.index, ["external_id", "depth"]]
-        .assign(_row=known.index.to_numpy())
-        .sort_values(["external_id", "depth"], ascending=[True, False], kind="stable")
-        .drop_duplicates("external_id")
-    )
-    if deepest.empty:  # no op carries an External id
-        return np.full(len(external_id), -1, dtype=np.int64)
-    pos = pd.Index(deepest["external_id"].to_numpy()).get_indexer(external_id)
-    out = np.where(pos >= 0, deepest["_row"].to_numpy()[np.maximum(pos, 0)], -1)
-    out[external_id < 0] = -1
-    return out.astype(np.int64)
+    return RowsByKey.first(ops["external_id"].to_numpy(),
+                           -ops["depth"].to_numpy(np.int64)).lookup(external_id)
 
 
 def link_launches(trace: Trace) -> None:
@@ -70,8 +84,9 @@ def link_launches(trace: Trace) -> None:
     launches["op_idx"] = enclosing_ops(
         trace.ops, launches["tid"].to_numpy(), launches["ts"].to_numpy()
     )
+    by_correlation = launches_by_correlation(launches)
     for gpu in (trace.kernels, trace.gpu_mem):
-        launch = launch_index(launches, gpu["correlation"])
+        launch = by_correlation.lookup(gpu["correlation"].to_numpy())
         gpu["launch_idx"] = launch
         op = np.full(len(gpu), -1, dtype=np.int64)
         has_launch = launch >= 0
