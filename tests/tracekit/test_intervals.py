@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from tracekit.intervals import (
     as_set,
     clip_intervals,
+    group_time_order,
     intersect_intervals,
     length_within,
+    sort_order,
     subtract_intervals,
     total_length,
 )
@@ -63,3 +65,19 @@ def test_overlapping_claims_on_two_streams_count_once() -> None:
     union = as_set((np.concatenate([stream_a[0], stream_b[0]]),
                     np.concatenate([stream_a[1], stream_b[1]])))
     assert total_length(union) == 20.0
+
+
+times = st.one_of(st.integers(0, 5).map(float), st.just(float("nan")))
+rows = st.lists(st.tuples(st.integers(0, 2), times, st.integers(-3, 3)), max_size=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows)
+def test_rows_ordered_by_group_then_time_then_a_tiebreak_come_out_as_a_lexsort(given) -> None:
+    """Ties in group and time (NaN times among them) are broken by the third key, then by row."""
+    group = np.array([g for g, _, _ in given], dtype=np.int64)
+    ts = np.array([t for _, t, _ in given], dtype=np.float64)
+    then = np.array([k for _, _, k in given], dtype=np.int64)
+    assert list(group_time_order(group, ts, then)) == list(np.lexsort((then, ts, group)))
+    end = ts + np.abs(then)
+    assert list(sort_order(group, ts, end)) == list(np.lexsort((ts - end, ts, group)))

@@ -8,9 +8,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tracekit.link import link_trace, op_stack
+from tracekit.link.launches import launch_index, op_by_external_id
 from tracekit.pipeline import load_trace
 from tracekit.source import SourceIndex, choose_line
 from tracekit.trace import Trace
@@ -329,3 +332,15 @@ def test_the_nearest_marked_ancestor_is_found_from_any_rows_with_a_mask_or_a_que
 
     assert ancestor_matching(ops, is_mid, np.array([2])).tolist() == [1]
     assert 3 not in asked
+
+
+def test_a_correlation_id_shared_by_a_runtime_and_a_driver_call_goes_to_the_kernel_launch() -> None:
+    launches = pd.DataFrame({"correlation": [5, 5, 7, -1, 7, 5],
+                             "is_kernel_launch": [False, True, False, True, False, True]})
+    found = launch_index(launches, pd.Series([5, 7, 9, -1, 5]))
+    assert list(found) == [1, 2, -1, -1, 1]
+
+
+def test_gpu_work_without_a_launch_goes_to_the_deepest_op_with_its_external_id() -> None:
+    ops = pd.DataFrame({"external_id": [3, 3, 3, -1, 4], "depth": [0, 2, 2, 1, 0]})
+    assert list(op_by_external_id(ops, np.array([3, 4, 5, -1]))) == [1, 4, -1, -1]

@@ -1,15 +1,19 @@
 """Kernel labels: templated PyTorch kernels that share an outer name stay distinguishable; names
-are matched against patterns once per distinct name, with the same answer as row by row."""
+are matched against patterns once per distinct name, with the same answer as row by row, and a
+text column is factorized as pandas would, whether its equal strings are one object or several."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tracekit.names import cut_to, kernel_label, names_matching
+from tracekit.names import cut_to, factorize_text, kernel_label, names_matching
 from tracekit.pipeline import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,5 +81,30 @@ def test_several_patterns_match_each_row_as_a_search_of_that_row_would() -> None
     names = ["aten::item", "cudaMemcpy", "x.py(3): f", "aten::item", "", "cudaMemcpyAsync"]
     patterns = (re.compile(r"item$"), re.compile(r"\(\d+\): "), re.compile(r"^cuda(?!.*Async)"))
     expected = [[p.search(n) is not None for n in names] for p in patterns]
-    for given in (names, pd.Series(names, dtype=object), pd.Series(names, dtype="str")):
-        assert [list(m) for m in names_matching(given, patterns)] == expected
+    for column in (names, pd.Series(names, dtype=object), pd.Series(names, dtype="str")):
+        assert [list(m) for m in names_matching(column, patterns)] == expected
+
+
+def test_a_missing_name_matches_no_pattern() -> None:
+    names = np.array(["aten::item", None, float("nan"), "aten::mm"], dtype=object)
+    (item,) = names_matching(names, (re.compile(r"."),))
+    assert list(item) == [True, False, False, True]
+
+
+texts = st.lists(st.one_of(st.sampled_from(["a", "b", "ab", ""]), st.none(),
+                           st.just(float("nan"))), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts, st.lists(st.booleans(), max_size=30))
+def test_a_text_column_is_factorized_as_pandas_does_with_strings_shared_or_not(values,
+                                                                               copied) -> None:
+    """Some strings are fresh copies of an equal one: they still share its code."""
+    held = [("".join(list(v)) + "") if isinstance(v, str) and i < len(copied) and copied[i]
+            else v for i, v in enumerate(values)]
+    array = np.array([*held, None], dtype=object)[:-1]
+    for column in (array, array[::2], pd.Series(array, dtype=object), list(array)):
+        codes, uniques = factorize_text(column)
+        expected_codes, expected_uniques = pd.factorize(np.asarray(column, dtype=object))
+        assert list(codes) == list(expected_codes)
+        assert list(uniques) == list(expected_uniques)
