@@ -10,6 +10,7 @@ import pytest
 
 from tracekit.errors import UserError
 from tracekit.pipeline import analyze_rankwise, analyze_run
+from tracekit.pipeline.rankwise import parse_processes
 from tracekit.report import render_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,3 +112,12 @@ def test_ranks_of_different_runs_found_after_loading_stop_every_rank_process_at_
     with pytest.raises(UserError, match="world size"):
         analyze_rankwise(tmp_path, progress=False)
     assert time.monotonic() - started < 4.5
+
+
+@pytest.mark.parametrize(("files", "cpus", "each"), [
+    (2, 2, 1), (2, 4, 1), (2, 5, 1), (2, 6, 3), (2, 32, 16), (8, 32, 4), (11, 32, 1),
+    (16, 32, 1), (64, 32, 1), (1, 8, 8)])
+def test_a_rank_file_gets_slice_parsers_only_when_its_share_of_the_cpus_could_run_them(
+        files: int, cpus: int, each: int) -> None:
+    """Three CPUs per rank file at least (the one-file rule), else its rank process alone."""
+    assert parse_processes(files, cpus) == each
