@@ -319,8 +319,8 @@ def narrow_lines(trace: Trace, pieces: pd.DataFrame) -> None:
     answers = []
     for f, line, fn, name, running in distinct.itertuples(index=False):
         matched = SYNC_CALL_AS_OP if str(name).endswith("Synchronize") else str(name)
-        answers.append(index.narrow_in_running_frame(str(f), int(line), str(fn), matched)
-                       if running else index.narrow(str(f), int(line), str(fn), matched, 0, 1))
+        answers.append(index.narrow_frame(str(f), int(line), str(fn), matched,
+                                          running=bool(running)))
     distinct = distinct.assign(new_line=[a.line for a in answers],
                                new_exact=[a.exact for a in answers])
     merged = keys.merge(distinct, on=columns, how="left")

@@ -30,7 +30,7 @@ from tracekit.load.columns import strings_column
 from tracekit.load.frames import already_running
 from tracekit.load.userframes import is_generated_file
 from tracekit.names import name_matches
-from tracekit.source import KERNEL_PREFIX, SourceIndex
+from tracekit.source import CALL_PREFIX, KERNEL_PREFIX, SourceIndex, call_name
 from tracekit.source.backward_call import backward_statement
 from tracekit.trace import Trace
 
@@ -155,7 +155,7 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
         out.loc[has, "src_file"] = python["file"].to_numpy()[frame[has]]
         out.loc[has, "src_function"] = python["function"].to_numpy()[frame[has]]
         out.loc[has, "src_line"] = python["line"].to_numpy()[frame[has]]
-        line, exact = _narrowed_lines(ops, python, frame, index)
+        line, exact = _narrowed_lines(ops, python, frame, index, trace)
         out.loc[has, "src_line"] = line[has]
         out.loc[has, "src_line_exact"] = exact[has]
     # Backward ops take their forward op's line even when a user frame encloses them (on CPU
@@ -276,47 +276,109 @@ def _narrow_compiled(ops: pd.DataFrame, out: pd.DataFrame, index: SourceIndex) -
                                                              dtype=bool)[codes]
 
 
+def callee_frames(python: pd.DataFrame, frame: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Per op: the frame that its user frame `frame` called and that runs it (a torch
+    function, a builtin such as `<built-in method to of Tensor object>`, `Tensor.__iter__`),
+    climbing from its innermost frame `inner`; -1 when the op runs in the user frame's own
+    code (a C slot: `x[i:j]`, `a + b`)."""
+    parent = python["parent"].to_numpy()
+    callee = np.full(len(frame), -1, dtype=np.int64)
+    current = inner.astype(np.int64, copy=True)
+    active = np.flatnonzero((inner >= 0) & (frame >= 0) & (inner != frame))
+    while active.size:
+        up = parent[current[active]]
+        reached = up == frame[active]
+        callee[active[reached]] = current[active[reached]]
+        climbing = ~reached & (up >= 0)
+        current[active[climbing]] = up[climbing]
+        active = active[climbing]
+    return callee
+
+
+def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
+               running: np.ndarray, index: SourceIndex) -> tuple[np.ndarray, np.ndarray]:
+    """What each call op is matched by in its user frame's source: `call:NAME` when the frame
+    called NAME (a function or builtin the trace shows around the op) and its code calls that
+    name (tracekit.source.narrow.CALL_PREFIX), else the op's own name; and the unit its
+    ordinal counts: the callee frame (one call, however many ops it ran), else the op."""
+    ops, python = trace.ops, trace.python
+    n = len(ops)
+    names = ops["name"].to_numpy(dtype=object)
+    keys = names.copy()
+    unit = np.arange(n, dtype=np.int64)
+    rows = np.flatnonzero(is_call)
+    inner = innermost_containing(
+        python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
+        python["parent"].to_numpy(), ops["tid"].to_numpy()[rows], ops["ts"].to_numpy()[rows])
+    callee = callee_frames(python, frame[rows], inner)
+    has = callee >= 0
+    if not has.any():
+        return keys, unit
+    rows, callee = rows[has], callee[has]
+    codes, frame_names = pd.factorize(python["name"].to_numpy(dtype=object)[callee])
+    called = np.array([call_name(str(name)) for name in frame_names], dtype=object)[codes]
+    user = frame[rows]
+    asked = pd.DataFrame({
+        "file": python["file"].to_numpy(dtype=object)[user],
+        "line": python["line"].to_numpy()[user],
+        "function": python["function"].to_numpy(dtype=object)[user],
+        "callee": called, "running": running[user]})
+    pairs, distinct = pd.factorize(pd.MultiIndex.from_frame(asked))
+    found = np.array([bool(c) and index.calls_in_frame(str(f), int(ln), str(fn), str(c),
+                                                       running=bool(r))
+                      for f, ln, fn, c, r in distinct], dtype=bool)[pairs]
+    rows, callee, called = rows[found], callee[found], called[found]
+    keys[rows] = np.array([CALL_PREFIX + str(c) for c in called], dtype=object)
+    unit[rows] = n + callee
+    return keys, unit
+
+
 def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
-                    index: SourceIndex) -> tuple[np.ndarray, np.ndarray]:
+                    index: SourceIndex, trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     """Statement line (and whether it is exact) of each op that has a user frame.
 
-    Ops are matched to source by the name of their call op; the k-th call of the same name
-    within one frame instance is matched to the k-th candidate statement. A frame already
-    running when the tracer started is named by the line it was executing then, not its def
-    line: its op is matched within the function holding that line (exact when one statement
-    can run it). Each distinct (frame, name, k, count) is narrowed once.
+    Ops are matched to source by what their frame called (`_call_keys`: the function or
+    builtin around the op, else the op's name); the k-th such call within one frame instance
+    is matched to the k-th candidate statement. A frame named by a line inside its function
+    (one already running when the tracer started, a resumed generator) is matched within the
+    code that can run after that line (`SourceIndex.narrow_frame`). Each distinct (frame,
+    key, k, count) is narrowed once.
     """
     n = len(ops)
     line = np.full(n, -1, dtype=np.int64)
     exact = np.zeros(n, dtype=bool)
     call = call_ops(ops, frame)
-    names = ops["name"].to_numpy(dtype=object)
-    calls = pd.DataFrame({"frame": frame, "name": strings_column(names),
-                          "ts": ops["ts"].to_numpy()})
     is_call = (np.arange(n) == call) & (frame >= 0)
-    call_rows = calls[is_call].sort_values("ts", kind="stable")
-    grouped = call_rows.groupby(["frame", "name"], sort=False)
-    ordinal = np.full(n, 0, dtype=np.int64)
-    count = np.full(n, 0, dtype=np.int64)
-    ordinal[call_rows.index.to_numpy()] = grouped.cumcount().to_numpy()
-    count[call_rows.index.to_numpy()] = grouped["ts"].transform("size").to_numpy()
-    has = frame >= 0
-    rows = np.flatnonzero(has)
+    running = already_running(python)
+    keys, unit = _call_keys(trace, frame, is_call, running, index)
+    calls = pd.DataFrame({"frame": frame, "key": strings_column(keys), "unit": unit,
+                          "ts": ops["ts"].to_numpy()})[is_call]
+    # One row per call (a callee frame's ops count once), in time order.
+    units = calls.sort_values("ts", kind="stable").drop_duplicates("unit")
+    grouped = units.groupby(["frame", "key"], sort=False)
+    per_unit = pd.DataFrame({"ordinal": grouped.cumcount().to_numpy(),
+                             "count": grouped["ts"].transform("size").to_numpy()},
+                            index=units["unit"].to_numpy())
+    ordinal = np.zeros(n, dtype=np.int64)
+    count = np.zeros(n, dtype=np.int64)
+    call_rows = calls.index.to_numpy()
+    ordinal[call_rows] = per_unit["ordinal"].reindex(unit[call_rows]).to_numpy()
+    count[call_rows] = per_unit["count"].reindex(unit[call_rows]).to_numpy()
+    rows = np.flatnonzero(frame >= 0)
     call_of = call[rows]
-    keys = pd.DataFrame({
+    table = pd.DataFrame({
         "file": strings_column(python["file"].to_numpy(dtype=object)[frame[rows]]),
         "line": python["line"].to_numpy()[frame[rows]],
         "function": strings_column(python["function"].to_numpy(dtype=object)[frame[rows]]),
-        "name": strings_column(names[call_of]),
+        "key": strings_column(keys[call_of]),
         "ordinal": ordinal[call_of],
         "count": count[call_of],
-        "running": already_running(python)[frame[rows]],
+        "running": running[frame[rows]],
     })
-    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
-    answers = [index.narrow_in_running_frame(str(f), int(dl), str(fn), str(nm), int(o), int(c))
-               if running
-               else index.narrow(str(f), int(dl), str(fn), str(nm), int(o), int(c))
-               for f, dl, fn, nm, o, c, running in uniques]
+    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(table))
+    answers = [index.narrow_frame(str(f), int(dl), str(fn), str(k), int(o), int(c),
+                                  running=bool(r))
+               for f, dl, fn, k, o, c, r in uniques]
     line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]
     exact[rows] = np.array([a.exact for a in answers], dtype=bool)[codes]
     return line, exact

@@ -6,7 +6,7 @@ source, used by the linker, the detectors and the comparison.
 
 from tracekit.source.calls import call_in_with, call_line, def_line_of, function_found
 from tracekit.source.files import SourceFiles, SourcePath, on_disk
-from tracekit.source.narrow import KERNEL_PREFIX, Narrowed, SourceIndex, choose_line
+from tracekit.source.narrow import CALL_PREFIX, KERNEL_PREFIX, Narrowed, SourceIndex, choose_line
 from tracekit.source.parse import call_name
 from tracekit.source.roots import (
     SOURCE_SNAPSHOT_DIR,
@@ -15,7 +15,7 @@ from tracekit.source.roots import (
     source_snapshot,
 )
 
-__all__ = ["KERNEL_PREFIX", "SOURCE_SNAPSHOT_DIR", "Narrowed", "SourceFiles", "SourceIndex",
-           "SourcePath", "call_in_with", "call_line", "call_name", "choose_line", "def_line_of",
-           "function_found", "on_disk",
-           "snapshot_location", "source_roots", "source_snapshot"]
+__all__ = ["CALL_PREFIX", "KERNEL_PREFIX", "SOURCE_SNAPSHOT_DIR", "Narrowed", "SourceFiles",
+           "SourceIndex", "SourcePath", "call_in_with", "call_line", "call_name", "choose_line",
+           "def_line_of", "function_found", "on_disk", "snapshot_location", "source_roots",
+           "source_snapshot"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from tracekit.source.containers import callees, variable_index_statements
 from tracekit.source.files import SourceFiles
+from tracekit.source.implicit import protocol_matcher
 from tracekit.source.parse import (
     called_name,
     function_scope,
@@ -33,9 +34,14 @@ from tracekit.source.parse import (
     scope_around,
     walk_scope,
 )
+from tracekit.source.resume import activation_order, resumed_scope, runs_once_per_pass
 
 MatchFn = Callable[[ast.AST], bool]
 
+CALL_PREFIX = "call:"
+"""`narrow(op_name="call:NAME")` narrows the call the frame made of NAME (the function or
+builtin the trace shows it calling), a special method by the syntax that calls it
+(`call:__iter__`: a `for`, a `zip(...)`; tracekit.source.implicit)."""
 KERNEL_PREFIX = "kernel:"
 """`narrow(op_name="kernel:NAME")` narrows a launch without a CPU op (a Triton kernel launched
 straight from Python) to the statement that names the kernel."""
@@ -67,6 +73,8 @@ CALL_ALIASES: dict[str, tuple[str, ...]] = {
     "_scaled_dot_product_efficient_attention": ("scaled_dot_product_attention",),
 }
 """aten/c10d op names whose Python spelling differs from the op's name."""
+PROPERTY_OPS: dict[str, str] = {"mT": "mT", "mH": "mH", "numpy_T": "T"}
+"""aten ops that a tensor property runs (`x.mT`, `x.T`): an attribute read, not a call."""
 
 
 @dataclass
@@ -126,41 +134,81 @@ class SourceIndex(SourceFiles):
             return fallback
         nodes = list(walk_scope(scope))
         for matcher in matchers_for(op_name):
-            lines = [node.lineno for node in nodes if matcher(node)]
+            lines = matching_lines(nodes, matcher)
             if lines:
                 return choose_line(lines, def_line, ordinal, count)
         return fallback
 
-    def narrow_in_running_frame(self, file: str, line: int, function: str, op_name: str,
-                                ordinal: int = 0, count: int = 1) -> Narrowed:
-        """`narrow` for a frame that may have been on the stack when profiling began: the
-        profiler names such a frame by the line it was executing then (not its def line), so
-        the scope is the function of that name holding the line. Exact only when one statement
-        matches; otherwise that function's def line. A line that is the function's def (or
-        decorator) line is read as one."""
-        key = (file, line, function, "running:" + op_name, ordinal, count)
+    def narrow_frame(self, file: str, line: int, function: str, op_name: str,
+                     ordinal: int = 0, count: int = 1, running: bool = False) -> Narrowed:
+        """`narrow` for any frame, also one that started inside its function
+        (tracekit.source.resume): a frame already on the stack when profiling began
+        (`running`), or a generator or coroutine resumed at a `yield`/`await`. Both are named
+        by that line, not the def line, and can only run what follows it: the candidates. A
+        resumed frame ran from its `yield` to the next one, so its ops are matched in order
+        (`choose_line`); a running frame's first pass was cut by the profiler's start, so it is
+        exact only when one statement matches. Otherwise the function's def line, inexact."""
+        mode = "running:" if running else "started:"
+        key = (file, line, function, mode + op_name, ordinal, count)
         answer = self._answers.get(key)
         if answer is None:
-            answer = Narrowed(line, False)
-            path = self.resolve(file)
-            parsed = self.parsed(path) if path is not None and line >= 0 else None
-            if parsed is not None and function_scope(parsed, line, function) is not None:
-                answer = self.narrow(file, line, function, op_name, ordinal, count)
-                self._answers[key] = answer
-                return answer
-            scope = scope_around(parsed, line, function) if parsed is not None else None
-            if scope is not None:
-                # The line it was executing is not where `op_name` ran: without a match the
-                # answer is the function's def line, inexact, as for any other frame.
-                answer = Narrowed(scope.lineno, False)
-                nodes = list(walk_scope(scope))
-                for matcher in matchers_for(op_name):
-                    lines = [node.lineno for node in nodes if matcher(node)]
-                    if lines:
-                        answer = choose_line(lines, scope.lineno, 0, 1)
-                        break
+            answer = self._narrow_frame(file, line, function, op_name, ordinal, count, running)
             self._answers[key] = answer
         return answer
+
+    def _narrow_frame(self, file: str, line: int, function: str, op_name: str, ordinal: int,
+                      count: int, running: bool) -> Narrowed:
+        started = self._started_frame(file, line, function, running)
+        if started is None:
+            return self.narrow(file, line, function, op_name, ordinal, count)
+        scope, nodes = started
+        for matcher in matchers_for(op_name):
+            matched = matching_nodes(nodes, matcher)
+            if matched:
+                lines = [node.lineno for node in matched]
+                # A resumed frame makes one pass from its yield to the next: its calls follow
+                # the candidates in order when each candidate runs once per pass.
+                in_order = not running and all(runs_once_per_pass(scope, line, node)
+                                               for node in matched)
+                return choose_line(lines, scope.lineno, ordinal, count) if in_order \
+                    else choose_line(lines, scope.lineno, 0, 1)
+        return Narrowed(scope.lineno, False)
+
+    def _started_frame(self, file: str, line: int, function: str, running: bool
+                       ) -> tuple[ast.AST, list[ast.AST]] | None:
+        """For a frame named by a line inside its function: the function and the nodes it can
+        run, in run order. None for a frame named by its def line, or one that cannot be
+        placed (unreadable file; a plain function named by a body line: the file changed)."""
+        path = self.resolve(file)
+        parsed = self.parsed(path) if path is not None and line >= 0 else None
+        if parsed is None or function_scope(parsed, line, function) is not None:
+            return None
+        scope = scope_around(parsed, line, function) if running \
+            else resumed_scope(parsed, line, function)
+        if scope is None:
+            return None
+        return scope, activation_order(scope, line, list(walk_scope(scope)), resumed=not running)
+
+    def calls_in_frame(self, file: str, line: int, function: str, callee: str,
+                       running: bool = False) -> bool:
+        """Whether the code the frame can run (as `narrow_frame` scopes it) has syntax that
+        calls `callee`: a call of that name, or the protocol of a special method."""
+        key = (file, line, function, "calls:" + callee, int(running), 0)
+        answer = self._answers.get(key)
+        if answer is None:
+            matchers = matchers_for(CALL_PREFIX + callee)
+            started = self._started_frame(file, line, function, running)
+            if started is not None:
+                nodes = started[1]
+            else:
+                path = self.resolve(file)
+                parsed = self.parsed(path) if path is not None and line >= 0 else None
+                scope = function_scope(parsed, line, function) if parsed is not None else None
+                nodes = list(walk_scope(scope)) if scope is not None else []
+            found = any(m(node) for m in matchers for node in nodes)
+            answer = Narrowed(int(found), found)
+            self._answers[key] = answer
+        return answer.exact
 
     def narrow_for_op(self, file: str, def_line: int, function: str, op_name: str) -> Narrowed:
         """The one statement of the frame "file(def_line): function" that can run `op_name`,
@@ -197,6 +245,27 @@ class SourceIndex(SourceFiles):
         if len(own) == 1 and inlined == 0:
             return Narrowed(own[0], True)
         return fallback
+
+
+def matching_nodes(nodes: list[ast.AST], matcher: MatchFn) -> list[ast.AST]:
+    """The nodes that `matcher` takes, in the order of `nodes`, one per call that can run: of
+    a conditional expression (`f(a) if c else f(b)`) whose two branches both match the same
+    number of times, only the first branch counts (one of them runs, on that line)."""
+    matched = [node for node in nodes if matcher(node)]
+    if not matched:
+        return []
+    alternatives: set[int] = set()
+    for node in nodes:
+        if isinstance(node, ast.IfExp):
+            body = [n for n in ast.walk(node.body) if matcher(n)]
+            orelse = [n for n in ast.walk(node.orelse) if matcher(n)]
+            if body and len(body) == len(orelse):
+                alternatives.update(id(n) for n in orelse)
+    return [node for node in matched if id(node) not in alternatives]
+
+
+def matching_lines(nodes: list[ast.AST], matcher: MatchFn) -> list[int]:
+    return [node.lineno for node in matching_nodes(nodes, matcher)]
 
 
 def choose_line(lines: list[int], def_line: int, ordinal: int, count: int) -> Narrowed:
@@ -244,9 +313,19 @@ def matchers_for(op_name: str) -> list[MatchFn]:
     specific first (the first that matches anything decides)."""
     if op_name.startswith(KERNEL_PREFIX):
         return [_kernel_matcher(op_name[len(KERNEL_PREFIX):])]
+    if op_name.startswith(CALL_PREFIX):
+        callee = op_name[len(CALL_PREFIX):]
+        return [protocol_matcher(callee) or _called(callee)]
     if "::" not in op_name:
         return _label_matchers(op_name)
     return [_op_matcher(op_name)]
+
+
+def _called(name: str) -> MatchFn:
+    def call(node: ast.AST) -> bool:
+        return called_name(node) == name
+
+    return call
 
 
 def _kernel_matcher(kernel: str) -> MatchFn:
@@ -287,11 +366,23 @@ def _op_matcher(op_name: str) -> MatchFn:
             return isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
 
         return store
+    if base in PROPERTY_OPS:
+        attribute = PROPERTY_OPS[base]
+
+        def read(node: ast.AST) -> bool:
+            return (isinstance(node, ast.Attribute) and node.attr == attribute
+                    and isinstance(node.ctx, ast.Load)) or called_name(node) in calls
+
+        return read
     if base in MATMUL_OPS:
+        # aten::matmul is what `@` and `matmul(` record (other products record their own
+        # name); the lower-level products can come from any of them (a compiled graph's mm).
+        spellings = calls if base == "matmul" else MATMUL_CALLS | calls
+
         def matmul(node: ast.AST) -> bool:
             if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.MatMult):
                 return True
-            return called_name(node) in MATMUL_CALLS | calls
+            return called_name(node) in spellings
 
         return matmul
     if stem in BINOPS:
