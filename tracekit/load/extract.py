@@ -205,9 +205,13 @@ def json_text_columns(rows: list[tuple[Raw, ...]], width: int) -> list[list[str]
     per position, each distinct text held once. The raw texts are mostly repeats (the same
     shapes every step): a row's texts are joined into one key, and each distinct key is
     split and re-encoded compactly once (`columns.json_texts` of each value), not every row."""
-    if not rows:
+    return keyed_json_texts(list(map(NUL.join, rows)), width)
+
+
+def keyed_json_texts(keys: list[bytes], width: int) -> list[list[str]]:
+    """`json_text_columns` of rows whose `width` raw texts are already joined with NUL."""
+    if not keys:
         return [[] for _ in range(width)]
-    keys = list(map(NUL.join, rows))
     compact = {key: tuple(col.json_texts([parse_json(raw)])[0] if raw else ""
                           for raw in key.split(NUL))
                for key in set(keys)}

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tracekit.load import extract
+from tracekit.load import extract, native
 from tracekit.load.events import NotTyped, decode_events
 from tracekit.load.extract import Columns
 from tracekit.load.read import GZIP_ERRORS, GZIP_MAGIC, gzip_open, parse_json
@@ -184,10 +184,15 @@ def _separator(buf: bytearray, strict: bool = True) -> bytes | None:
 
 
 def extract_slice(text: bytes | bytearray) -> dict[str, Columns]:
-    """Columns of one slice (a JSON array of events). Runs in the loader or a pool worker."""
+    """Columns of one slice (a JSON array of events). Runs in the loader or a pool worker:
+    read by the native scanner where it is built and takes the slice, else decoded into
+    typed events first (`tracekit.load.native`: the same columns either way)."""
     was_enabled = gc.isenabled()
     gc.disable()  # see tracekit.load.run.gc_paused
     try:
+        columns = native.scan_slice(text)
+        if columns is not None:
+            return columns
         try:
             events = decode_events(text)
         except NotTyped as exc:
