@@ -204,25 +204,37 @@ def factorize_text(values: pd.Series | np.ndarray | list[str]) -> tuple[np.ndarr
     appearance as an object array); -1 for None/NaN.
 
     The loader holds one str per distinct value (tracekit.load.columns), so an object column
-    repeats the same few objects: they are told apart by address first (integers hash and
-    compare at C speed, where pd.factorize hashes and compares every row's str), and only the
-    distinct objects are then factorized by value, so equal strings held twice still get one
-    code. Other columns (pandas' arrow strings) are factorized by pandas directly.
+    repeats the same few objects: they are told apart by address first (`distinct_objects`:
+    integers hash and compare at C speed, where pd.factorize hashes and compares every row's
+    str), and only the distinct objects are then factorized by value, so equal strings held
+    twice still get one code. Other columns (pandas' arrow strings) are factorized by pandas.
     """
     if isinstance(values, pd.Series) and values.dtype != object:
         codes, uniques = pd.factorize(values)
         return codes, np.asarray(uniques, dtype=object)
-    array = np.ascontiguousarray(values.to_numpy() if isinstance(values, pd.Series)
-                                 else np.asarray(values, dtype=object))
-    if array.dtype != object:
-        array = array.astype(object)
-    if len(array) == 0:
-        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=object)
-    object_codes, _ = pd.factorize(_addresses(array))
-    seen = np.maximum.accumulate(object_codes)
-    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])  # each object's first row
+    array = object_array(values)
+    object_codes, first = distinct_objects(array)
     value_codes, uniques = pd.factorize(array[first])
     return value_codes[object_codes], np.asarray(uniques, dtype=object)
+
+
+def object_array(values: pd.Series | np.ndarray | list[str]) -> np.ndarray:
+    """The values as a C-contiguous object array (the column's own array when it is one)."""
+    array = np.ascontiguousarray(values.to_numpy() if isinstance(values, pd.Series)
+                                 else np.asarray(values, dtype=object))
+    return array if array.dtype == object else array.astype(object)
+
+
+def distinct_objects(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a C-contiguous object array: each row's object code (distinct objects numbered in
+    order of first appearance, told apart by address, not by value) and the first row holding
+    each object."""
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    object_codes, _ = pd.factorize(_addresses(array))
+    seen = np.maximum.accumulate(object_codes)
+    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
+    return object_codes, first
 
 
 def _addresses(array: np.ndarray) -> np.ndarray:

@@ -510,3 +510,27 @@ def test_small_integer_columns_are_int32_and_out_of_range_values_stay_int64() ->
         frame = getattr(trace, name)
         assert all(frame[c].dtype == np.int32 for c in columns), name
     assert trace.kernels["correlation"].dtype == np.int64  # ids stay int64 (join keys)
+
+
+def test_sharing_strings_makes_equal_strings_one_object_and_leaves_the_rest_as_it_was() -> None:
+    """Copies of equal strings become the first one; None, NaN and a column mixing numbers
+    with strings (where merging by value would merge 1 with 1.0) keep their own objects."""
+    import numpy as np
+    import pandas as pd
+
+    from tracekit.load.columns import share_strings
+
+    def copy(text: str) -> str:
+        return "".join(list(text))
+
+    nan = float("nan")
+    texts = np.array(["ab", copy("ab"), None, copy("cd"), nan, "cd", copy("ab")], dtype=object)
+    mixed = np.array([1, 1.0, "ab", copy("ab")], dtype=object)
+    frame = pd.DataFrame({"text": pd.Series(texts, dtype=object),
+                          "mixed": pd.Series(np.r_[mixed, mixed[:3]], dtype=object)})
+    share_strings(frame)
+    shared = frame["text"].to_numpy()
+    assert list(shared[[0, 1, 3, 5, 6]]) == ["ab", "ab", "cd", "cd", "ab"]
+    assert shared[1] is shared[0] and shared[6] is shared[0] and shared[5] is shared[3]
+    assert shared[3] is texts[3] and shared[2] is None and shared[4] is nan
+    assert all(a is b for a, b in zip(frame["mixed"], np.r_[mixed, mixed[:3]], strict=True))

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.names import distinct_objects, object_array
+
 try:
     import orjson
 
@@ -59,26 +61,28 @@ def share_strings(frame: pd.DataFrame) -> pd.DataFrame:
     """Make equal strings in every object column of `frame` one object (in place; returns it).
 
     Columns built by pandas operations (assignments that pass through pandas' own string
-    dtype, merges) hold one str per row again. A set of the column's values keeps the first
-    object of each distinct value (hashes of str are cached, and equal objects compare by
-    identity first: several times faster than `pd.factorize`, which hashes the characters
-    again); each row is then looked up in it. Missing values (None, NaN) stay what they were.
+    dtype, merges) hold one str per row again. The column's distinct objects are found by
+    address (`tracekit.names.distinct_objects`: integers, at C speed), and only those are
+    compared by value: a column that already holds one object per value (most columns, the
+    loader builds them shared) is left as it is; otherwise each value's first object is put
+    in every row holding that value. Missing values (None, NaN) stay what they were.
     """
     for name in frame.columns:
         column = frame[name]
         if column.dtype != object or len(column) == 0:
             continue
-        values = column.to_numpy()
-        # Only all-string columns: a set of mixed objects would merge 1, 1.0 and True.
-        if pd.api.types.infer_dtype(values, skipna=True) != "string":
+        values = object_array(column)
+        object_codes, first = distinct_objects(values)
+        held = values[first]
+        # Only all-string columns: merging by value would merge 1, 1.0 and True.
+        if pd.api.types.infer_dtype(held, skipna=True) != "string":
             continue
-        rows = values.tolist()
-        first = set(rows)
-        if len(first) == len(rows):
-            continue  # all distinct: nothing to share
-        canonical = dict(zip(first, first, strict=True))
-        frame[name] = pd.Series(list(map(canonical.__getitem__, rows)), index=frame.index,
-                                dtype=object)
+        codes, uniques = pd.factorize(held)
+        value = codes >= 0
+        if len(uniques) == int(value.sum()):
+            continue  # one object per value already
+        held[value] = np.asarray(uniques, dtype=object)[codes[value]]
+        frame[name] = pd.Series(held[object_codes], index=frame.index, dtype=object)
     return frame
 
 
