@@ -51,6 +51,7 @@ def resumed_generator_events() -> list[dict]:
         x("cpu_op", "aten::slice", 136, 3),
         x("python_function", "<built-in method cat of type object at 0x1>", 200, 40),
         x("cpu_op", "aten::cat", 201, 38),
+        x("cpu_op", "aten::is_nonzero", 250, 5),
         x("python_function", "<built-in method to of Tensor object at 0x4>", 300, 40),
         x("cpu_op", "aten::to", 301, 38), x("cpu_op", "aten::_to_copy", 302, 30),
         x("python_function", "<built-in method to of Tensor object at 0x5>", 400, 40),
@@ -96,12 +97,42 @@ def test_an_implicit_iteration_is_placed_on_the_statement_that_iterates(tmp_path
     assert lines_of(trace, "aten::unbind") == [(5, True), (5, True)]
 
 
-def test_what_no_syntax_names_keeps_the_def_line(tmp_path: Path) -> None:
+def test_a_call_between_two_calls_of_one_statement_is_that_statements(tmp_path: Path) -> None:
     """aten::item from a tensor used as a slice bound (`tokens[i:j]`): no statement spells
-    it, so the function's def line, inexact."""
+    it, but it runs between the unbind and the slice of line 5 in the same pass, and one
+    statement's evaluation is not interleaved with another's in its frame."""
     trace = linked_loader(tmp_path)
-    assert set(lines_of(trace, "aten::item")) == {(1, False)}
+    assert set(lines_of(trace, "aten::item")) == {(5, True)}
     assert by_name(trace, "ops", "aten::item")["src_function"] == "batches"
+
+
+def test_a_call_between_two_statements_that_no_syntax_names_keeps_the_def_line(
+        tmp_path: Path) -> None:
+    """An aten::is_nonzero between the cat of line 5 and the `.to` of line 6: neither line
+    spells a truth test, and it could be either's: the def line, inexact."""
+    trace = linked_loader(tmp_path)
+    assert lines_of(trace, "aten::is_nonzero") == [(1, False)]
+
+
+def test_neighbours_inside_a_loop_the_pass_goes_round_do_not_bound_a_call(
+        tmp_path: Path) -> None:
+    """In a pass through `for x in xs:`, a call between two ops of line 4 may come from line 5
+    of the previous turn: no placement from neighbours there."""
+    (tmp_path / "gen.py").write_text(textwrap.dedent('''\
+        def gen(xs):
+            while True:
+                for x in xs:
+                    a = x[0:1].sum()
+                    b = x[1:2]
+                yield a, b
+    '''))
+    index = SourceIndex(roots=[tmp_path])
+    assert index.is_resumed("gen.py", 6, "gen")
+    inside = index.narrow_between("gen.py", 6, "gen", "aten::item", 4, 4)
+    assert (inside.line, inside.exact) == (1, False)
+    # Named by a line without a yield: not a resumed frame (the file changed since recording).
+    assert not index.is_resumed("gen.py", 4, "gen")
+    assert not index.narrow_frame("gen.py", 4, "gen", "aten::slice").exact
 
 
 def test_a_conditional_expression_is_one_call_on_its_line(tmp_path: Path) -> None:

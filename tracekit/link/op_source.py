@@ -381,4 +381,59 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
                for f, dl, fn, k, o, c, r in uniques]
     line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]
     exact[rows] = np.array([a.exact for a in answers], dtype=bool)[codes]
+    # Each call placed between exact neighbours can bound the next ones: a few rounds.
+    resumable = is_call & ~running[np.maximum(frame, 0)]
+    for _ in range(NEIGHBOUR_ROUNDS):
+        if not _place_between_neighbours(ops, python, frame, resumable, keys, line, exact, index):
+            break
+    line[rows], exact[rows] = line[call_of], exact[call_of]
     return line, exact
+
+
+NEIGHBOUR_ROUNDS = 4
+"""Rounds of placing a resumed generator's ambiguous calls between their exactly placed
+neighbours; on modded-nanogpt's data generator the second round places the `aten::item`s of
+slice bounds between the slices the first round placed, later rounds change nothing."""
+
+
+def _place_between_neighbours(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
+                              candidates: np.ndarray, keys: np.ndarray, line: np.ndarray,
+                              exact: np.ndarray, index: SourceIndex) -> bool:
+    """In a resumed generator's pass, a call left ambiguous lies between the calls placed
+    exactly just before and after it (`SourceIndex.narrow_between`); updates `line`/`exact` of
+    the call ops in place, returns whether any changed. `candidates`: call ops to consider."""
+    rows = np.flatnonzero(candidates)
+    if rows.size == 0:
+        return False
+    sites = pd.DataFrame({
+        "file": python["file"].to_numpy(dtype=object)[frame[rows]],
+        "line": python["line"].to_numpy()[frame[rows]],
+        "function": python["function"].to_numpy(dtype=object)[frame[rows]]})
+    codes, distinct = pd.factorize(pd.MultiIndex.from_frame(sites))
+    resumed = np.array([index.is_resumed(str(f), int(ln), str(fn)) for f, ln, fn in distinct],
+                       dtype=bool)[codes]
+    rows, codes = rows[resumed], codes[resumed]
+    if rows.size == 0 or exact[rows].all():
+        return False
+    calls = pd.DataFrame({"row": rows, "site": codes, "frame": frame[rows],
+                          "ts": ops["ts"].to_numpy()[rows]}).sort_values(["frame", "ts"],
+                                                                        kind="stable")
+    placed = pd.Series(np.where(exact[calls["row"]], line[calls["row"]], np.nan),
+                       index=calls.index)
+    by_frame = placed.groupby(calls["frame"].to_numpy())
+    calls["after"] = by_frame.ffill().fillna(-1).astype(np.int64)
+    calls["before"] = by_frame.bfill().fillna(-1).astype(np.int64)
+    calls["key"] = keys[calls["row"]]
+    todo = calls[~exact[calls["row"]]]
+    asked = todo[["site", "key", "after", "before"]]
+    pairs, questions = pd.factorize(pd.MultiIndex.from_frame(asked))
+    answers = [index.narrow_between(str(distinct[site][0]), int(distinct[site][1]),
+                                    str(distinct[site][2]), str(key), int(after), int(before))
+               for site, key, after, before in questions]
+    found = np.array([a.exact for a in answers], dtype=bool)[pairs]
+    if not found.any():
+        return False
+    targets = todo["row"].to_numpy()[found]
+    line[targets] = np.array([a.line for a in answers], dtype=np.int64)[pairs][found]
+    exact[targets] = True
+    return True

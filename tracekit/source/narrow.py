@@ -34,7 +34,12 @@ from tracekit.source.parse import (
     scope_around,
     walk_scope,
 )
-from tracekit.source.resume import activation_order, resumed_scope, runs_once_per_pass
+from tracekit.source.resume import (
+    activation_order,
+    pass_positions,
+    resumed_scope,
+    runs_once_per_pass,
+)
 
 MatchFn = Callable[[ast.AST], bool]
 
@@ -188,6 +193,52 @@ class SourceIndex(SourceFiles):
         if scope is None:
             return None
         return scope, activation_order(scope, line, list(walk_scope(scope)), resumed=not running)
+
+    def narrow_between(self, file: str, line: int, function: str, op_name: str,
+                       after: int, before: int) -> Narrowed:
+        """For a generator or coroutine frame resumed at `line`: the statement of `op_name`
+        that runs between the statements at lines `after` and `before` of the same pass (lines
+        where its neighbouring calls were placed exactly; -1: no bound on that side). A pass
+        runs its code in order, so a candidate outside that stretch did not run the op. Exact
+        only when one statement is left (or both neighbours are on one line: the op is that
+        statement's), and only when neither bound lies in a loop the pass can go round (there a
+        neighbour may be from another turn of it); else the def line."""
+        key = (file, line, function, f"between:{after}:{before}:" + op_name, 0, 1)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._narrow_between(file, line, function, op_name, after, before)
+            self._answers[key] = answer
+        return answer
+
+    def _narrow_between(self, file: str, line: int, function: str, op_name: str,
+                        after: int, before: int) -> Narrowed:
+        started = self._started_frame(file, line, function, running=False)
+        if started is None:
+            return Narrowed(line, False)
+        scope, nodes = started
+        fallback = Narrowed(scope.lineno, False)
+        positions, in_loops = pass_positions(scope, line, nodes)
+        bounds = [b for b in (after, before) if b >= 0]
+        if any(b not in positions or b in in_loops for b in bounds):
+            return fallback
+        if after >= 0 and after == before:
+            # Both neighbours ran from one statement, and a statement's evaluation is not
+            # interleaved with another's in the same frame: the op is that statement's, whether
+            # or not its syntax is one we know (an `aten::item` from a tensor slice bound).
+            return Narrowed(after, True)
+        low = positions[after] if after >= 0 else -1
+        high = positions[before] if before >= 0 else len(nodes)
+        for matcher in matchers_for(op_name):
+            matched = matching_nodes(nodes, matcher)
+            if matched:
+                inside = {n.lineno for n in matched if low <= positions[n.lineno] <= high}
+                return Narrowed(inside.pop(), True) if len(inside) == 1 else fallback
+        return fallback
+
+    def is_resumed(self, file: str, line: int, function: str) -> bool:
+        """Whether a frame (not running when profiling began) named "file(line): function" is
+        a generator or coroutine resumed at that line of its body."""
+        return self._started_frame(file, line, function, running=False) is not None
 
     def calls_in_frame(self, file: str, line: int, function: str, callee: str,
                        running: bool = False) -> bool:

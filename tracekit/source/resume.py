@@ -19,17 +19,17 @@ LOOPS = (ast.For, ast.AsyncFor, ast.While)
 RESUMES = (ast.Yield, ast.YieldFrom, ast.Await)
 
 
-def is_resumable(scope: ast.AST) -> bool:
-    """Whether a function's own code (not its nested functions) yields or awaits."""
-    return any(isinstance(node, RESUMES) for node in walk_scope(scope))
-
-
 def resumed_scope(parsed: ParsedFile, line: int, function: str) -> ast.AST | None:
-    """The generator or coroutine named `function` whose body holds `line`: the scope of a
-    frame resumed there. None for a plain function (a frame of one is named by its def line;
-    a body line then means the file changed since recording)."""
+    """The generator or coroutine named `function` with a `yield`/`await` on `line`: the
+    scope of a frame resumed there. None otherwise (a frame of a plain function is named by
+    its def line; another line then means the file changed since recording)."""
     scope = scope_around(parsed, line, function)
-    return scope if scope is not None and is_resumable(scope) else None
+    if scope is None:
+        return None
+    resumes_here = any(isinstance(node, RESUMES)
+                       and node.lineno <= line <= (node.end_lineno or node.lineno)
+                       for node in walk_scope(scope))
+    return scope if resumes_here else None
 
 
 def statement_at(scope: ast.AST, line: int) -> ast.stmt | None:
@@ -96,3 +96,21 @@ def _always_runs(parent: ast.AST, child: ast.AST) -> bool:
     repeats_or_branches = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
                            ast.comprehension, ast.Try, ast.Match)
     return not isinstance(parent, repeats_or_branches) and type(parent).__name__ != "TryStar"
+
+
+def pass_positions(scope: ast.AST, line: int, nodes: list[ast.AST]
+                   ) -> tuple[dict[int, int], set[int]]:
+    """For a frame resumed at `line`: each line's place in the order its pass runs the code
+    (`activation_order`; `nodes` in that order), and the lines inside loops that the pass can
+    go round (any loop of the function but those holding `line`)."""
+    positions: dict[int, int] = {}
+    for place, node in enumerate(nodes):
+        positions.setdefault(node.lineno, place)
+    here = statement_at(scope, line)
+    start = here.lineno if here is not None else line
+    inner: set[int] = set()
+    for loop in walk_scope(scope):
+        if isinstance(loop, LOOPS) and not (
+                loop.lineno < start <= (loop.end_lineno or loop.lineno)):
+            inner.update(range(loop.lineno, (loop.end_lineno or loop.lineno) + 1))
+    return positions, inner
