@@ -23,6 +23,9 @@ Built against the limited API (abi3) of Python 3.11.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum kind {
     K_STR,      /* a string, or null / absent -> the field's `missing` object */
@@ -67,6 +70,8 @@ typedef struct {
     int has_raw;
     PyObject *keys;  /* the K_RAW texts of each row joined by NUL bytes */
     Py_ssize_t rows;
+    const char *argkeys[MAX_ARGS]; /* the args keys, in field order */
+    Py_ssize_t arglens[MAX_ARGS];
 } Spec;
 
 typedef struct {
@@ -80,11 +85,19 @@ typedef struct {
     PyObject *obj;
 } Entry;
 
-typedef struct {
+typedef struct CatRec {
     PyObject *cat;   /* borrowed from the string cache, or Py_None */
     Py_ssize_t count;
     int spec;        /* index in specs; -1 not read; -2 give up */
 } Cat;
+
+/* What is known of the event being scanned: its category once its "cat" key is read, and
+   its args' wanted values when they came after it (read in the same pass). */
+typedef struct Event {
+    struct CatRec *rec;
+    int args_done;
+    Span args[MAX_ARGS];
+} Event;
 
 typedef struct {
     const char *bail;    /* why the scan gave up (static text), NULL while fine */
@@ -171,6 +184,24 @@ static int utf8_seq(const unsigned char *p, const unsigned char *end) {
 static const char *scan_string(const char *p, const char *end, int *flags) {
     const unsigned char *q = (const unsigned char *)p, *e = (const unsigned char *)end;
     for (;;) {
+#ifdef __SSE2__
+        /* 16 bytes at a time up to the first quote, backslash, control or non-ASCII byte
+           (as signed bytes the last two are both below 0x20). */
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'),
+                      space = _mm_set1_epi8(0x20);
+        while (e - q >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)q);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                    _mm_cmpeq_epi8(v, backslash)),
+                                       _mm_cmplt_epi8(v, space));
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) {
+                q += __builtin_ctz((unsigned)mask);
+                break;
+            }
+            q += 16;
+        }
+#endif
         while (q < e && !SPECIAL[*q])
             q++;
         if (q >= e)
@@ -702,9 +733,11 @@ static inline int key_is(const char *s, const char *e, const char *name, Py_ssiz
 /* Scan one object at p ({ expected); record the values of the wanted keys in `out`. keys /
    lens: nkeys names. Returns the end of the object, or NULL (sc->bail set). A key with an
    escape, or a wanted key met twice, gives up. */
+static Cat *category_of(Scan *sc, Span c);
+
 static const char *scan_object(Scan *sc, const char *p, const char *end, int nkeys,
                                const char *const *keys, const Py_ssize_t *lens, Span *out,
-                               int strict_keys) {
+                               int strict_keys, Event *ev) {
     if (p >= end || *p != '{') {
         sc->bail = "not an object";
         return NULL;
@@ -737,12 +770,22 @@ static const char *scan_object(Scan *sc, const char *p, const char *end, int nke
         p = skip_ws(p + 1, end);
         int which = -1;
         for (int k = 0; k < nkeys; k++) {
-            if (key_is(ks, ke, keys[k], lens[k])) {
+            if (lens[k] == ke - ks && keys[k][0] == *ks && key_is(ks, ke, keys[k], lens[k])) {
                 which = k;
                 break;
             }
         }
-        const char *ve = skip_value(sc, p, end, 1);
+        const char *ve;
+        Spec *spec = ev != NULL && which == T_ARGS && ev->rec != NULL && ev->rec->spec >= 0
+            ? &sc->specs[ev->rec->spec] : NULL;
+        if (spec != NULL && spec->nargs > 0 && *p == '{' && out[which].s == NULL) {
+            /* the category came first (as profilers write it): read args now */
+            ve = scan_object(sc, p, end, spec->nargs, spec->argkeys, spec->arglens, ev->args,
+                             1, NULL);
+            ev->args_done = 1;
+        } else {
+            ve = skip_value(sc, p, end, 1);
+        }
         if (ve == NULL)
             return NULL;
         if (which >= 0) {
@@ -752,6 +795,8 @@ static const char *scan_object(Scan *sc, const char *p, const char *end, int nke
             }
             out[which].s = p;
             out[which].e = ve;
+            if (ev != NULL && which == T_CAT && (ev->rec = category_of(sc, out[which])) == NULL)
+                return NULL;
         }
         p = skip_ws(ve, end);
         if (p < end && *p == ',') {
@@ -801,28 +846,41 @@ static Cat *category(Scan *sc, PyObject *cat) {
     return c;
 }
 
+/* The category record of an event's "cat" value; NULL with sc->bail or an error set. */
+static Cat *category_of(Scan *sc, Span c) {
+    PyObject *cat;
+    if (c.s == NULL || is_null(c)) {
+        cat = Py_None;
+    } else if (is_string(c)) {
+        cat = string_of(sc, c);
+        if (cat == NULL)
+            return NULL;
+    } else {
+        sc->bail = "a category that is not a string";
+        return NULL;
+    }
+    Cat *rec = category(sc, cat);
+    if (rec != NULL && rec->spec == -2) {
+        sc->bail = "a category this scanner leaves to the decoder";
+        return NULL;
+    }
+    return rec;
+}
+
 /* One event of a read category: every field of its spec. 1 fine, 0 gave up, -1 error. */
-static int read_event(Scan *sc, Spec *spec, const Span *top) {
-    Span args[MAX_ARGS];
-    if (spec->nargs > 0) {
+static int read_event(Scan *sc, Spec *spec, const Span *top, Event *ev) {
+    Span *args = ev->args;
+    if (spec->nargs > 0 && !ev->args_done) {
         Span a = top[T_ARGS];
         for (int k = 0; k < spec->nargs; k++)
             args[k].s = args[k].e = NULL;
         if (a.s != NULL && !is_null(a)) {
-            const char *keys[MAX_ARGS];
-            Py_ssize_t lens[MAX_ARGS];
-            int k = 0;
-            for (int i = 0; i < spec->nfields; i++) {
-                if (spec->fields[i].top < 0) {
-                    keys[k] = spec->fields[i].key;
-                    lens[k++] = spec->fields[i].keylen;
-                }
-            }
             if (*a.s != '{') {
                 sc->bail = "args that are not an object";
                 return 0;
             }
-            if (scan_object(sc, a.s, a.e, spec->nargs, keys, lens, args, 1) == NULL)
+            if (scan_object(sc, a.s, a.e, spec->nargs, spec->argkeys, spec->arglens, args, 1,
+                            NULL) == NULL)
                 return 0;
         }
     }
@@ -870,33 +928,20 @@ static int scan_array(Scan *sc, const char *p, const char *end, Py_ssize_t *entr
     if (p < end && *p == ']')
         goto done;
     Span top[N_TOP];
+    Event ev;
     for (;;) {
-        p = scan_object(sc, p, end, N_TOP, TOP_KEYS, TOP_LENS, top, 1);
+        ev.rec = NULL;
+        ev.args_done = 0;
+        p = scan_object(sc, p, end, N_TOP, TOP_KEYS, TOP_LENS, top, 1, &ev);
         if (p == NULL)
-            return 0;
+            return PyErr_Occurred() ? -1 : 0;
         ++*entries;
-        PyObject *cat;
-        Span c = top[T_CAT];
-        if (c.s == NULL || is_null(c)) {
-            cat = Py_None;
-        } else if (is_string(c)) {
-            cat = string_of(sc, c);
-            if (cat == NULL)
-                return sc->bail ? 0 : -1;
-        } else {
-            sc->bail = "a category that is not a string";
-            return 0;
-        }
-        Cat *rec = category(sc, cat);
+        Cat *rec = ev.rec != NULL ? ev.rec : category_of(sc, top[T_CAT]);
         if (rec == NULL)
-            return -1;
+            return PyErr_Occurred() ? -1 : 0;
         rec->count++;
-        if (rec->spec == -2) {
-            sc->bail = "a category this scanner leaves to the decoder";
-            return 0;
-        }
         if (rec->spec >= 0) {
-            int r = read_event(sc, &sc->specs[rec->spec], top);
+            int r = read_event(sc, &sc->specs[rec->spec], top, &ev);
             if (r <= 0)
                 return r;
         }
@@ -1022,6 +1067,12 @@ static int read_specs(Scan *sc, PyObject *specs) {
                 spec->has_raw = 1;
         }
         Py_DECREF(fields);
+        for (int i = 0, k = 0; i < spec->nfields; i++) {
+            if (spec->fields[i].top < 0) {
+                spec->argkeys[k] = spec->fields[i].key;
+                spec->arglens[k++] = spec->fields[i].keylen;
+            }
+        }
         if (spec->has_raw && (spec->keys = PyList_New(0)) == NULL)
             return -1;
     }
