@@ -347,9 +347,10 @@ def concat(parts: list[dict[str, Columns]]) -> dict[str, Columns]:
         release_freed()
         key = GROUPED_BY.get(frame)
         if key is not None:
-            order = np.argsort(np.asarray(merged[key], dtype=object).astype(str),
-                               kind="stable")
-            merged = {name: _reorder(values, order) for name, values in merged.items()}
+            keys = np.asarray(merged[key], dtype=object).astype(str)
+            if (keys[1:] < keys[:-1]).any():  # else already in order: nothing to move
+                order = np.argsort(keys, kind="stable")
+                merged = {name: _reorder(values, order) for name, values in merged.items()}
         out[frame] = merged
     parts.clear()
     return out

@@ -16,7 +16,6 @@ So the frames never depend on which path read a slice, and where the extension i
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgspec
@@ -119,7 +118,7 @@ CATS, SPECS, SPEC_CATS = _specs()
 
 def enabled() -> bool:
     """Whether slices are read by the native scanner (built, and not `TRACEKIT_NATIVE=0`)."""
-    return _scan is not None and os.environ.get("TRACEKIT_NATIVE", "1") != "0"
+    return _scan is not None and col.native_helpers() is not None
 
 
 def scan_slice(text: bytes | bytearray) -> dict[str, Columns] | None:
