@@ -61,14 +61,21 @@ def shared(values: Any) -> list[Any]:
     """
     if len(_SHARED) > SHARED_LIMIT:
         _SHARED.clear()
+        SHAPE_TEXTS.clear()
     values = values if isinstance(values, list) else list(values)
     # Values are hashable here (str, or None for absent); map runs setdefault at C speed.
     return list(map(_SHARED.setdefault, values, values))
 
 
+SHAPE_TEXTS: dict[bytes, tuple[str, ...]] = {}
+"""An op's recorded shapes (raw texts joined) -> their compact texts, for the file being
+loaded (`extract.keyed_json_texts`: the same few shapes recur in every slice)."""
+
+
 def forget_shared() -> None:
     """Drop the table behind `shared` (after each file: the frames keep what they use)."""
     _SHARED.clear()
+    SHAPE_TEXTS.clear()
 
 
 def share_strings(frame: pd.DataFrame) -> pd.DataFrame:

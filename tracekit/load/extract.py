@@ -212,9 +212,10 @@ def keyed_json_texts(keys: list[bytes], width: int) -> list[list[str]]:
     """`json_text_columns` of rows whose `width` raw texts are already joined with NUL."""
     if not keys:
         return [[] for _ in range(width)]
-    compact = {key: tuple(col.json_texts([parse_json(raw)])[0] if raw else ""
-                          for raw in key.split(NUL))
-               for key in set(keys)}
+    compact = col.SHAPE_TEXTS  # kept from slice to slice of one file
+    for key in set(keys).difference(compact):
+        compact[key] = tuple(col.json_texts([parse_json(raw)])[0] if raw else ""
+                             for raw in key.split(NUL))
     texts = list(map(compact.__getitem__, keys))
     return [list(map(itemgetter(i), texts)) for i in range(width)]
 

@@ -158,6 +158,7 @@ def scan_raw(text: bytes | bytearray) -> Any:
         raise RuntimeError("the native scanner is not built")
     if len(col._SHARED) > col.SHARED_LIMIT:
         col._SHARED.clear()
+        col.SHAPE_TEXTS.clear()
     return _scan.scan(text, CATS, SPECS, col._SHARED)
 
 
