@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from tests.tracekit.test_decode import TRACE_FILES, assert_same_trace
 from tracekit.load import extract, native
 from tracekit.load.events import NO_RAW, NotTyped, decode_events
+from tracekit.load.frames import category_counts
 from tracekit.load.run import TraceJob, read_trace_file
-from tracekit.load.stream import EventSlices, NotSliceable
+from tracekit.load.stream import EventSlices, NotSliceable, extract_here, typed_slice
 
 REPO = Path(__file__).resolve().parents[2]
 built = pytest.mark.skipif(native._scan is None, reason="the native scanner is not built here")
@@ -68,6 +69,71 @@ def test_each_slice_the_scanner_reads_has_the_typed_decoders_columns(path: Path)
         scanned = native.scan_slice(text)
         if scanned is not None:
             assert_same_columns(scanned, typed_columns(text))
+
+
+def joined_typed(texts: list[bytes | bytearray]) -> dict[str, Any]:
+    """What the loader gives without the scanner: each slice typed, then joined."""
+    return counted(extract.concat([typed_slice(text) for text in texts]))
+
+
+def joined_scanned(texts: list[bytes | bytearray]) -> dict[str, Any]:
+    """What the one-process loader gives with it: one scanner over the file."""
+    return counted(extract.concat(extract_here(iter(texts))))
+
+
+def counted(columns: dict[str, Any]) -> dict[str, Any]:
+    """The census as the loader reads it (events per category, in order of first sight,
+    and entries in all): one row per slice and category, or per category, say the same."""
+    counts = category_counts(columns["census"])
+    columns["census"] = {"cat": list(counts), "count": np.array(list(counts.values())),
+                         "entries": np.array([columns["census"]["entries"].sum()])}
+    return columns
+
+
+@built
+@pytest.mark.parametrize("path", TRACE_FILES + MORE_TRACES,
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_one_scanner_over_a_files_slices_gives_the_joined_columns_of_each_slice(
+        path: Path) -> None:
+    try:
+        texts = list(EventSlices(path, slice_bytes=1 << 18))
+    except NotSliceable:
+        pytest.skip("read whole, not in slices")
+    assert_same_columns(joined_scanned(texts), joined_typed(texts))
+
+
+@built
+def test_categories_sharing_a_frame_and_a_slice_the_scanner_refuses_keep_their_order() -> None:
+    """Kernels of two categories, memcpys of two, ops of two, over four slices, the third
+    refused (a pid the scanner leaves to the typed path): the rows come in the order of
+    joining each slice's columns."""
+    def event(cat: str, i: int, **more: Any) -> dict[str, Any]:
+        return {"ph": "X", "cat": cat, "name": f"{cat}{i}", "pid": 1, "tid": 1, "ts": i,
+                "dur": 1, "args": {"External id": i}, **more}
+
+    cats = ["kernel", "Kernel", "gpu_memcpy", "Memcpy", "gpu_memset", "cpu_op", "Operator",
+            "cuda_runtime", "cuda_driver", "user_annotation", "gpu_user_annotation"]
+    texts = [json.dumps([event(cat, 100 * s + i) for i in range(3) for cat in cats]
+                        + ([event("cpu_op", 999, pid="Spans")] if s == 2 else [])).encode()
+             for s in range(4)]
+    assert [native.FileScanner().feed(text) for text in texts] == [True, True, False, True]
+    scanned = joined_scanned(texts)
+    assert_same_columns(scanned, joined_typed(texts))
+    assert scanned["kernels"]["name"][:9] == ["kernel0", "kernel1", "kernel2", "Kernel0",
+                                              "Kernel1", "Kernel2", "kernel100", "kernel101",
+                                              "kernel102"]
+
+
+@built
+def test_a_slice_the_scanner_gives_up_on_part_way_leaves_nothing_behind() -> None:
+    scanner = native.FileScanner()
+    good = json.dumps([EVENT]).encode()
+    assert scanner.feed(good)
+    assert not scanner.feed(json.dumps([EVENT] * 3 + [{**EVENT, "tid": "x"}]).encode())
+    taken = scanner.take()
+    assert taken is not None
+    assert_same_columns(taken, typed_columns(good))
+    assert scanner.take() is None
 
 
 @built
@@ -241,6 +307,21 @@ def test_generated_event_arrays_read_as_the_typed_decoder_reads_them_or_are_give
     scanned = native.scan_slice(text)
     if scanned is not None:
         assert_same_columns(scanned, typed)
+
+
+@built
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(events, max_size=6), min_size=1, max_size=4),
+       st.integers(0, 2**32).map(random.Random))
+def test_generated_slices_read_by_one_scanner_join_as_the_typed_slices_do(
+        batches: list[list[dict[str, Any]]], rng: random.Random) -> None:
+    texts = [("[" + ",".join(write(e, rng) for e in batch) + "]").encode()
+             for batch in batches]
+    try:
+        typed = joined_typed(texts)
+    except (NotSliceable, msgspec.DecodeError, ValueError, TypeError, OverflowError):
+        return  # the loader reads such a file whole
+    assert_same_columns(joined_scanned(texts), typed)
 
 
 def test_the_scanner_compiles_where_a_c_compiler_is_found(tmp_path: Path) -> None:

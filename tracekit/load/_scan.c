@@ -61,6 +61,8 @@ typedef struct {
     PyObject *missing;
     Buf values, flags;
     PyObject *list;  /* K_STR, K_NAME */
+    size_t mark_values, mark_flags; /* sizes before the current feed (to roll back) */
+    Py_ssize_t mark_list;
 } Field;
 
 typedef struct {
@@ -69,7 +71,7 @@ typedef struct {
     int nargs;       /* how many fields are args keys */
     int has_raw;
     PyObject *keys;  /* the K_RAW texts of each row joined by NUL bytes */
-    Py_ssize_t rows;
+    Py_ssize_t rows, mark_rows, mark_keys;
     const char *argkeys[MAX_ARGS]; /* the args keys, in field order */
     Py_ssize_t arglens[MAX_ARGS];
 } Spec;
@@ -87,7 +89,7 @@ typedef struct {
 
 typedef struct CatRec {
     PyObject *cat;   /* borrowed from the string cache, or Py_None */
-    Py_ssize_t count;
+    Py_ssize_t count, mark_count;
     int spec;        /* index in specs; -1 not read; -2 give up */
 } Cat;
 
@@ -106,7 +108,7 @@ typedef struct {
     Entry *table;
     size_t table_cap, table_len;
     Cat *catv;
-    int ncat, catcap;
+    int ncat, catcap, mark_ncat;
     Spec *specs;
     int nspecs;
     char *scratch;
@@ -654,9 +656,16 @@ static PyObject *string_of(Scan *sc, Span v) {
         Py_INCREF(canonical);
         Py_DECREF(str);
     }
+    char *own = malloc(n ? n : 1); /* the key outlives this text (a Scanner's next feed) */
+    if (own == NULL) {
+        Py_DECREF(canonical);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(own, s, n);
     Entry *t = &sc->table[j];
     t->hash = h;
-    t->s = s;
+    t->s = own;
     t->n = (Py_ssize_t)n;
     t->obj = canonical; /* owns one reference */
     sc->table_len++;
@@ -995,8 +1004,11 @@ done:
 /* ---- the module --------------------------------------------------------------------- */
 
 static void free_scan(Scan *sc) {
-    for (size_t i = 0; i < sc->table_cap; i++)
+    for (size_t i = 0; i < sc->table_cap; i++) {
+        if (sc->table[i].obj != NULL)
+            free((char *)sc->table[i].s);
         Py_XDECREF(sc->table[i].obj);
+    }
     free(sc->table);
     free(sc->catv);
     free(sc->scratch);
@@ -1147,6 +1159,31 @@ static PyObject *spec_result(Spec *spec) {
     return out;
 }
 
+/* (census, entries, per spec) of what was read (see spec_result). */
+static PyObject *scan_result(Scan *sc, Py_ssize_t entries) {
+    PyObject *census = PyList_New(sc->ncat);
+    PyObject *per_spec = census ? PyList_New(sc->nspecs) : NULL;
+    if (per_spec == NULL) {
+        Py_XDECREF(census);
+        return NULL;
+    }
+    for (int i = 0; i < sc->ncat; i++) {
+        PyObject *pair = Py_BuildValue("(On)", sc->catv[i].cat, sc->catv[i].count);
+        if (pair == NULL || PyList_SetItem(census, i, pair) < 0)
+            goto fail;
+    }
+    for (int s = 0; s < sc->nspecs; s++) {
+        PyObject *item = spec_result(&sc->specs[s]);
+        if (item == NULL || PyList_SetItem(per_spec, s, item) < 0)
+            goto fail;
+    }
+    return Py_BuildValue("(NnN)", census, entries, per_spec);
+fail:
+    Py_DECREF(census);
+    Py_DECREF(per_spec);
+    return NULL;
+}
+
 static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text, *cats, *specs, *shared;
     if (!PyArg_ParseTuple(args, "OO!OO!", &text, &PyDict_Type, &cats, &specs, &PyDict_Type,
@@ -1171,32 +1208,182 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         result = PyUnicode_FromString(sc.bail ? sc.bail : "gave up");
         goto out;
     }
-    PyObject *census = PyList_New(sc.ncat);
-    PyObject *per_spec = census ? PyList_New(sc.nspecs) : NULL;
-    if (per_spec == NULL) {
-        Py_XDECREF(census);
-        goto out;
-    }
-    for (int i = 0; i < sc.ncat; i++) {
-        PyObject *pair = Py_BuildValue("(On)", sc.catv[i].cat, sc.catv[i].count);
-        if (pair == NULL || PyList_SetItem(census, i, pair) < 0)
-            goto fail;
-    }
-    for (int s = 0; s < sc.nspecs; s++) {
-        PyObject *item = spec_result(&sc.specs[s]);
-        if (item == NULL || PyList_SetItem(per_spec, s, item) < 0)
-            goto fail;
-    }
-    result = Py_BuildValue("(NnN)", census, entries, per_spec);
-    goto out;
-fail:
-    Py_DECREF(census);
-    Py_DECREF(per_spec);
+    result = scan_result(&sc, entries);
 out:
     free_scan(&sc);
     PyBuffer_Release(&view);
     return result;
 }
+
+/* ---- Scanner: the slices of one file read into one set of columns ------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Scan sc;
+    PyObject *refs;  /* (cats, specs, shared), kept alive while the scan points at them */
+    Py_ssize_t entries, mark_entries;
+} Scanner;
+
+static void mark(Scanner *self) {
+    Scan *sc = &self->sc;
+    self->mark_entries = self->entries;
+    for (int i = 0; i < sc->ncat; i++)
+        sc->catv[i].mark_count = sc->catv[i].count;
+    sc->mark_ncat = sc->ncat;
+    for (int s = 0; s < sc->nspecs; s++) {
+        Spec *spec = &sc->specs[s];
+        spec->mark_rows = spec->rows;
+        spec->mark_keys = spec->keys ? PyList_Size(spec->keys) : 0;
+        for (int i = 0; i < spec->nfields; i++) {
+            Field *f = &spec->fields[i];
+            f->mark_values = f->values.len;
+            f->mark_flags = f->flags.len;
+            f->mark_list = f->list ? PyList_Size(f->list) : 0;
+        }
+    }
+}
+
+/* Drop what the current feed appended (it gave up part way). */
+static int roll_back(Scanner *self) {
+    Scan *sc = &self->sc;
+    self->entries = self->mark_entries;
+    sc->ncat = sc->mark_ncat;
+    for (int i = 0; i < sc->ncat; i++)
+        sc->catv[i].count = sc->catv[i].mark_count;
+    for (int s = 0; s < sc->nspecs; s++) {
+        Spec *spec = &sc->specs[s];
+        spec->rows = spec->mark_rows;
+        if (spec->keys && PyList_SetSlice(spec->keys, spec->mark_keys, PY_SSIZE_T_MAX, NULL) < 0)
+            return -1;
+        for (int i = 0; i < spec->nfields; i++) {
+            Field *f = &spec->fields[i];
+            f->values.len = f->mark_values;
+            f->flags.len = f->mark_flags;
+            if (f->list && PyList_SetSlice(f->list, f->mark_list, PY_SSIZE_T_MAX, NULL) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *Scanner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *cats, *specs, *shared;
+    if ((kwds != NULL && PyDict_Size(kwds) > 0)
+        || !PyArg_ParseTuple(args, "O!OO!", &PyDict_Type, &cats, &specs, &PyDict_Type,
+                             &shared))
+        return NULL;
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Scanner *self = (Scanner *)alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    memset(&self->sc, 0, sizeof self->sc);
+    self->entries = self->mark_entries = 0;
+    self->refs = PyTuple_Pack(3, cats, specs, shared);
+    if (self->refs == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->sc.cats = cats;
+    self->sc.shared = shared;
+    if (read_specs(&self->sc, specs) < 0 || table_grow(&self->sc) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void Scanner_dealloc(Scanner *self) {
+    PyTypeObject *type = Py_TYPE((PyObject *)self);
+    free_scan(&self->sc);
+    Py_XDECREF(self->refs);
+    freefunc tp_free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    tp_free(self);
+    Py_DECREF(type);
+}
+
+/* feed(text) -> rows per spec of this text (a tuple), or why it gave up (a str: nothing of
+   the text is kept). */
+static PyObject *Scanner_feed(Scanner *self, PyObject *text) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(text, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Scan *sc = &self->sc;
+    mark(self);
+    sc->bail = NULL;
+    const char *p = view.buf;
+    int r = scan_array(sc, p, p + view.len, &self->entries);
+    PyBuffer_Release(&view);
+    if (r <= 0) {
+        if (roll_back(self) < 0 || r < 0)
+            return NULL;
+        return PyUnicode_FromString(sc->bail ? sc->bail : "gave up");
+    }
+    PyObject *rows = PyTuple_New(sc->nspecs);
+    if (rows == NULL)
+        return NULL;
+    for (int s = 0; s < sc->nspecs; s++) {
+        PyObject *n = PyLong_FromSsize_t(sc->specs[s].rows - sc->specs[s].mark_rows);
+        if (n == NULL || PyTuple_SetItem(rows, s, n) < 0) {
+            Py_DECREF(rows);
+            return NULL;
+        }
+    }
+    return rows;
+}
+
+/* take() -> (census, entries, per spec) of everything fed since the last take (see scan);
+   the columns start again empty. */
+static PyObject *Scanner_take(Scanner *self, PyObject *Py_UNUSED(ignored)) {
+    Scan *sc = &self->sc;
+    PyObject *result = scan_result(sc, self->entries);
+    if (result == NULL)
+        return NULL;
+    self->entries = 0;
+    sc->ncat = 0;
+    for (int s = 0; s < sc->nspecs; s++) {
+        Spec *spec = &sc->specs[s];
+        spec->rows = 0;
+        if (spec->keys != NULL) {
+            Py_DECREF(spec->keys);
+            if ((spec->keys = PyList_New(0)) == NULL)
+                goto fail;
+        }
+        for (int i = 0; i < spec->nfields; i++) {
+            Field *f = &spec->fields[i];
+            free(f->values.data);
+            free(f->flags.data);
+            memset(&f->values, 0, sizeof f->values);
+            memset(&f->flags, 0, sizeof f->flags);
+            if (f->list != NULL) {
+                Py_DECREF(f->list);
+                if ((f->list = PyList_New(0)) == NULL)
+                    goto fail;
+            }
+        }
+    }
+    return result;
+fail:
+    Py_DECREF(result);
+    return NULL;
+}
+
+static PyMethodDef SCANNER_METHODS[] = {
+    {"feed", (PyCFunction)Scanner_feed, METH_O,
+     "feed(text) -> rows per category spec (tuple) | reason (str)"},
+    {"take", (PyCFunction)Scanner_take, METH_NOARGS,
+     "take() -> (census, entries, per_spec) of what was fed since the last take"},
+    {NULL, NULL, 0, NULL}};
+
+static PyType_Slot SCANNER_SLOTS[] = {
+    {Py_tp_new, Scanner_new},
+    {Py_tp_dealloc, Scanner_dealloc},
+    {Py_tp_methods, SCANNER_METHODS},
+    {Py_tp_doc, "Scanner(cats, specs, shared): the slices of one file read into one set of "
+                "columns (tracekit.load.native)."},
+    {0, NULL}};
+
+static PyType_Spec SCANNER_SPEC = {
+    "tracekit.load._scan.Scanner", sizeof(Scanner), 0, Py_TPFLAGS_DEFAULT, SCANNER_SLOTS};
 
 static PyMethodDef METHODS[] = {
     {"scan", scan, METH_VARARGS,
@@ -1213,5 +1400,14 @@ PyMODINIT_FUNC PyInit__scan(void) {
         SPECIAL[c] = c == '"' || c == '\\' || c < 0x20 || c >= 0x80;
     for (int t = 0; t < N_TOP; t++)
         TOP_LENS[t] = (Py_ssize_t)strlen(TOP_KEYS[t]);
-    return PyModule_Create(&MODULE);
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module == NULL)
+        return NULL;
+    PyObject *scanner = PyType_FromSpec(&SCANNER_SPEC);
+    if (scanner == NULL || PyModule_AddObject(module, "Scanner", scanner) < 0) {
+        Py_XDECREF(scanner);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

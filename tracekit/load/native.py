@@ -129,6 +129,45 @@ def scan_slice(text: bytes | bytearray) -> dict[str, Columns] | None:
     result = scan_raw(text)
     if isinstance(result, str):
         return None
+    return columns_of(result)
+
+
+class FileScanner:
+    """The slices of one file read into one set of columns, as `extract.concat` of each
+    slice's `scan_slice` would give them (the loader's one-process path: no columns per
+    slice to join). `feed` says whether the scanner took a slice (if not, nothing of it is
+    kept: decode it the typed way, after `take`-ing what came before)."""
+
+    def __init__(self) -> None:
+        if _scan is None:
+            raise RuntimeError("the native scanner is not built")
+        self._scanner = _scan.Scanner(CATS, SPECS, col._SHARED)
+        self._rows: list[tuple[int, ...]] = []
+        """Rows read per category of each slice taken since the last `take`."""
+
+    def feed(self, text: bytes | bytearray) -> bool:
+        rows = self._scanner.feed(text)
+        if isinstance(rows, str):
+            return False
+        self._rows.append(rows)
+        return True
+
+    def take(self) -> dict[str, Columns] | None:
+        """The columns of the slices fed since the last take (None if none)."""
+        if not self._rows:
+            return None
+        rows, self._rows = np.array(self._rows, dtype=np.int64), []
+        return columns_of(self._scanner.take(), rows)
+
+
+SPEC_INDEX = {cat: i for i, cat in enumerate(SPEC_CATS)}
+
+
+def columns_of(result: tuple[Any, int, list[Any]],
+               slice_rows: np.ndarray | None = None) -> dict[str, Columns]:
+    """`extract.extract_all`'s columns from the scanner's answer; `slice_rows`: rows per
+    category of each slice it read (from a FileScanner), to lay the rows out as joining
+    each slice's columns does."""
     census, entries, per_spec = result
     per_cat = dict(zip(SPEC_CATS, per_spec, strict=True))
     empty: dict[str, Columns] | None = None
@@ -147,8 +186,28 @@ def scan_slice(text: bytes | bytearray) -> dict[str, Columns] | None:
                 empty = extract.extract_all([])
             out[frame] = empty[frame]
             continue
-        out[frame] = FINISH[frame](pieces)
+        cols = _joined(pieces)
+        if slice_rows is not None:
+            cols = _slice_order(frame, cols, pieces, slice_rows)
+        out[frame] = FINISH[frame](cols, pieces)
     return out
+
+
+def _slice_order(frame: str, cols: Columns, pieces: list[list[tuple[str, Columns]]],
+                 slice_rows: np.ndarray) -> Columns:
+    """Rows of several slices read at once come category by category (all "kernel" rows,
+    then all "Kernel" rows). Joining per-slice columns gives, within each part of a frame
+    (e.g. memcpy, then memset), slice by slice, each slice's categories in turn; launches are
+    regrouped by category either way (`extract.GROUPED_BY`). Only a part holding two
+    categories needs moving."""
+    if frame == "launches" or len(slice_rows) < 2 or all(len(part) < 2 for part in pieces):
+        return cols
+    slices = np.arange(len(slice_rows))
+    keys = np.concatenate([np.repeat(slices + p * len(slices), slice_rows[:, SPEC_INDEX[cat]])
+                           for p, part in enumerate(pieces) for cat, _ in part])
+    order = np.argsort(keys, kind="stable")
+    return {name: (tuple(v[order] for v in values) if isinstance(values, tuple)
+                   else extract._reorder(values, order)) for name, values in cols.items()}
 
 
 def scan_raw(text: bytes | bytearray) -> Any:
@@ -197,7 +256,7 @@ def _columns(names: tuple[tuple[str, int], ...], item: tuple[int, list[Any], Any
     return out
 
 
-def _joined(pieces: list[list[tuple[str, Columns]]]) -> Columns:
+def _joined(pieces: Pieces) -> Columns:
     """The columns of every category of every part, one after the other."""
     flat = [cols for part in pieces for _, cols in part]
     if len(flat) == 1:
@@ -215,15 +274,19 @@ def _joined(pieces: list[list[tuple[str, Columns]]]) -> Columns:
 
 
 def _rows(part: list[tuple[str, Columns]]) -> int:
+    """Rows of one part of a frame."""
     return sum(len(cols["ts"]) for _, cols in part)
 
 
-def _kernels(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    return extract.finite_starts(_joined(pieces))
+Pieces = list[list[tuple[str, Columns]]]
+"""Per part of a frame, (category, its columns) of each category present."""
 
 
-def _gpu_mem(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    cols = _joined(pieces)
+def _kernels(cols: Columns, pieces: Pieces) -> Columns:
+    return extract.finite_starts(cols)
+
+
+def _gpu_mem(cols: Columns, pieces: Pieces) -> Columns:
     nbytes, present = cols.pop("bytes")
     size = cols.pop("size")
     out = {name: cols[name] for name in ("name", "ts", "dur", "pid", "tid")}
@@ -235,8 +298,7 @@ def _gpu_mem(pieces: list[list[tuple[str, Columns]]]) -> Columns:
     return extract.finite_starts(out)
 
 
-def _ops(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    cols = _joined(pieces)
+def _ops(cols: Columns, pieces: Pieces) -> Columns:
     dims, strides, types = extract.keyed_json_texts(cols.pop(RAW_KEYS), 3)
     cols.update({"input_dims": dims, "input_strides": strides, "input_types": types})
     order = ("name", "ts", "dur", "pid", "tid", "external_id", "seq", "fwd_tid", "input_dims",
@@ -244,8 +306,7 @@ def _ops(pieces: list[list[tuple[str, Columns]]]) -> Columns:
     return extract.finite_starts({name: cols[name] for name in order})
 
 
-def _launches(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    cols = _joined(pieces)
+def _launches(cols: Columns, pieces: Pieces) -> Columns:
     codes: list[int] = []
     for cat, part in pieces[0]:
         codes += [extract.LAUNCH_CAT_ORDER[cat]] * len(part["ts"])
@@ -253,12 +314,11 @@ def _launches(pieces: list[list[tuple[str, Columns]]]) -> Columns:
     return extract.finite_starts(cols)
 
 
-def _python(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    return extract.finite_starts(_joined(pieces))
+def _python(cols: Columns, pieces: Pieces) -> Columns:
+    return extract.finite_starts(cols)
 
 
-def _annotations(pieces: list[list[tuple[str, Columns]]]) -> Columns:
-    cols = _joined(pieces)
+def _annotations(cols: Columns, pieces: Pieces) -> Columns:
     cols["is_gpu"] = np.arange(len(cols["ts"])) >= _rows(pieces[0])
     return extract.finite_starts(cols)
 
@@ -266,9 +326,8 @@ def _annotations(pieces: list[list[tuple[str, Columns]]]) -> Columns:
 FLOW_PHASES = ("s", "f")
 
 
-def _flows(pieces: list[list[tuple[str, Columns]]]) -> Columns:
+def _flows(cols: Columns, pieces: Pieces) -> Columns:
     """The fwdbwd events that start or finish a flow (as `extract.flows` keeps them)."""
-    cols = _joined(pieces)
     keep = np.flatnonzero(pd.Series(cols["ph"], dtype=object).isin(FLOW_PHASES).to_numpy())
     return {"ph": np.asarray(cols["ph"], dtype=object)[keep].tolist(), "id": cols["id"][keep],
             "tid": cols["tid"][keep], "ts": cols["ts"][keep]}

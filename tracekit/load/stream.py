@@ -24,6 +24,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,21 +188,53 @@ def extract_slice(text: bytes | bytearray) -> dict[str, Columns]:
     """Columns of one slice (a JSON array of events). Runs in the loader or a pool worker:
     read by the native scanner where it is built and takes the slice, else decoded into
     typed events first (`tracekit.load.native`: the same columns either way)."""
-    was_enabled = gc.isenabled()
-    gc.disable()  # see tracekit.load.run.gc_paused
-    try:
+    with _gc_off():
         columns = native.scan_slice(text)
-        if columns is not None:
-            return columns
-        try:
-            events = decode_events(text)
-        except NotTyped as exc:
-            raise NotSliceable(str(exc)) from None
-        del text
-        return extract.extract_all(events)
+        return columns if columns is not None else typed_slice(text)
+
+
+@contextmanager
+def _gc_off() -> Iterator[None]:
+    """No cyclic collection while events are parsed (see tracekit.load.run.gc_paused)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if was_enabled:
             gc.enable()
+
+
+def typed_slice(text: bytes | bytearray) -> dict[str, Columns]:
+    """Columns of one slice decoded into typed events first."""
+    try:
+        events = decode_events(text)
+    except NotTyped as exc:
+        raise NotSliceable(str(exc)) from None
+    del text
+    return extract.extract_all(events)
+
+
+def extract_here(slices: Iterator[bytearray]) -> list[dict[str, Columns]]:
+    """Columns of every slice, parsed in this process: read by one native scanner for the
+    whole file where it is built (no columns per slice to join), a slice it does not take
+    decoded the typed way in its place (`tracekit.load.native`)."""
+    if not native.enabled():
+        return [extract_slice(text) for text in slices]
+    scanner = native.FileScanner()
+    parts: list[dict[str, Columns]] = []
+    with _gc_off():
+        for text in slices:
+            if scanner.feed(text):
+                continue
+            taken = scanner.take()
+            if taken is not None:
+                parts.append(taken)
+            parts.append(typed_slice(text))
+    taken = scanner.take()
+    if taken is not None:
+        parts.append(taken)
+    return parts
 
 
 def worker_count(path: Path, processes: int | None) -> int:
@@ -247,10 +280,7 @@ def extract_file(path: Path, workers: int = 0) -> tuple[dict[str, Any], dict[str
         guess = text_size(path)
         slice_bytes = int(min(SLICE_BYTES, max(MIN_SLICE_BYTES, guess // (4 * (workers + 1)))))
     slices = EventSlices(path, slice_bytes)
-    if workers <= 0:
-        parts = [extract_slice(text) for text in slices]
-    else:
-        parts = _extract_in_pool(slices, workers)
+    parts = extract_here(iter(slices)) if workers <= 0 else _extract_in_pool(slices, workers)
     if slices.meta is None:
         raise NotSliceable("incomplete document")
     if not parts:
