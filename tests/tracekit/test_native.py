@@ -76,8 +76,11 @@ def joined_typed(texts: list[bytes | bytearray]) -> dict[str, Any]:
     return counted(extract.concat([typed_slice(text) for text in texts]))
 
 
-def joined_scanned(texts: list[bytes | bytearray]) -> dict[str, Any]:
-    """What the one-process loader gives with it: one scanner over the file."""
+def joined_scanned(texts: list[bytes | bytearray], bare: bool = False) -> dict[str, Any]:
+    """What the one-process loader gives with it: one scanner over the file (bare: each
+    slice's events without the array's brackets, as the loader's slicer hands them)."""
+    if bare:
+        return counted(extract.concat(extract_here(iter([t[1:-1] for t in texts]), bare=True)))
     return counted(extract.concat(extract_here(iter(texts))))
 
 
@@ -100,6 +103,9 @@ def test_one_scanner_over_a_files_slices_gives_the_joined_columns_of_each_slice(
     except NotSliceable:
         pytest.skip("read whole, not in slices")
     assert_same_columns(joined_scanned(texts), joined_typed(texts))
+    views = EventSlices(path, slice_bytes=1 << 18, views=True)  # what the loader reads
+    assert_same_columns(counted(extract.concat(extract_here(iter(views), bare=True))),
+                        joined_typed(texts))
 
 
 @built
@@ -322,6 +328,7 @@ def test_generated_slices_read_by_one_scanner_join_as_the_typed_slices_do(
     except (NotSliceable, msgspec.DecodeError, ValueError, TypeError, OverflowError):
         return  # the loader reads such a file whole
     assert_same_columns(joined_scanned(texts), typed)
+    assert_same_columns(joined_scanned(texts, bare=True), typed)
 
 
 def test_the_scanner_compiles_where_a_c_compiler_is_found(tmp_path: Path) -> None:

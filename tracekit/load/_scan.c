@@ -955,15 +955,18 @@ static int read_event(Scan *sc, Spec *spec, const Span *top, Event *ev) {
 
 /* The events array text: every event object counted by category and, for the categories
    in specs, its fields appended to their columns. 1 fine, 0 gave up, -1 error. */
-static int scan_array(Scan *sc, const char *p, const char *end, Py_ssize_t *entries) {
+static int scan_array(Scan *sc, const char *p, const char *end, Py_ssize_t *entries,
+                      int bare) {
     p = skip_ws(p, end);
-    if (p >= end || *p != '[') {
-        sc->bail = "not an array";
-        return 0;
+    if (!bare) {
+        if (p >= end || *p != '[') {
+            sc->bail = "not an array";
+            return 0;
+        }
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == ']')
+            goto done;
     }
-    p = skip_ws(p + 1, end);
-    if (p < end && *p == ']')
-        goto done;
     Span top[N_TOP];
     Event ev;
     for (;;) {
@@ -987,7 +990,9 @@ static int scan_array(Scan *sc, const char *p, const char *end, Py_ssize_t *entr
             p = skip_ws(p + 1, end);
             continue;
         }
-        if (p < end && *p == ']')
+        if (bare && p == end)
+            return 1;
+        if (!bare && p < end && *p == ']')
             break;
         sc->bail = "invalid array";
         return 0;
@@ -1201,7 +1206,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     if (read_specs(&sc, specs) < 0 || table_grow(&sc) < 0)
         goto out;
     const char *p = view.buf;
-    int r = scan_array(&sc, p, p + view.len, &entries);
+    int r = scan_array(&sc, p, p + view.len, &entries, 0);
     if (r < 0)
         goto out;
     if (r == 0) {
@@ -1301,9 +1306,14 @@ static void Scanner_dealloc(Scanner *self) {
     Py_DECREF(type);
 }
 
-/* feed(text) -> rows per spec of this text (a tuple), or why it gave up (a str: nothing of
-   the text is kept). */
-static PyObject *Scanner_feed(Scanner *self, PyObject *text) {
+/* feed(text, bare=False) -> rows per spec of this text (a tuple), or why it gave up (a str:
+   nothing of the text is kept). bare: the text holds the events without the array's [ ]
+   (a view of the slicer's buffer, not a copy). */
+static PyObject *Scanner_feed(Scanner *self, PyObject *args) {
+    PyObject *text;
+    int bare = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &text, &bare))
+        return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(text, &view, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -1311,7 +1321,7 @@ static PyObject *Scanner_feed(Scanner *self, PyObject *text) {
     mark(self);
     sc->bail = NULL;
     const char *p = view.buf;
-    int r = scan_array(sc, p, p + view.len, &self->entries);
+    int r = scan_array(sc, p, p + view.len, &self->entries, bare);
     PyBuffer_Release(&view);
     if (r <= 0) {
         if (roll_back(self) < 0 || r < 0)
@@ -1368,8 +1378,9 @@ fail:
 }
 
 static PyMethodDef SCANNER_METHODS[] = {
-    {"feed", (PyCFunction)Scanner_feed, METH_O,
-     "feed(text) -> rows per category spec (tuple) | reason (str)"},
+    {"feed", (PyCFunction)Scanner_feed, METH_VARARGS,
+     "feed(text, bare=False) -> rows per category spec (tuple) | reason (str); bare: the\n"
+     "events without the array's brackets"},
     {"take", (PyCFunction)Scanner_take, METH_NOARGS,
      "take() -> (census, entries, per_spec) of what was fed since the last take"},
     {NULL, NULL, 0, NULL}};

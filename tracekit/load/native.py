@@ -145,8 +145,9 @@ class FileScanner:
         self._rows: list[tuple[int, ...]] = []
         """Rows read per category of each slice taken since the last `take`."""
 
-    def feed(self, text: bytes | bytearray) -> bool:
-        rows = self._scanner.feed(text)
+    def feed(self, text: bytes | bytearray | memoryview, bare: bool = False) -> bool:
+        """Read a slice: a JSON array of events, or (bare) the events without its brackets."""
+        rows = self._scanner.feed(text, bare)
         if isinstance(rows, str):
             return False
         self._rows.append(rows)

@@ -76,9 +76,13 @@ class EventSlices:
     """Iterate over JSON array texts, each holding a run of consecutive events; after the
     iteration, `meta` holds the document's other top-level keys."""
 
-    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES) -> None:
+    def __init__(self, path: Path, slice_bytes: int = SLICE_BYTES, views: bool = False) -> None:
         self.path = path
         self.slice_bytes = slice_bytes
+        self.views = views
+        """Yield each slice's events without the array's brackets, as a view of the read
+        buffer (not a copy), valid until the next slice is asked for: for a consumer that is
+        done with a slice by then (`extract_here`)."""
         self.meta: dict[str, Any] | None = None
         self.text_bytes = 0
         self.bare = False
@@ -96,7 +100,7 @@ class EventSlices:
             if separator is not None and len(buf) >= self.slice_bytes:
                 cut = buf.rfind(separator)
                 if cut > 0:
-                    yield _array_text(buf, cut + 1)
+                    yield from self._slice(buf, cut + 1)
                     del buf[:cut + 2]
         yield from self._finish(header, buf, separator)
 
@@ -147,7 +151,7 @@ class EventSlices:
         if buf[close:close + 1] != b"]":
             raise NotSliceable("cannot find the end of the events array")
         if buf[:close].strip():
-            yield _array_text(buf, close)
+            yield from self._slice(buf, close)
         trailer = bytes(buf[close + 1:])
         if self.bare:
             if trailer.strip():
@@ -161,6 +165,16 @@ class EventSlices:
             raise NotSliceable("unexpected document layout")
         meta.pop("traceEvents")
         self.meta = meta
+
+
+    def _slice(self, buf: bytearray, end: int) -> Iterator[bytearray | memoryview]:
+        """The events of buf[:end]: a copy as a JSON array, or (views) a view released when
+        the next slice is asked for."""
+        if not self.views:
+            yield _array_text(buf, end)
+            return
+        with memoryview(buf) as whole, whole[:end] as events:
+            yield events
 
 
 def _array_text(buf: bytearray, end: int) -> bytearray:
@@ -205,6 +219,11 @@ def _gc_off() -> Iterator[None]:
             gc.enable()
 
 
+def _bracketed(events: bytearray | memoryview) -> bytes:
+    """The events as a JSON array text (a copy)."""
+    return b"".join((b"[", events, b"]"))
+
+
 def typed_slice(text: bytes | bytearray) -> dict[str, Columns]:
     """Columns of one slice decoded into typed events first."""
     try:
@@ -215,22 +234,24 @@ def typed_slice(text: bytes | bytearray) -> dict[str, Columns]:
     return extract.extract_all(events)
 
 
-def extract_here(slices: Iterator[bytearray]) -> list[dict[str, Columns]]:
+def extract_here(slices: Iterator[bytearray | memoryview],
+                 bare: bool = False) -> list[dict[str, Columns]]:
     """Columns of every slice, parsed in this process: read by one native scanner for the
     whole file where it is built (no columns per slice to join), a slice it does not take
-    decoded the typed way in its place (`tracekit.load.native`)."""
+    decoded the typed way in its place (`tracekit.load.native`). bare: the slices hold the
+    events without the array's brackets (`EventSlices.views`)."""
     if not native.enabled():
-        return [extract_slice(text) for text in slices]
+        return [extract_slice(_bracketed(text) if bare else text) for text in slices]
     scanner = native.FileScanner()
     parts: list[dict[str, Columns]] = []
     with _gc_off():
         for text in slices:
-            if scanner.feed(text):
+            if scanner.feed(text, bare):
                 continue
             taken = scanner.take()
             if taken is not None:
                 parts.append(taken)
-            parts.append(typed_slice(text))
+            parts.append(typed_slice(_bracketed(text) if bare else text))
     taken = scanner.take()
     if taken is not None:
         parts.append(taken)
@@ -279,8 +300,12 @@ def extract_file(path: Path, workers: int = 0) -> tuple[dict[str, Any], dict[str
         # About four slices per process, so the processes finish at about the same time.
         guess = text_size(path)
         slice_bytes = int(min(SLICE_BYTES, max(MIN_SLICE_BYTES, guess // (4 * (workers + 1)))))
-    slices = EventSlices(path, slice_bytes)
-    parts = extract_here(iter(slices)) if workers <= 0 else _extract_in_pool(slices, workers)
+    if workers <= 0:
+        slices = EventSlices(path, slice_bytes, views=True)
+        parts = extract_here(iter(slices), bare=True)
+    else:
+        slices = EventSlices(path, slice_bytes)
+        parts = _extract_in_pool(slices, workers)
     if slices.meta is None:
         raise NotSliceable("incomplete document")
     if not parts:
