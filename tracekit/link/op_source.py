@@ -155,7 +155,7 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
         out.loc[has, "src_file"] = python["file"].to_numpy()[frame[has]]
         out.loc[has, "src_function"] = python["function"].to_numpy()[frame[has]]
         out.loc[has, "src_line"] = python["line"].to_numpy()[frame[has]]
-        line, exact = _narrowed_lines(ops, python, frame, index, trace)
+        line, exact = _narrowed_lines(ops, python, frame, index, trace, order)
         out.loc[has, "src_line"] = line[has]
         out.loc[has, "src_line_exact"] = exact[has]
     # Backward ops take their forward op's line even when a user frame encloses them (on CPU
@@ -296,7 +296,8 @@ def callee_frames(python: pd.DataFrame, frame: np.ndarray, inner: np.ndarray) ->
 
 
 def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
-               running: np.ndarray, index: SourceIndex) -> tuple[np.ndarray, np.ndarray]:
+               running: np.ndarray, index: SourceIndex, order: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """What each call op is matched by in its user frame's source: `call:NAME` when the frame
     called NAME (a function or builtin the trace shows around the op) and its code calls that
     name (tracekit.source.narrow.CALL_PREFIX), else the op's own name; and the unit its
@@ -309,7 +310,8 @@ def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
     rows = np.flatnonzero(is_call)
     inner = innermost_containing(
         python["tid"].to_numpy(), python["ts"].to_numpy(), python["end"].to_numpy(),
-        python["parent"].to_numpy(), ops["tid"].to_numpy()[rows], ops["ts"].to_numpy()[rows])
+        python["parent"].to_numpy(), ops["tid"].to_numpy()[rows], ops["ts"].to_numpy()[rows],
+        order=order)
     callee = callee_frames(python, frame[rows], inner)
     has = callee >= 0
     if not has.any():
@@ -334,7 +336,8 @@ def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
 
 
 def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
-                    index: SourceIndex, trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+                    index: SourceIndex, trace: Trace, order: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Statement line (and whether it is exact) of each op that has a user frame.
 
     Ops are matched to source by what their frame called (`_call_keys`: the function or
@@ -350,7 +353,7 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     call = call_ops(ops, frame)
     is_call = (np.arange(n) == call) & (frame >= 0)
     running = already_running(python)
-    keys, unit = _call_keys(trace, frame, is_call, running, index)
+    keys, unit = _call_keys(trace, frame, is_call, running, index, order)
     calls = pd.DataFrame({"frame": frame, "key": strings_column(keys), "unit": unit,
                           "ts": ops["ts"].to_numpy()})[is_call]
     # One row per call (a callee frame's ops count once), in time order.

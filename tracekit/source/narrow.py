@@ -173,8 +173,7 @@ class SourceIndex(SourceFiles):
                 lines = [node.lineno for node in matched]
                 # A resumed frame makes one pass from its yield to the next: its calls follow
                 # the candidates in order when each candidate runs once per pass.
-                in_order = not running and all(runs_once_per_pass(scope, line, node)
-                                               for node in matched)
+                in_order = not running and runs_once_per_pass(scope, line, matched)
                 return choose_line(lines, scope.lineno, ordinal, count) if in_order \
                     else choose_line(lines, scope.lineno, 0, 1)
         return Narrowed(scope.lineno, False)

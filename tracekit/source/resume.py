@@ -68,13 +68,19 @@ def activation_order(scope: ast.AST, line: int, nodes: list[ast.AST],
     return after + wrap + own if resumed else own + after + wrap
 
 
-def runs_once_per_pass(scope: ast.AST, line: int, node: ast.AST) -> bool:
-    """Whether `node` runs exactly once each time a frame resumed at `line` passes through
-    the code (no branch, inner loop, comprehension or short-circuit around it, up to the loops
-    that hold `line`): then the frame's k-th such call is the k-th candidate in run order."""
+def runs_once_per_pass(scope: ast.AST, line: int, nodes: list[ast.AST]) -> bool:
+    """Whether each of `nodes` runs exactly once each time a frame resumed at `line` passes
+    through the code (no branch, inner loop, comprehension or short-circuit around it, up to
+    the loops that hold `line`): then the frame's k-th such call is the k-th candidate in run
+    order."""
     parents = {id(child): parent for parent in walk_scope(scope)
                for child in ast.iter_child_nodes(parent)}
     here = statement_at(scope, line)
+    return all(_once(scope, here, parents, node) for node in nodes)
+
+
+def _once(scope: ast.AST, here: ast.stmt | None, parents: dict[int, ast.AST],
+          node: ast.AST) -> bool:
     child, parent = node, parents.get(id(node))
     while parent is not None and parent is not scope:
         holds_line = isinstance(parent, LOOPS) and here is not None \
