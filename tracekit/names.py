@@ -24,6 +24,7 @@ import ctypes
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,6 +217,51 @@ def factorize_text(values: pd.Series | np.ndarray | list[str]) -> tuple[np.ndarr
     object_codes, first = distinct_objects(array)
     value_codes, uniques = pd.factorize(array[first])
     return value_codes[object_codes], np.asarray(uniques, dtype=object)
+
+
+def factorize_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`pd.factorize` of the rows of several equally long columns taken together: each row's
+    code (distinct rows numbered in order of first appearance) and the first row of each code,
+    from which the distinct rows are read (`column[first]`). None is a value of its own.
+
+    Each column is factorized alone (text by `factorize_text`: its repeated str objects
+    compare by address), and the codes are combined into one integer per row, so no tuple of
+    Python objects is built per row as `pd.MultiIndex.from_frame` does: on 700k ops of a
+    690 MB rank, 0.02 s against 0.10.
+    """
+    n = len(columns[0])
+    combined = np.zeros(n, dtype=np.int64)
+    bound = 1
+    for column in columns:
+        codes, width = _column_codes(column)
+        if bound * width >= 2**62:  # keep the product exact: renumber what is combined so far
+            combined, uniques = pd.factorize(combined)
+            bound = max(len(uniques), 1)
+        combined = combined * width + codes
+        bound *= width
+    codes, _ = pd.factorize(combined)
+    if n == 0:
+        return codes, np.zeros(0, dtype=np.intp)
+    seen = np.maximum.accumulate(codes)
+    return codes, np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
+
+
+def distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """`factorize_rows`, with the distinct rows themselves (tuples, in code order)."""
+    codes, first = factorize_rows(*columns)
+    return codes, list(zip(*(np.asarray(column)[first] for column in columns), strict=True))
+
+
+def _column_codes(column: np.ndarray) -> tuple[np.ndarray, int]:
+    """One column's codes, 0..width-1 (None/NaN a code of its own), and their width."""
+    array = np.asarray(column)
+    if array.dtype == bool:
+        return array.astype(np.int64), 2
+    if array.dtype == object:
+        codes, uniques = factorize_text(array)
+    else:
+        codes, uniques = pd.factorize(array)
+    return codes.astype(np.int64) + 1, len(uniques) + 1
 
 
 def object_array(values: pd.Series | np.ndarray | list[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.names import cut_to, factorize_text, kernel_label, names_matching
+from tracekit.names import cut_to, factorize_rows, factorize_text, kernel_label, names_matching
 from tracekit.pipeline import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,3 +108,44 @@ def test_a_text_column_is_factorized_as_pandas_does_with_strings_shared_or_not(v
         expected_codes, expected_uniques = pd.factorize(np.asarray(column, dtype=object))
         assert list(codes) == list(expected_codes)
         assert list(uniques) == list(expected_uniques)
+
+
+def reference_row_codes(columns: list[np.ndarray]) -> tuple[list[int], list[tuple]]:
+    """Rows numbered by first appearance of their tuple of values, in plain Python."""
+    seen: dict[tuple, int] = {}
+    codes = [seen.setdefault(row, len(seen)) for row in zip(*columns, strict=True)]
+    return codes, list(seen)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "ab", ""]) | st.none(),
+                          st.integers(-3, 3), st.booleans(), st.sampled_from(["x", "y"])),
+                max_size=40))
+def test_rows_of_several_columns_are_numbered_by_first_appearance(rows) -> None:
+    """Text (None included, some strings fresh copies of an equal one), integer and boolean
+    columns together: equal rows share a code, and `first` reads the distinct rows back."""
+    texts = [("".join(list(t)) + "") if t is not None and i % 2 else t
+             for i, (t, _, _, _) in enumerate(rows)]
+    columns = [np.array([*texts, None], dtype=object)[:-1],
+               np.array([r[1] for r in rows], dtype=np.int64),
+               np.array([r[2] for r in rows], dtype=bool),
+               np.array([*(r[3] for r in rows), None], dtype=object)[:-1]]
+    codes, first = factorize_rows(*columns)
+    expected_codes, expected_rows = reference_row_codes(columns)
+    assert list(codes) == expected_codes
+    assert list(zip(*(c[first] for c in columns), strict=True)) == expected_rows
+
+
+def test_rows_of_many_wide_columns_keep_their_codes_exact() -> None:
+    """Five columns of 65,535 distinct values each: their codes' product is 2**80, so an
+    unchecked int64 product would drop the first column altogether (65536**4 * c == 0 mod
+    2**64) and join rows that differ only there; the rows seen so far are renumbered instead."""
+    n = 65_536
+    columns = [np.arange(n) % (n - 1) for _ in range(5)]
+    columns[0] = columns[0].copy()
+    columns[0][-1] = 5  # the last row differs from the first in column 0 alone
+    codes, first = factorize_rows(*columns)
+    expected, _ = pd.factorize(pd.MultiIndex.from_arrays(columns))
+    assert codes[-1] != codes[0]
+    assert list(codes) == list(expected)
+    assert len(first) == n

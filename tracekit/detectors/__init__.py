@@ -21,7 +21,6 @@ from typing import Any
 from tracekit.accounting.budget import apply_budget
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
-from tracekit.load.memory import release_freed
 from tracekit.trace import Run, Trace
 
 Summary = Callable[[Trace, Any], Any]
@@ -107,7 +106,6 @@ def rank_summaries(trace: Trace, kinds: Iterable[str] | None = None,
                    params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Each wanted cross-rank detector's summary of one rank."""
     load_detectors()
-    release_freed()  # what loading freed, before the summaries make transients of their own
     wanted = set(kinds) if kinds else set(SUMMARIES)
     return {kind: fn(trace, params_for(kind, params)) for kind, fn in SUMMARIES.items()
             if kind in wanted}
@@ -120,10 +118,8 @@ def run_detectors(run: Run, kinds: Iterable[str] | None = None,
     the step time each finding alone claims); findings sorted worst first."""
     available = load_detectors()
     findings: list[Finding] = []
-    release_freed()  # what loading (or the summaries) freed
     for kind in check_kinds(kinds):
         findings.extend(available[kind].detect(run, params_for(kind, params)))
-        release_freed()  # each detector's transients, before the next one makes its own
     return apply_passes(apply_budget(run, findings))
 
 

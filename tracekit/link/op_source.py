@@ -29,7 +29,7 @@ from tracekit.intervals import innermost_containing, propagate_down, sort_order
 from tracekit.load.columns import strings_column
 from tracekit.load.frames import already_running
 from tracekit.load.userframes import is_generated_file
-from tracekit.names import name_matches
+from tracekit.names import distinct_rows, name_matches
 from tracekit.source import CALL_PREFIX, KERNEL_PREFIX, SourceIndex, call_name
 from tracekit.source.backward_call import backward_statement
 from tracekit.trace import Trace
@@ -242,14 +242,14 @@ def _engine_sources(trace: Trace, out: pd.DataFrame, index: SourceIndex,
     frame = user_frames(trace, waits["tid"].to_numpy()[at], starts[at], order)
     has = frame >= 0
     todo, frame = todo[has], frame[has]
-    keys = pd.DataFrame({"file": python["file"].to_numpy()[frame],
-                         "line": python["line"].to_numpy()[frame],
-                         "function": python["function"].to_numpy()[frame]})
-    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
-    answers = [backward_statement(index, str(f), int(ln), str(fn)) for f, ln, fn in uniques]
+    files = python["file"].to_numpy(dtype=object)[frame]
+    lines = python["line"].to_numpy()[frame]
+    functions = python["function"].to_numpy(dtype=object)[frame]
+    codes, distinct = distinct_rows(files, lines, functions)
+    answers = [backward_statement(index, str(f), int(ln), str(fn)) for f, ln, fn in distinct]
     rows = out.index[todo]
-    out.loc[rows, "src_file"] = keys["file"].to_numpy()
-    out.loc[rows, "src_function"] = keys["function"].to_numpy()
+    out.loc[rows, "src_file"] = files
+    out.loc[rows, "src_function"] = functions
     out.loc[rows, "src_line"] = np.array([a.line for a in answers], dtype=np.int64)[codes]
     out.loc[rows, "src_line_exact"] = np.array([a.exact for a in answers], dtype=bool)[codes]
 
@@ -320,12 +320,9 @@ def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
     codes, frame_names = pd.factorize(python["name"].to_numpy(dtype=object)[callee])
     called = np.array([call_name(str(name)) for name in frame_names], dtype=object)[codes]
     user = frame[rows]
-    asked = pd.DataFrame({
-        "file": python["file"].to_numpy(dtype=object)[user],
-        "line": python["line"].to_numpy()[user],
-        "function": python["function"].to_numpy(dtype=object)[user],
-        "callee": called, "running": running[user]})
-    pairs, distinct = pd.factorize(pd.MultiIndex.from_frame(asked))
+    asked = (python["file"].to_numpy(dtype=object)[user], python["line"].to_numpy()[user],
+             python["function"].to_numpy(dtype=object)[user], called, running[user])
+    pairs, distinct = distinct_rows(*asked)
     found = np.array([bool(c) and index.calls_in_frame(str(f), int(ln), str(fn), str(c),
                                                        running=bool(r))
                       for f, ln, fn, c, r in distinct], dtype=bool)[pairs]
@@ -369,16 +366,11 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     count[call_rows] = per_unit["count"].reindex(unit[call_rows]).to_numpy()
     rows = np.flatnonzero(frame >= 0)
     call_of = call[rows]
-    table = pd.DataFrame({
-        "file": strings_column(python["file"].to_numpy(dtype=object)[frame[rows]]),
-        "line": python["line"].to_numpy()[frame[rows]],
-        "function": strings_column(python["function"].to_numpy(dtype=object)[frame[rows]]),
-        "key": strings_column(keys[call_of]),
-        "ordinal": ordinal[call_of],
-        "count": count[call_of],
-        "running": running[frame[rows]],
-    })
-    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(table))
+    at = frame[rows]
+    table = (python["file"].to_numpy(dtype=object)[at], python["line"].to_numpy()[at],
+             python["function"].to_numpy(dtype=object)[at], keys[call_of], ordinal[call_of],
+             count[call_of], running[at])
+    codes, uniques = distinct_rows(*table)
     answers = [index.narrow_frame(str(f), int(dl), str(fn), str(k), int(o), int(c),
                                   running=bool(r))
                for f, dl, fn, k, o, c, r in uniques]
@@ -408,11 +400,10 @@ def _place_between_neighbours(ops: pd.DataFrame, python: pd.DataFrame, frame: np
     rows = np.flatnonzero(candidates)
     if rows.size == 0:
         return False
-    sites = pd.DataFrame({
-        "file": python["file"].to_numpy(dtype=object)[frame[rows]],
-        "line": python["line"].to_numpy()[frame[rows]],
-        "function": python["function"].to_numpy(dtype=object)[frame[rows]]})
-    codes, distinct = pd.factorize(pd.MultiIndex.from_frame(sites))
+    sites = (python["file"].to_numpy(dtype=object)[frame[rows]],
+             python["line"].to_numpy()[frame[rows]],
+             python["function"].to_numpy(dtype=object)[frame[rows]])
+    codes, distinct = distinct_rows(*sites)
     resumed = np.array([index.is_resumed(str(f), int(ln), str(fn)) for f, ln, fn in distinct],
                        dtype=bool)[codes]
     rows, codes = rows[resumed], codes[resumed]

@@ -29,7 +29,7 @@ from tracekit.load.frames import (
     trace_from_events,
     trace_from_frames,
 )
-from tracekit.load.memory import arrow_on_malloc, release_freed
+from tracekit.load.memory import arrow_on_malloc
 from tracekit.load.progress import LoadProgress, show_progress
 from tracekit.load.read import read_bytes, read_document
 from tracekit.load.rundir import LoadPlan, finish_ranks, skip_or_raise
@@ -65,10 +65,8 @@ def load_trace_file(job: TraceJob) -> Trace:
         with gc_paused():
             trace = read_trace_file(job)
         save_cache(trace)
-    release_freed()
     if job.prepare is not None:
         job.prepare(trace)
-        release_freed()
     return compact_trace(trace)
 
 
