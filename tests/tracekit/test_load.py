@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tracekit.errors import UserError
@@ -22,9 +23,10 @@ from tracekit.load.frames import (
     OP_COLUMNS,
     PYTHON_COLUMNS,
 )
-from tracekit.load.steps import STEP_COLUMNS
+from tracekit.load.steps import STEP_COLUMNS, gpu_spans_from_launches, step_of_times
 from tracekit.pipeline import load, load_trace
 
+REPO = Path(__file__).resolve().parents[2]
 PID, TID, BWD_TID = 100, 100, 200
 
 
@@ -534,3 +536,36 @@ def test_sharing_strings_makes_equal_strings_one_object_and_leaves_the_rest_as_i
     assert shared[1] is shared[0] and shared[6] is shared[0] and shared[5] is shared[3]
     assert shared[3] is texts[3] and shared[2] is None and shared[4] is nan
     assert all(a is b for a, b in zip(frame["mixed"], np.r_[mixed, mixed[:3]], strict=True))
+
+
+COMMITTED_TRACES = sorted(
+    p for p in [*(REPO / "tests/data/gpu").rglob("*.pt.trace.json.gz"),
+                *(REPO / "tests/data/external").glob("*.json.gz")]
+    if ".tkcache" not in p.parts)
+
+
+def spans_by_grouping(steps, kernels, gpu_mem, launches) -> pd.DataFrame:
+    """What gpu_spans_from_launches computes, said with pandas joins and a groupby."""
+    gpu = pd.concat([kernels[["ts", "end", "correlation"]], gpu_mem[["ts", "end", "correlation"]]],
+                    ignore_index=True)
+    by_corr = launches.drop_duplicates("correlation").set_index("correlation")["ts"]
+    launch_ts = gpu["correlation"].map(by_corr).to_numpy(dtype=np.float64, na_value=np.nan)
+    step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(),
+                         steps["step"].to_numpy(), np.nan_to_num(launch_ts, nan=-np.inf))
+    gpu = gpu.assign(step=step)
+    spans = gpu[gpu["step"] >= 0].groupby("step").agg(gpu_ts=("ts", "min"), gpu_end=("end", "max"))
+    return steps[["step"]].join(spans, on="step")[["gpu_ts", "gpu_end"]]
+
+
+@pytest.mark.parametrize("path", COMMITTED_TRACES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_each_steps_gpu_span_is_the_first_to_last_gpu_work_it_launched(path: Path) -> None:
+    """On every committed trace (ours, and other people's: ROCm, old Kineto, no launches),
+    also with the steps shuffled and one step that launched nothing."""
+    trace = load_trace(path, link=False)
+    steps = trace.steps
+    shuffled = pd.concat([steps, pd.DataFrame({"step": [10**6], "cpu_ts": [-2.0],
+                                                "cpu_end": [-1.0]})], ignore_index=True)
+    for table in (steps, shuffled.sample(frac=1.0, random_state=5)):
+        got = gpu_spans_from_launches(table, trace.kernels, trace.gpu_mem, trace.launches)
+        expected = spans_by_grouping(table, trace.kernels, trace.gpu_mem, trace.launches)
+        pd.testing.assert_frame_equal(got, expected.astype(np.float64))

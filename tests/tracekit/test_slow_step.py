@@ -10,7 +10,7 @@ import pytest
 from tests.planted import GPU_DATA, load_planted, planted_line
 from tests.synth import SynthTrace, write_run
 from tracekit.detectors.slow_step import detect
-from tracekit.link.steptime import median_step_us
+from tracekit.link.steptime import median_step_us, step_table
 from tracekit.pipeline import load
 
 COMPILED_CPU = Path(__file__).resolve().parents[1] / "data" / "compiled_cpu"
@@ -197,3 +197,23 @@ def test_the_compiled_cpu_run_says_its_step_6_is_the_profilers() -> None:
     by_step = {f.step: f for f in detect(run)}
     assert by_step[6].severity == "low" and by_step[6].evidence["profiler"] == "export"
     assert "profiler" not in by_step[7].evidence  # step 7 is an ordinary step of the script
+
+
+def median_from_step_table(trace) -> float | None:
+    table = step_table(trace)
+    times = table[["cpu_us", "gpu_us"]].max(axis=1, skipna=True).dropna()
+    return float(times.median()) if len(times) else None
+
+
+@pytest.mark.parametrize("run_dir", sorted({p.parent for p in GPU_DATA.rglob("*.pt.trace.json.gz")
+                                     if ".tkcache" not in p.parts}),
+                         ids=lambda p: p.relative_to(GPU_DATA).as_posix())
+def test_a_ranks_median_step_is_the_median_of_its_step_tables_longer_side(run_dir) -> None:
+    """median_step_us reads the steps as arrays; it agrees with step_table's columns on every
+    recorded GPU run, steps without GPU work and a first step without a predecessor included."""
+    for trace in load(run_dir).traces:
+        with_a_gap = trace.steps.copy()
+        with_a_gap.loc[with_a_gap.index[:1], ["gpu_ts", "gpu_end"]] = float("nan")
+        for steps in (trace.steps, with_a_gap.sample(frac=1.0, random_state=3)):
+            trace.steps = steps
+            assert median_step_us(trace) == median_from_step_table(trace)

@@ -34,7 +34,7 @@ import pandas as pd
 from tracekit.accounting.sets import gpu_sets
 from tracekit.detectors import register, register_summary, straggler
 from tracekit.detectors.collectives import INSTANCE_COLUMNS, collective_name, launch_columns
-from tracekit.detectors.labels import user_label
+from tracekit.detectors.labels import user_labels
 from tracekit.durations import ms_or_us
 from tracekit.finding import Cause, Culprit, Finding, severity_from_cost
 from tracekit.intervals import (
@@ -81,7 +81,7 @@ def exposed_kernels(trace: Trace) -> pd.DataFrame:
     launch = launch_columns(trace)
     tid = launch["launch_tid"].to_numpy()[rows]
     at = launch["launch_ts"].to_numpy(dtype=np.float64)[rows]
-    labels = [user_label(trace, int(t), float(a)) or "" for t, a in zip(tid, at, strict=True)]
+    labels = [label or "" for label in user_labels(trace, tid, at)]
     names = collective_name(k.iloc[rows]).to_numpy()
     return pd.DataFrame({"row": rows, "step": k["step"].to_numpy()[rows],
                          "collective": [n if not n.startswith(("nccl", "void")) else

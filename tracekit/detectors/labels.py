@@ -52,9 +52,40 @@ class LabelIndex:
         return str(self.names[hit[np.argmax(self.ts[hit])]])
 
 
+    def at_many(self, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
+        """`at` for each (tid, t), one thread at a time: every label of the thread against a
+        block of its queries at once (blocks bounded to a few million pairs)."""
+        tids = np.asarray(tids, dtype=np.int64)
+        times = np.asarray(times, dtype=np.float64)
+        out: list[str | None] = [None] * len(times)
+        asked = (tids >= 0) & np.isfinite(times)
+        for tid in np.unique(tids[asked]):
+            own = np.flatnonzero(self.tid == tid)
+            if not len(own):
+                continue
+            starts, ends = self.ts[own], self.end[own]
+            queries = np.flatnonzero(asked & (tids == tid))
+            block = max(1, 4_000_000 // len(own))
+            for lo in range(0, len(queries), block):
+                rows = queries[lo:lo + block]
+                t = times[rows][:, None]
+                score = np.where((starts <= t) & (ends >= t), starts, -np.inf)
+                best = np.argmax(score, axis=1)  # the first of the latest-starting, as `at`
+                for row, label, open_ in zip(rows, best, np.isfinite(score.max(axis=1)),
+                                             strict=True):
+                    if open_:
+                        out[row] = str(self.names[own[label]])
+        return out
+
+
 _LABEL_INDEX: dict[int, tuple[weakref.ref, LabelIndex]] = {}
 
 
 def user_label(trace: Trace, tid: int, ts: float) -> str | None:
     """The innermost user record_function label open on CPU thread `tid` at time `ts`."""
     return LabelIndex.of(trace).at(tid, ts)
+
+
+def user_labels(trace: Trace, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
+    """`user_label` of many (tid, time) pairs."""
+    return LabelIndex.of(trace).at_many(tids, times)

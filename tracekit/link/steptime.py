@@ -57,11 +57,20 @@ def gpu_period_start(ordered: pd.DataFrame, consecutive_only: bool) -> pd.Series
 
 def median_step_us(trace: Trace) -> float | None:
     """Median step time of a rank (the larger of CPU span and GPU period per step), or None."""
-    if trace.steps.empty:
+    steps = trace.steps
+    if steps.empty:
         return None
-    table = step_table(trace)
-    times = table[["cpu_us", "gpu_us"]].max(axis=1, skipna=True).dropna()
-    return float(times.median()) if len(times) else None
+    # step_table's columns, on arrays: every detector asks this once per rank.
+    order = np.argsort(steps["step"].to_numpy(), kind="stable")
+    cpu_us = (steps["cpu_end"].to_numpy(dtype=np.float64)
+              - steps["cpu_ts"].to_numpy(dtype=np.float64))[order]
+    gpu_ts = steps["gpu_ts"].to_numpy(dtype=np.float64)[order]
+    gpu_end = steps["gpu_end"].to_numpy(dtype=np.float64)[order]
+    previous_end = np.r_[np.nan, gpu_end[:-1]]
+    gpu_us = gpu_end - np.where(np.isnan(previous_end), gpu_ts, previous_end)
+    times = np.fmax(cpu_us, gpu_us)
+    times = times[~np.isnan(times)]
+    return float(np.median(times)) if len(times) else None
 
 
 def run_step_us(run: Run) -> float | None:

@@ -80,13 +80,32 @@ def step_of_times(steps_ts: np.ndarray, steps_end: np.ndarray, step_numbers: np.
 
 def gpu_spans_from_launches(steps: pd.DataFrame, kernels: pd.DataFrame, gpu_mem: pd.DataFrame,
                             launches: pd.DataFrame) -> pd.DataFrame:
-    """Per step, first start and last end of the GPU work launched inside its CPU span."""
-    gpu = pd.concat([kernels[["ts", "end", "correlation"]], gpu_mem[["ts", "end", "correlation"]]],
-                    ignore_index=True)
-    by_corr = launches.drop_duplicates("correlation").set_index("correlation")["ts"]
-    launch_ts = gpu["correlation"].map(by_corr).to_numpy(dtype=np.float64, na_value=np.nan)
-    step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(),
-                         steps["step"].to_numpy(), np.nan_to_num(launch_ts, nan=-np.inf))
-    gpu = gpu.assign(step=step)
-    spans = gpu[gpu["step"] >= 0].groupby("step").agg(gpu_ts=("ts", "min"), gpu_end=("end", "max"))
-    return steps[["step"]].join(spans, on="step")[["gpu_ts", "gpu_end"]]
+    """Per step, first start and last end of the GPU work launched inside its CPU span
+    (NaN for a step that launched none), indexed like `steps`."""
+    def column(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([kernels[name].to_numpy(dtype=dtype),
+                               gpu_mem[name].to_numpy(dtype=dtype)])
+
+    ts, end = column("ts", np.float64), column("end", np.float64)
+    correlation = column("correlation", np.int64)
+    # The launch of each GPU row: the first launch call with its correlation id.
+    launch_corr = launches["correlation"].to_numpy(dtype=np.int64)
+    known, first = np.unique(launch_corr, return_index=True)
+    at = np.minimum(np.searchsorted(known, correlation), max(len(known) - 1, 0))
+    launched = (known[at] == correlation) if len(known) else np.zeros(len(ts), dtype=bool)
+    launch_ts = np.full(len(ts), -np.inf)
+    launch_ts[launched] = launches["ts"].to_numpy(dtype=np.float64)[first[at[launched]]]
+    numbers = steps["step"].to_numpy()
+    step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(), numbers,
+                         launch_ts)
+    # Steps are one row per number: each GPU row's step row, then its min/max per row.
+    by_number = np.argsort(numbers, kind="stable")
+    inside = step >= 0
+    row = by_number[np.searchsorted(numbers[by_number], step[inside])]
+    gpu_ts = np.full(len(steps), np.inf)
+    gpu_end = np.full(len(steps), -np.inf)
+    np.fmin.at(gpu_ts, row, ts[inside])
+    np.fmax.at(gpu_end, row, end[inside])
+    none = np.bincount(row, minlength=len(steps)) == 0
+    gpu_ts[none] = gpu_end[none] = np.nan
+    return pd.DataFrame({"gpu_ts": gpu_ts, "gpu_end": gpu_end}, index=steps.index)

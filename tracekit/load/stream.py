@@ -47,6 +47,8 @@ MAX_WORKERS = 15
 MIN_CPUS_FOR_POOL = 3
 SEPARATORS = (b"},\n  {", b'},{"', b'}, {"')
 EVENTS_KEY = re.compile(rb'(?<!\\)"traceEvents"\s*:\s*\[')
+LEADING_SPACE = re.compile(rb"[ \t\r\n\xef\xbb\xbf]*")
+"""Whitespace (and a UTF-8 byte-order mark) before the document: skipped without a copy."""
 BARE_HEADER = b'{"traceEvents":['
 """What a bare event array (Chrome's array form) is read as: the object form's start."""
 
@@ -111,7 +113,8 @@ class EventSlices:
         for chunk in chunks:
             buf += chunk
             self.text_bytes += len(chunk)
-            start = buf.lstrip(b" \t\r\n\xef\xbb\xbf")[:1]
+            first = LEADING_SPACE.match(buf).end()
+            start = buf[first:first + 1]
             if start == b"[":
                 del buf[:buf.index(b"[") + 1]
                 self.bare = True
