@@ -341,6 +341,7 @@ def test_sliced_and_parallel_reading_equals_whole_document(
     monkeypatch.setattr(stream, "MIN_SLICE_BYTES", 4096)
     monkeypatch.setattr(stream, "READ_BYTES", 4096)  # slices are cut between reads
     monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "NATIVE_PARALLEL_MIN_BYTES", 0)
     assert len(list(stream.EventSlices(path, 4096))) > 5
     # Runtime and driver launches alternate in the file; every slice holds both kinds.
     assert set(whole.launches["name"]) >= {"cuLaunchKernelEx", "cudaLaunchKernel"}
@@ -436,6 +437,7 @@ def test_slices_parsed_in_other_processes_share_their_strings_before_linking(
 
     monkeypatch.setenv("TRACEKIT_CACHE", "0")
     monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "NATIVE_PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(stream, "MIN_SLICE_BYTES", 1 << 16)  # several slices per process
     monkeypatch.setattr(stream, "READ_BYTES", 1 << 16)
     trace = read_trace_file(TraceJob(DATA / "select_backward_index" / "rank0.pt.trace.json.gz",
@@ -569,3 +571,19 @@ def test_each_steps_gpu_span_is_the_first_to_last_gpu_work_it_launched(path: Pat
         got = gpu_spans_from_launches(table, trace.kernels, trace.gpu_mem, trace.launches)
         expected = spans_by_grouping(table, trace.kernels, trace.gpu_mem, trace.launches)
         pd.testing.assert_frame_equal(got, expected.astype(np.float64))
+
+
+@pytest.mark.parametrize(("mb", "scanner", "extra"), [
+    (20, False, 0), (54, False, 7), (54, True, 0), (300, True, 7), (300, False, 7)])
+def test_a_file_is_parsed_by_a_pool_only_where_that_pays(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, mb: int,
+                                                          scanner: bool, extra: int) -> None:
+    """With eight processes to spend: the typed path pools files from 24 MB, the native
+    scanner (whose slices cost more to send back than to scan) from 256 MB."""
+    from tracekit.load import stream
+
+    trace = tmp_path / "rank0.json"
+    trace.write_text("{}")
+    monkeypatch.setattr(stream, "text_size", lambda path: mb * 2**20)
+    monkeypatch.setattr(stream.native, "enabled", lambda: scanner)
+    assert stream.worker_count(trace, processes=8) == extra

@@ -67,6 +67,7 @@ def test_rank_processes_parse_their_file_in_slices(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("TRACEKIT_CACHE", "0")
     monkeypatch.setattr(stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "NATIVE_PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(stream, "MIN_CPUS_FOR_POOL", 1)
     run_dir = REPO / "traces" / "switch-tie-eager"
     _, sliced = analyze_rankwise(run_dir, progress=False, workers=4)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from tracekit.commands.options import PARAM_HELP, split_kinds
+from tracekit.commands.options import PARAM_HELP, one_blas_thread, split_kinds
 from tracekit.errors import UserError
 from tracekit.finding import SEVERITY_ORDER, Finding
 
@@ -155,6 +155,7 @@ def register(app: typer.Typer) -> None:
         """Find why steps are slow: step accounting, then select_backward, sm_contention,
         comm_gap, slow_step, gpu_idle, straggler, exposed_comm, profiler_distortion,
         strided_elementwise."""
+        one_blas_thread()
         # Imported when the command runs: `cli.py --help` stays fast (pandas, numpy).
         from tracekit.detectors import parse_params
         from tracekit.pipeline import analyze_rankwise, analyze_run

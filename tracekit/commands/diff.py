@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from tracekit.commands.options import PARAM_HELP
+from tracekit.commands.options import PARAM_HELP, one_blas_thread
 from tracekit.errors import UserError
 
 
@@ -25,6 +25,7 @@ def diff_command(
     param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
 ) -> None:
     """Compare two runs: step times, kernels, ops, findings and exposed communication."""
+    one_blas_thread()
     from rich.console import Console
 
     from tracekit.commands.diff_report import print_diff, write_diff_html

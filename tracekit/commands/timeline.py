@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from tracekit.commands.options import PARAM_HELP, split_kinds
+from tracekit.commands.options import PARAM_HELP, one_blas_thread, split_kinds
 from tracekit.errors import UserError
 
 
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         param: list[str] = typer.Option(None, "--param", help=PARAM_HELP),
     ) -> None:
         """Write an interactive Plotly timeline (plotly.js embedded: opens offline)."""
+        one_blas_thread()
         try:
             import plotly  # noqa: F401
         except ImportError:
