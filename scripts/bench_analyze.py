@@ -235,6 +235,8 @@ def run_worker(name: str, path: Path, cache: str | None = None) -> dict[str, Any
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if cache is not None:
         env["BENCH_FILL_CACHE"] = cache
+    if name.startswith("tracekit") or name == "imports":  # as `cli.py analyze` runs
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # (commands.options.one_blas_thread)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=tree)

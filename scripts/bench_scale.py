@@ -363,6 +363,8 @@ def measure(contender: str, info: dict[str, Any], timeout_s: int,
     tree = baseline or str(REPO)
     pythonpath = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": pythonpath, **env_extra}
+    if kind.startswith("tracekit"):  # as `cli.py analyze` runs (commands.options.one_blas_thread)
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
     result = Measurement(contender, info["size_mb"], info["ranks"], events, None, None, None,
                          None, json_mb=sum(f["json_bytes"] for f in info["files"]) / 1e6,
                          files=len(files),
