@@ -562,11 +562,12 @@ def spans_by_grouping(steps, kernels, gpu_mem, launches) -> pd.DataFrame:
 @pytest.mark.parametrize("path", COMMITTED_TRACES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_each_steps_gpu_span_is_the_first_to_last_gpu_work_it_launched(path: Path) -> None:
     """On every committed trace (ours, and other people's: ROCm, old Kineto, no launches),
-    also with the steps shuffled and one step that launched nothing."""
+    also with the steps shuffled, one step that launched nothing and one row given twice."""
     trace = load_trace(path, link=False)
     steps = trace.steps
     shuffled = pd.concat([steps, pd.DataFrame({"step": [10**6], "cpu_ts": [-2.0],
-                                                "cpu_end": [-1.0]})], ignore_index=True)
+                                                "cpu_end": [-1.0]}), steps.iloc[:1]],
+                         ignore_index=True)  # a step that launched nothing; a repeated row
     for table in (steps, shuffled.sample(frac=1.0, random_state=5)):
         got = gpu_spans_from_launches(table, trace.kernels, trace.gpu_mem, trace.launches)
         expected = spans_by_grouping(table, trace.kernels, trace.gpu_mem, trace.launches)

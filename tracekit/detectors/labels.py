@@ -51,7 +51,6 @@ class LabelIndex:
             return None
         return str(self.names[hit[np.argmax(self.ts[hit])]])
 
-
     def at_many(self, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
         """`at` for each (tid, t), one thread at a time: every label of the thread against a
         block of its queries at once (blocks bounded to a few million pairs)."""

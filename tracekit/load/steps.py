@@ -98,14 +98,15 @@ def gpu_spans_from_launches(steps: pd.DataFrame, kernels: pd.DataFrame, gpu_mem:
     numbers = steps["step"].to_numpy()
     step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(), numbers,
                          launch_ts)
-    # Steps are one row per number: each GPU row's step row, then its min/max per row.
-    by_number = np.argsort(numbers, kind="stable")
+    # First start and last end per step number, then on every row of that number.
+    distinct, row_number = np.unique(numbers, return_inverse=True)
     inside = step >= 0
-    row = by_number[np.searchsorted(numbers[by_number], step[inside])]
-    gpu_ts = np.full(len(steps), np.inf)
-    gpu_end = np.full(len(steps), -np.inf)
-    np.fmin.at(gpu_ts, row, ts[inside])
-    np.fmax.at(gpu_end, row, end[inside])
-    none = np.bincount(row, minlength=len(steps)) == 0
+    of_step = np.searchsorted(distinct, step[inside])
+    gpu_ts = np.full(len(distinct), np.inf)
+    gpu_end = np.full(len(distinct), -np.inf)
+    np.fmin.at(gpu_ts, of_step, ts[inside])
+    np.fmax.at(gpu_end, of_step, end[inside])
+    none = np.bincount(of_step, minlength=len(distinct)) == 0
     gpu_ts[none] = gpu_end[none] = np.nan
-    return pd.DataFrame({"gpu_ts": gpu_ts, "gpu_end": gpu_end}, index=steps.index)
+    return pd.DataFrame({"gpu_ts": gpu_ts[row_number], "gpu_end": gpu_end[row_number]},
+                        index=steps.index)
