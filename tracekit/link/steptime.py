@@ -56,7 +56,8 @@ def gpu_period_start(ordered: pd.DataFrame, consecutive_only: bool) -> pd.Series
 
 
 def median_step_us(trace: Trace) -> float | None:
-    """Median step time of a rank (the larger of CPU span and GPU period per step), or None."""
+    """Median step time of a rank (the larger of CPU span and GPU period per step; on a trace
+    with GPU work, over the steps that ran some), or None."""
     steps = trace.steps
     if steps.empty:
         return None
@@ -69,6 +70,10 @@ def median_step_us(trace: Trace) -> float | None:
     previous_end = np.r_[np.nan, gpu_end[:-1]]
     gpu_us = gpu_end - np.where(np.isnan(previous_end), gpu_ts, previous_end)
     times = np.fmax(cpu_us, gpu_us)
+    if not np.isnan(gpu_end).all():
+        # As the step accounting: on a GPU trace the steps that ran GPU work. A step that
+        # launched none (the profiler's last, cut short by its export) is no step of the job.
+        times = times[~np.isnan(gpu_end)]
     times = times[~np.isnan(times)]
     return float(np.median(times)) if len(times) else None
 

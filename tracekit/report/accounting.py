@@ -66,14 +66,23 @@ def summary_lines(acc: RunAccounting) -> list[str]:
     causes = per_rank[[f"idle_{c}_us" for c in IDLE_CAUSES]].mean()
     total_idle = float(per_rank["idle_us"].mean())
     if total_idle > 0:
-        parts = [f"{CAUSE_LABELS[c]} {format_us(float(causes[f'idle_{c}_us']))}"
-                 for c in sorted(IDLE_CAUSES, key=lambda c: -float(causes[f"idle_{c}_us"]))
-                 if causes[f"idle_{c}_us"] >= 0.01 * total_idle]
+        by_cause = {c: float(causes[f"idle_{c}_us"]) for c in IDLE_CAUSES}
         lines.append("  GPU idle by what the CPU was doing (mean over ranks, per step): "
-                     + ", ".join(parts))
+                     + ", ".join(cause_parts(by_cause, 0.01 * total_idle)))
         lines += top_sources(acc, n_steps=float(per_rank["steps"].mean()))
     lines += idle_steps(acc)
     return lines
+
+
+def cause_parts(by_cause: dict[str, float], least_us: float) -> list[str]:
+    """Idle causes from the largest, those of at least `least_us` each; the rest together as
+    "other", so that the parts add up to the idle time they split."""
+    ordered = sorted(by_cause.items(), key=lambda kv: -kv[1])
+    parts = [f"{CAUSE_LABELS[c]} {format_us(v)}" for c, v in ordered if v >= least_us]
+    rest = sum(v for _, v in ordered if v < least_us)
+    if rest >= 0.5:  # what rounds to "0 us" says nothing
+        parts.append(f"other {format_us(rest)}")
+    return parts
 
 
 def top_sources(acc: RunAccounting, n_steps: float, top: int = 3) -> list[str]:
@@ -104,8 +113,7 @@ def idle_steps(acc: RunAccounting) -> list[str]:
     out = [f"  Steps at least {IDLE_STEP_FRAC:.0%} idle ({len(heavy)}):"]
     for r in heavy.sort_values("idle_us", ascending=False).head(MAX_IDLE_STEPS).itertuples():
         by_cause = {c: float(getattr(r, f"idle_{c}_us")) for c in IDLE_CAUSES}
-        parts = [f"{CAUSE_LABELS[c]} {format_us(v)}" for c, v in
-                 sorted(by_cause.items(), key=lambda kv: -kv[1]) if v >= 0.05 * r.idle_us]
+        parts = cause_parts(by_cause, 0.05 * r.idle_us)
         step = "-" if r.step < 0 else str(int(r.step))
         out.append(f"    rank {int(r.rank)} step {step}: {format_us(r.idle_us)} of "
                    f"{format_us(r.wall_us)} idle ({pct(r.idle_us, r.wall_us)}): "
