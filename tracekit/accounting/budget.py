@@ -12,7 +12,8 @@ per step it touches), sets
 
 A finding's cost therefore never exceeds its steps, time on two streams counts once (the
 union), and the costs of a step's findings never sum to more than the step (the subtraction).
-Findings left with nothing are dropped (what they explain is explained by a worse one).
+Findings left with less than MIN_CLAIM_US are dropped (what they explain is explained by a
+worse one, or lies outside the steps but for a sliver at a window's edge).
 Severity is recomputed from the new cost per step; evidence gains `cost_per_step_us`,
 `cost_pct_of_step` (of the run's step time) and `cost_by_step_us` ({step: cost inside that
 step's window}, ProfilerStep numbers only: a finding merged over steps says what it costs in
@@ -42,6 +43,12 @@ from tracekit.trace import Run
 STEP_LEVEL = frozenset({"slow_step"})
 """Kinds that explain a whole slow step: at equal severity they claim first, and the findings
 that refine them (gpu_idle naming the same stall) keep what is left."""
+
+
+MIN_CLAIM_US = 1.0
+"""The least time a finding must claim to be kept. What claims less is a sliver where a span
+meets a step window's edge (a comm_gap of the ResNet MI300X trace, 2.7 ms long outside its
+steps, kept 16 ns of one step: "cost 0 us"), which no user can act on."""
 
 
 RESIDUAL = frozenset({"exposed_comm"})
@@ -76,7 +83,7 @@ def apply_budget(run: Run, findings: list[Finding]) -> list[Finding]:
         for f in sorted(items, key=lambda f, sets=sets: claim_order(f, sets)):
             own = subtract_intervals(intersect_intervals(as_set(f.spans), sets.windows), claimed)
             cost = total_length(own)
-            if cost <= 0:
+            if cost < MIN_CLAIM_US:
                 dropped.add(id(f))
                 f.spans = EMPTY
                 continue
