@@ -131,40 +131,17 @@ static int buf_grow(Buf *b, size_t n) {
     return 0;
 }
 
-static inline int put_f64(Buf *b, double v) {
-    if (b->len + sizeof v > b->cap && buf_grow(b, sizeof v) < 0)
+static inline int buf_put(Buf *b, const void *p, size_t n) {
+    if (b->len + n > b->cap && buf_grow(b, n) < 0)
         return -1;
-    memcpy(b->data + b->len, &v, sizeof v);
-    b->len += sizeof v;
-    return 0;
-}
-
-static inline int put_i64(Buf *b, int64_t v) {
-    if (b->len + sizeof v > b->cap && buf_grow(b, sizeof v) < 0)
-        return -1;
-    memcpy(b->data + b->len, &v, sizeof v);
-    b->len += sizeof v;
-    return 0;
-}
-
-static int buf_put(Buf *b, const void *p, size_t n) {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (d == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        b->data = d;
-        b->cap = cap;
-    }
     memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;
 }
 
+static inline int put_f64(Buf *b, double v) { return buf_put(b, &v, sizeof v); }
+
+static inline int put_i64(Buf *b, int64_t v) { return buf_put(b, &v, sizeof v); }
 
 /* ---- lexing ------------------------------------------------------------------------- */
 
