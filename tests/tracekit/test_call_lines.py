@@ -26,36 +26,41 @@ LOADER_PY = textwrap.dedent('''\
 ''')
 
 
+def call(frame: str, at: float, dur: float, *ops: tuple[str, float, float]) -> list[dict]:
+    """A Python frame at `at` and the ops it ran, each (name, offset from `at`, duration)."""
+    return [x("python_function", frame, at, dur),
+            *(x("cpu_op", name, at + offset, d) for name, offset, d in ops)]
+
+
+TENSOR = "<built-in method tensor of type object at 0x1>"
+MADE = (("aten::empty", 1, 2), ("aten::to", 4, 2), ("aten::lift_fresh", 7, 2))
+"""What torch.tensor(...) runs."""
+ITER = "torch/_tensor.py(1141): __iter__"
+COPIED = (("aten::to", 1, 38), ("aten::_to_copy", 2, 30))
+"""What a `.to(device)` copy runs."""
+
+
 def resumed_generator_events() -> list[dict]:
     """`batches` resumed at its `yield` (line 8, as the tracer names a resumed generator):
     two torch.tensor calls, zip iterating two tensors (Tensor.__iter__ -> unbind), cat, and two
     `.to` calls, each call's frame around its ops. A call returns before it (the generator
     was resumed while profiling, not running when the profiler started)."""
-    frame = "loader.py(8): batches"
     return [
         x("python_function", "<built-in function len>", 0, 2),
-        x("python_function", frame, 5, 995),
-        x("python_function", "<built-in method tensor of type object at 0x1>", 10, 20),
-        x("cpu_op", "aten::empty", 11, 2), x("cpu_op", "aten::to", 14, 2),
-        x("cpu_op", "aten::lift_fresh", 17, 2),
-        x("python_function", "<built-in method tensor of type object at 0x1>", 40, 20),
-        x("cpu_op", "aten::empty", 41, 2), x("cpu_op", "aten::to", 44, 2),
-        x("cpu_op", "aten::lift_fresh", 47, 2),
-        x("python_function", "torch/_tensor.py(1141): __iter__", 70, 20),
-        x("python_function", "<built-in method unbind of Tensor object at 0x2>", 71, 18),
-        x("cpu_op", "aten::unbind", 72, 15),
-        x("python_function", "torch/_tensor.py(1141): __iter__", 100, 20),
-        x("python_function", "<built-in method unbind of Tensor object at 0x3>", 101, 18),
-        x("cpu_op", "aten::unbind", 102, 15),
+        x("python_function", "loader.py(8): batches", 5, 995),
+        *call(TENSOR, 10, 20, *MADE),
+        *call(TENSOR, 40, 20, *MADE),
+        *call(ITER, 70, 20),
+        *call("<built-in method unbind of Tensor object at 0x2>", 71, 18, ("aten::unbind", 1, 15)),
+        *call(ITER, 100, 20),
+        *call("<built-in method unbind of Tensor object at 0x3>", 101, 18,
+              ("aten::unbind", 1, 15)),
         x("cpu_op", "aten::item", 130, 2), x("cpu_op", "aten::item", 133, 2),
         x("cpu_op", "aten::slice", 136, 3),
-        x("python_function", "<built-in method cat of type object at 0x1>", 200, 40),
-        x("cpu_op", "aten::cat", 201, 38),
+        *call("<built-in method cat of type object at 0x1>", 200, 40, ("aten::cat", 1, 38)),
         x("cpu_op", "aten::is_nonzero", 250, 5),
-        x("python_function", "<built-in method to of Tensor object at 0x4>", 300, 40),
-        x("cpu_op", "aten::to", 301, 38), x("cpu_op", "aten::_to_copy", 302, 30),
-        x("python_function", "<built-in method to of Tensor object at 0x5>", 400, 40),
-        x("cpu_op", "aten::to", 401, 38), x("cpu_op", "aten::_to_copy", 402, 30),
+        *call("<built-in method to of Tensor object at 0x4>", 300, 40, *COPIED),
+        *call("<built-in method to of Tensor object at 0x5>", 400, 40, *COPIED),
     ]
 
 
