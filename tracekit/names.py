@@ -240,10 +240,7 @@ def factorize_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         combined = combined * width + codes
         bound *= width
     codes, _ = pd.factorize(combined)
-    if n == 0:
-        return codes, np.zeros(0, dtype=np.intp)
-    seen = np.maximum.accumulate(codes)
-    return codes, np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
+    return codes, first_rows(codes)
 
 
 def distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
@@ -278,9 +275,16 @@ def distinct_objects(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(array) == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
     object_codes, _ = pd.factorize(_addresses(array))
-    seen = np.maximum.accumulate(object_codes)
-    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
-    return object_codes, first
+    return object_codes, first_rows(object_codes)
+
+
+def first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code, for codes numbered in order of first appearance (as
+    `pd.factorize` numbers them): where the running maximum grows."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.intp)
+    seen = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
 
 
 def _addresses(array: np.ndarray) -> np.ndarray:

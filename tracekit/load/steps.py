@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from tracekit.load.keys import RowsByKey
 from tracekit.names import name_matches
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d{1,9})$")
@@ -90,11 +91,10 @@ def gpu_spans_from_launches(steps: pd.DataFrame, kernels: pd.DataFrame, gpu_mem:
     correlation = column("correlation", np.int64)
     # The launch of each GPU row: the first launch call with its correlation id.
     launch_corr = launches["correlation"].to_numpy(dtype=np.int64)
-    known, first = np.unique(launch_corr, return_index=True)
-    at = np.minimum(np.searchsorted(known, correlation), max(len(known) - 1, 0))
-    launched = (known[at] == correlation) if len(known) else np.zeros(len(ts), dtype=bool)
+    launch = RowsByKey.first(launch_corr, np.zeros(len(launch_corr))).lookup(correlation)
+    launched = launch >= 0
     launch_ts = np.full(len(ts), -np.inf)
-    launch_ts[launched] = launches["ts"].to_numpy(dtype=np.float64)[first[at[launched]]]
+    launch_ts[launched] = launches["ts"].to_numpy(dtype=np.float64)[launch[launched]]
     numbers = steps["step"].to_numpy()
     step = step_of_times(steps["cpu_ts"].to_numpy(), steps["cpu_end"].to_numpy(), numbers,
                          launch_ts)
