@@ -96,7 +96,7 @@ class EventSlices:
         self.text_bytes = 0
         self.bare = False
 
-    def __iter__(self) -> Iterator[bytearray]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         chunks = text_chunks(self.path)
         buf = bytearray()
         header = self._read_header(chunks, buf)
@@ -176,8 +176,7 @@ class EventSlices:
         meta.pop("traceEvents")
         self.meta = meta
 
-
-    def _slice(self, buf: bytearray, end: int) -> Iterator[bytearray | memoryview]:
+    def _slice(self, buf: bytearray, end: int) -> Iterator[bytes | memoryview]:
         """The events of buf[:end]: a copy as a JSON array, or (views) a view released when
         the next slice is asked for."""
         if not self.views:
@@ -187,13 +186,10 @@ class EventSlices:
             yield events
 
 
-def _array_text(buf: bytearray, end: int) -> bytearray:
+def _array_text(buf: bytearray, end: int) -> bytes:
     """`[` + buf[:end] + `]`, copied once."""
-    text = bytearray(b"[")
-    with memoryview(buf) as view, view[:end] as part:
-        text += part  # released before the caller resizes buf
-    text += b"]"
-    return text
+    with memoryview(buf) as view, view[:end] as part:  # released before buf is resized
+        return _bracketed(part)
 
 
 def _separator(buf: bytearray, strict: bool = True) -> bytes | None:
