@@ -21,6 +21,8 @@ neither a forward op nor a user frame (a parameter's gradient accumulation) take
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,7 +157,7 @@ def op_sources(trace: Trace, index: SourceIndex) -> pd.DataFrame:
         out.loc[has, "src_file"] = python["file"].to_numpy()[frame[has]]
         out.loc[has, "src_function"] = python["function"].to_numpy()[frame[has]]
         out.loc[has, "src_line"] = python["line"].to_numpy()[frame[has]]
-        line, exact = _narrowed_lines(ops, python, frame, index, trace, order)
+        line, exact = _narrowed_lines(trace, frame, index, order)
         out.loc[has, "src_line"] = line[has]
         out.loc[has, "src_line_exact"] = exact[has]
     # Backward ops take their forward op's line even when a user frame encloses them (on CPU
@@ -332,9 +334,8 @@ def _call_keys(trace: Trace, frame: np.ndarray, is_call: np.ndarray,
     return keys, unit
 
 
-def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
-                    index: SourceIndex, trace: Trace, order: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _narrowed_lines(trace: Trace, frame: np.ndarray, index: SourceIndex,
+                    order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Statement line (and whether it is exact) of each op that has a user frame.
 
     Ops are matched to source by what their frame called (`_call_keys`: the function or
@@ -344,6 +345,7 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     code that can run after that line (`SourceIndex.narrow_frame`). Each distinct (frame,
     key, k, count) is narrowed once.
     """
+    ops, python = trace.ops, trace.python
     n = len(ops)
     line = np.full(n, -1, dtype=np.int64)
     exact = np.zeros(n, dtype=bool)
@@ -377,9 +379,9 @@ def _narrowed_lines(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
     line[rows] = np.array([a.line for a in answers], dtype=np.int64)[codes]
     exact[rows] = np.array([a.exact for a in answers], dtype=bool)[codes]
     # Each call placed between exact neighbours can bound the next ones: a few rounds.
-    resumable = is_call & ~running[np.maximum(frame, 0)]
+    resumed = _resumed_calls(python, frame, is_call & ~running[np.maximum(frame, 0)], index)
     for _ in range(NEIGHBOUR_ROUNDS):
-        if not _place_between_neighbours(ops, python, frame, resumable, keys, line, exact, index):
+        if not _place_between_neighbours(ops, frame, resumed, keys, line, exact, index):
             break
     line[rows], exact[rows] = line[call_of], exact[call_of]
     return line, exact
@@ -391,22 +393,36 @@ neighbours; on modded-nanogpt's data generator the second round places the `aten
 slice bounds between the slices the first round placed, later rounds change nothing."""
 
 
-def _place_between_neighbours(ops: pd.DataFrame, python: pd.DataFrame, frame: np.ndarray,
-                              candidates: np.ndarray, keys: np.ndarray, line: np.ndarray,
-                              exact: np.ndarray, index: SourceIndex) -> bool:
-    """In a resumed generator's pass, a call left ambiguous lies between the calls placed
-    exactly just before and after it (`SourceIndex.narrow_between`); updates `line`/`exact` of
-    the call ops in place, returns whether any changed. `candidates`: call ops to consider."""
+@dataclass(frozen=True)
+class ResumedCalls:
+    """Call ops whose user frame is a resumed generator's: their rows, and per row the code of
+    its frame's (file, line, function) in `sites`."""
+
+    rows: np.ndarray
+    site: np.ndarray
+    sites: list[tuple[Any, ...]]
+
+
+def _resumed_calls(python: pd.DataFrame, frame: np.ndarray, candidates: np.ndarray,
+                   index: SourceIndex) -> ResumedCalls:
+    """The `candidates` (call ops) whose frame is named by a yield line of its function."""
     rows = np.flatnonzero(candidates)
-    if rows.size == 0:
-        return False
     sites = (python["file"].to_numpy(dtype=object)[frame[rows]],
              python["line"].to_numpy()[frame[rows]],
              python["function"].to_numpy(dtype=object)[frame[rows]])
     codes, distinct = distinct_rows(*sites)
     resumed = np.array([index.is_resumed(str(f), int(ln), str(fn)) for f, ln, fn in distinct],
                        dtype=bool)[codes]
-    rows, codes = rows[resumed], codes[resumed]
+    return ResumedCalls(rows[resumed], codes[resumed], distinct)
+
+
+def _place_between_neighbours(ops: pd.DataFrame, frame: np.ndarray, resumed: ResumedCalls,
+                              keys: np.ndarray, line: np.ndarray, exact: np.ndarray,
+                              index: SourceIndex) -> bool:
+    """In a resumed generator's pass, a call left ambiguous lies between the calls placed
+    exactly just before and after it (`SourceIndex.narrow_between`); updates `line`/`exact` of
+    the call ops in place, returns whether any changed."""
+    rows, codes, distinct = resumed.rows, resumed.site, resumed.sites
     if rows.size == 0 or exact[rows].all():
         return False
     calls = pd.DataFrame({"row": rows, "site": codes, "frame": frame[rows],
@@ -419,8 +435,8 @@ def _place_between_neighbours(ops: pd.DataFrame, python: pd.DataFrame, frame: np
     calls["before"] = by_frame.bfill().fillna(-1).astype(np.int64)
     calls["key"] = keys[calls["row"]]
     todo = calls[~exact[calls["row"]]]
-    asked = todo[["site", "key", "after", "before"]]
-    pairs, questions = pd.factorize(pd.MultiIndex.from_frame(asked))
+    pairs, questions = distinct_rows(*(todo[c].to_numpy() for c in ("site", "key", "after",
+                                                                     "before")))
     answers = [index.narrow_between(str(distinct[site][0]), int(distinct[site][1]),
                                     str(distinct[site][2]), str(key), int(after), int(before))
                for site, key, after, before in questions]
