@@ -137,6 +137,12 @@ class SourceFiles:
                 self._parsed[key] = None
         return self._parsed[key]
 
+    def parsed_at(self, file: str, line: int) -> ParsedFile | None:
+        """The parsed source of a frame's file, None when it cannot be read or the frame has
+        no line (-1)."""
+        path = self.resolve(file) if line >= 0 else None
+        return self.parsed(path) if path is not None else None
+
     def lines(self, file: str) -> list[str] | None:
         """The text lines of a frame's file (None when it cannot be read)."""
         if file not in self._lines:

@@ -101,8 +101,7 @@ class SourceIndex(SourceFiles):
         call whose node it could not name (it then gives the stacks of all the node's origins:
         the attention call and the views and norms feeding it)."""
         if file not in self._starting:
-            path = self.resolve(file)
-            parsed = self.parsed(path) if path is not None else None
+            parsed = self.parsed_at(file, 0)
             by_line: dict[int, list[ast.AST]] = {}
             for node in ast.walk(parsed.tree) if parsed is not None else ():
                 if hasattr(node, "lineno"):
@@ -128,13 +127,8 @@ class SourceIndex(SourceFiles):
     def _narrow(self, file: str, def_line: int, function: str, op_name: str, ordinal: int,
                 count: int) -> Narrowed:
         fallback = Narrowed(def_line, False)
-        path = self.resolve(file)
-        if path is None or def_line < 0:
-            return fallback
-        parsed = self.parsed(path)
-        if parsed is None:
-            return fallback
-        scope = function_scope(parsed, def_line, function)
+        parsed = self.parsed_at(file, def_line)
+        scope = function_scope(parsed, def_line, function) if parsed is not None else None
         if scope is None:
             return fallback
         nodes = list(walk_scope(scope))
@@ -183,8 +177,7 @@ class SourceIndex(SourceFiles):
         """For a frame named by a line inside its function: the function and the nodes it can
         run, in run order. None for a frame named by its def line, or one that cannot be
         placed (unreadable file; a plain function named by a body line: the file changed)."""
-        path = self.resolve(file)
-        parsed = self.parsed(path) if path is not None and line >= 0 else None
+        parsed = self.parsed_at(file, line)
         if parsed is None or function_scope(parsed, line, function) is not None:
             return None
         scope = scope_around(parsed, line, function) if running \
@@ -251,8 +244,7 @@ class SourceIndex(SourceFiles):
             if started is not None:
                 nodes = started[1]
             else:
-                path = self.resolve(file)
-                parsed = self.parsed(path) if path is not None and line >= 0 else None
+                parsed = self.parsed_at(file, line)
                 scope = function_scope(parsed, line, function) if parsed is not None else None
                 nodes = list(walk_scope(scope)) if scope is not None else []
             found = any(m(node) for m in matchers for node in nodes)
@@ -280,8 +272,7 @@ class SourceIndex(SourceFiles):
     def _narrow_for_op(self, file: str, def_line: int, function: str,
                        op_name: str) -> Narrowed:
         fallback = Narrowed(def_line, False)
-        path = self.resolve(file)
-        parsed = self.parsed(path) if path is not None and def_line >= 0 else None
+        parsed = self.parsed_at(file, def_line)
         scope = function_scope(parsed, def_line, function) if parsed is not None else None
         if parsed is None or scope is None:
             return fallback
