@@ -32,6 +32,11 @@ def resumed_scope(parsed: ParsedFile, line: int, function: str) -> ast.AST | Non
     return scope if resumes_here else None
 
 
+def loop_holds(node: ast.AST, line: int) -> bool:
+    """Whether `node` is a loop whose body holds `line` (a pass comes round to it again)."""
+    return isinstance(node, LOOPS) and node.lineno < line <= (node.end_lineno or node.lineno)
+
+
 def statement_at(scope: ast.AST, line: int) -> ast.stmt | None:
     """The innermost statement of `scope` whose lines hold `line`."""
     best: ast.stmt | None = None
@@ -83,8 +88,7 @@ def _once(scope: ast.AST, here: ast.stmt | None, parents: dict[int, ast.AST],
           node: ast.AST) -> bool:
     child, parent = node, parents.get(id(node))
     while parent is not None and parent is not scope:
-        holds_line = isinstance(parent, LOOPS) and here is not None \
-            and parent.lineno < here.lineno <= (parent.end_lineno or parent.lineno)
+        holds_line = here is not None and loop_holds(parent, here.lineno)
         if not holds_line and not _always_runs(parent, child):
             return False
         child, parent = parent, parents.get(id(parent))
@@ -116,7 +120,6 @@ def pass_positions(scope: ast.AST, line: int, nodes: list[ast.AST]
     start = here.lineno if here is not None else line
     inner: set[int] = set()
     for loop in walk_scope(scope):
-        if isinstance(loop, LOOPS) and not (
-                loop.lineno < start <= (loop.end_lineno or loop.lineno)):
+        if isinstance(loop, LOOPS) and not loop_holds(loop, start):
             inner.update(range(loop.lineno, (loop.end_lineno or loop.lineno) + 1))
     return positions, inner
