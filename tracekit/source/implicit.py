@@ -10,11 +10,8 @@ method's name; it spells the protocol. These predicates find that syntax.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 
-from tracekit.source.parse import called_name
-
-MatchFn = Callable[[ast.AST], bool]
+from tracekit.source.parse import MatchFn, called_name, calls_named
 
 ITERATING_CALLS = frozenset({
     "zip", "enumerate", "list", "tuple", "set", "frozenset", "sorted", "sum", "min", "max",
@@ -63,13 +60,6 @@ def _iterates(node: ast.AST) -> bool:
     return any(may_be_tensor(e) for e in iterated_expressions(node))
 
 
-def _calls(name: str) -> MatchFn:
-    def call(node: ast.AST) -> bool:
-        return called_name(node) == name
-
-    return call
-
-
 def _tests_membership(node: ast.AST) -> bool:
     return isinstance(node, ast.Compare) and any(isinstance(op, ast.In | ast.NotIn)
                                                  for op in node.ops)
@@ -86,8 +76,8 @@ def _iterates_or_next(node: ast.AST) -> bool:
 PROTOCOLS: dict[str, MatchFn] = {
     "__iter__": _iterates,
     "__next__": _iterates_or_next,
-    "__len__": _calls("len"),
-    "__reversed__": _calls("reversed"),
+    "__len__": calls_named("len"),
+    "__reversed__": calls_named("reversed"),
     "__contains__": _tests_membership,
     "__format__": _formats,
 }

@@ -21,14 +21,15 @@ never per event.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracekit.source.containers import callees, variable_index_statements
 from tracekit.source.files import SourceFiles
 from tracekit.source.implicit import protocol_matcher
 from tracekit.source.parse import (
+    MatchFn,
     called_name,
+    calls_named,
     function_scope,
     is_tensor_subscript,
     scope_around,
@@ -40,8 +41,6 @@ from tracekit.source.resume import (
     resumed_scope,
     runs_once_per_pass,
 )
-
-MatchFn = Callable[[ast.AST], bool]
 
 CALL_PREFIX = "call:"
 """`narrow(op_name="call:NAME")` narrows the call the frame made of NAME (the function or
@@ -356,17 +355,10 @@ def matchers_for(op_name: str) -> list[MatchFn]:
         return [_kernel_matcher(op_name[len(KERNEL_PREFIX):])]
     if op_name.startswith(CALL_PREFIX):
         callee = op_name[len(CALL_PREFIX):]
-        return [protocol_matcher(callee) or _called(callee)]
+        return [protocol_matcher(callee) or calls_named(callee)]
     if "::" not in op_name:
         return _label_matchers(op_name)
     return [_op_matcher(op_name)]
-
-
-def _called(name: str) -> MatchFn:
-    def call(node: ast.AST) -> bool:
-        return called_name(node) == name
-
-    return call
 
 
 def _kernel_matcher(kernel: str) -> MatchFn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -63,6 +63,18 @@ def called_name(node: ast.AST) -> str | None:
     if isinstance(func, ast.Name):
         return func.id
     return None
+
+
+MatchFn = Callable[[ast.AST], bool]
+"""A predicate on syntax nodes: does this node run the op (or call) asked about."""
+
+
+def calls_named(name: str) -> MatchFn:
+    """Matches a call of `name` (`name(...)`, `x.name(...)`)."""
+    def call(node: ast.AST) -> bool:
+        return called_name(node) == name
+
+    return call
 
 
 def parse_source(data: bytes, filename: str) -> ParsedFile | None:
