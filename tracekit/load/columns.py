@@ -8,7 +8,6 @@ per-event Python objects once the frame is built.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from types import NoneType
 from typing import Any
@@ -28,19 +27,6 @@ except ImportError:  # pragma: no cover
 
     def _dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
-
-try:
-    from tracekit.load import _scan  # native helpers (tracekit/load/_scan.c), where built
-except ImportError:  # pragma: no cover - not built here
-    _scan = None
-
-NATIVE_SWITCH = "TRACEKIT_NATIVE"
-"""Set to 0 to load without the native helpers (the pure-Python path: the same frames)."""
-
-
-def native_helpers() -> Any:
-    """The native module where it is built and not switched off, else None."""
-    return _scan if os.environ.get(NATIVE_SWITCH, "1") != "0" else None
 
 EMPTY: dict[str, Any] = {}
 

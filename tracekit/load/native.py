@@ -16,6 +16,7 @@ So the frames never depend on which path read a slice, and where the extension i
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
@@ -31,6 +32,9 @@ try:
     from tracekit.load import _scan
 except ImportError:  # not built (no compiler at install, or another Python version)
     _scan = None
+
+NATIVE_SWITCH = "TRACEKIT_NATIVE"
+"""Set to 0 to load without the scanner (the typed path: the same frames)."""
 
 # Field kinds, as _scan.c numbers them.
 STR, NAME, F64_REQ, F64_DUR, F64, I64, ID, I64_OPT, TRIPLE, RAW = range(10)
@@ -118,7 +122,7 @@ CATS, SPECS, SPEC_CATS = _specs()
 
 def enabled() -> bool:
     """Whether slices are read by the native scanner (built, and not `TRACEKIT_NATIVE=0`)."""
-    return _scan is not None and col.native_helpers() is not None
+    return _scan is not None and os.environ.get(NATIVE_SWITCH, "1") != "0"
 
 
 def scan_slice(text: bytes | bytearray) -> dict[str, Columns] | None:
